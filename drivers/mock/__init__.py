@@ -1,0 +1,1 @@
+"""The mock bench: one physics model of the plant, served in-process or behind emulators."""

@@ -1,0 +1,72 @@
+"""What a rig file says about the bench, as typed values (parsed in ``testbed.rigfile``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A device's safe operating envelope, in lab units. ``None`` means not limited."""
+
+    max_power_w: float | None = None
+    max_voltage_v: float | None = None
+    max_current_a: float | None = None
+    soc_min: float | None = None
+    soc_max: float | None = None
+    max_temperature_c: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """One instrument: its role, which driver speaks to it, where it is, its limits.
+
+    ``params`` holds what the mock plant (and some drivers) need beyond limits, e.g. a
+    battery's capacity and efficiencies; ``dut`` marks a device under test.
+    """
+
+    name: str
+    role: str
+    driver: str
+    limits: Limits
+    resource: str | None = None
+    model: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    dut: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HouseholdSpec:
+    id: str
+    devices: dict[str, DeviceSpec]  # role -> device
+
+
+@dataclass(frozen=True, slots=True)
+class RigSpec:
+    """A whole rig: the households, the grid node, and the market<->bench scales.
+
+    ``t_lab = t_real / time_scale``; ``P_lab = P_real * power_scale``.
+    """
+
+    name: str
+    households: tuple[HouseholdSpec, ...]
+    grid: DeviceSpec
+    time_scale: float
+    power_scale: float
+    control_period_s: float = 1.0
+    bus_voltage_v: float = 48.0
+    tolerance_pct: float = 0.5
+    source: str = "<memory>"
+    description: str = ""
+
+    @property
+    def energy_scale(self) -> float:
+        """Lab Wh per market kWh: ``E_lab = E_real * power_scale / time_scale``."""
+        return 1000.0 * self.power_scale / self.time_scale
+
+    def household(self, hid: str) -> HouseholdSpec:
+        for h in self.households:
+            if h.id == hid:
+                return h
+        raise KeyError(f"rig {self.name!r} has no household {hid!r}")

@@ -1,0 +1,158 @@
+"""The ``testbed`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from contracts.dual_bidding import clear as clear_book
+from contracts.numbers import exact
+from contracts.orders import OrderError, parse_book
+from rigs import builtin
+from testbed.errors import InputError
+
+app = typer.Typer(help="Hardware-in-the-loop testbed for community P2P energy trading.",
+                  no_args_is_help=True, add_completion=False)
+# Piped output keeps the full table rather than rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True)  # an error message stays one greppable line
+
+DB_DEFAULT = Path("testbed.db")
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _run_until_signal(coro: Any) -> Any:
+    """Run ``coro``; SIGINT/SIGTERM cancel it, so its ``finally`` puts the bench safe."""
+    async def main() -> Any:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
+        return await coro
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        err.print("[yellow]stopped by signal: every output off, every relay open; "
+                  "the run's data is on disk[/yellow]")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def run(
+    scenario: Annotated[str, typer.Argument(help="built-in scenario name or a TOML file")],
+    rig: Annotated[str, typer.Option(help="built-in rig name or a rig TOML file")] = "mock",
+    db: Annotated[Path, typer.Option(help="SQLite database for runs and the ledger")] = DB_DEFAULT,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Run a market scenario on a rig: clear, route, meter, settle, and record the ledger."""
+    from testbed.report import render, summarise
+    from testbed.rigfile import load_rig
+    from testbed.runner import run_scenario
+    from testbed.scenario import load_scenario
+    from testbed.store import Store
+
+    try:
+        sc = load_scenario(scenario)
+        rg = load_rig(rig)
+    except InputError as e:
+        fail(str(e))
+    store = Store(db)
+    try:
+        outcome = _run_until_signal(run_scenario(sc, rg, store))
+    except InputError as e:
+        fail(str(e))
+    finally:
+        store.close()
+    summary = summarise(outcome)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        render(summary, console)
+    if not all(h["within_tolerance"] for h in summary["households"]):
+        raise typer.Exit(1)
+
+
+@app.command()
+def clear(
+    orders: Annotated[Path, typer.Argument(help="JSON list of {id, side, energy_kwh, price}")],
+    alpha: Annotated[str, typer.Option(help="method-1 weight of U against L, in [0, 1]")] = "0.2",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Clear one order book with the dual-bidding contract."""
+    try:
+        raw = json.loads(orders.read_text("utf-8"))
+    except OSError as e:
+        fail(f"{orders}: {e.strerror}")
+    except json.JSONDecodeError as e:
+        fail(f"{orders}: not valid JSON: {e}")
+    try:
+        a = exact(alpha)
+        if not 0 <= a <= 1:
+            raise ValueError
+    except ValueError:
+        fail(f"--alpha: expected a number in [0, 1], got {alpha!r}")
+    try:
+        book = parse_book(raw)
+    except OrderError as e:
+        fail(f"{orders}: {e}")
+    c = clear_book(book, a)
+    out = {"method": c.method, "price": None if c.price is None else float(c.price),
+           "volume_kwh": float(c.volume),
+           "fills": [{"seller": f.seller, "buyer": f.buyer, "energy_kwh": float(f.energy)}
+                     for f in c.fills],
+           "rejected": list(c.rejected)}
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    console.print(f"method {out['method']}, price {out['price']}, volume {out['volume_kwh']} kWh")
+    t = Table("seller", "buyer", "kWh")
+    for f in out["fills"]:
+        t.add_row(f["seller"], f["buyer"], f"{f['energy_kwh']:g}")
+    console.print(t)
+    console.print(f"rejected: {', '.join(out['rejected']) or 'none'}")
+
+
+@app.command()
+def rigs() -> None:
+    """List the built-in rigs."""
+    from testbed.rigfile import load_rig
+    t = Table("name", "households", "time scale", "power scale", "description")
+    for name in builtin("rigs"):
+        r = load_rig(name)
+        t.add_row(name, str(len(r.households)), f"{r.time_scale:g}", f"{r.power_scale:g}",
+                  r.description)
+    console.print(t)
+
+
+@app.command()
+def scenarios() -> None:
+    """List the built-in scenarios."""
+    from testbed.scenario import load_scenario
+    t = Table("name", "mechanism", "households", "title")
+    for name in builtin("scenarios"):
+        s = load_scenario(name)
+        t.add_row(name, s.mechanism, str(len(s.households)), s.title)
+    console.print(t)
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

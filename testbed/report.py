@@ -1,0 +1,156 @@
+"""A run's figures: the JSON object, and the rich tables an operator reads.
+
+Every figure is computed from the run (clearing, meters, ledger); the paper's published
+figures come from the scenario file's ``[paper]`` table and are only shown beside ours.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from contracts.numbers import MICRO
+from testbed.runner import RunOutcome
+
+
+def _f(x: Fraction | float | None, places: int = 6) -> float | None:
+    return None if x is None else round(float(x), places)
+
+
+def summarise(run: RunOutcome) -> dict[str, Any]:
+    """The run as one JSON-ready object (the ``--json`` output)."""
+    sc, rig = run.scenario, run.rig
+    rate = sc.aud_per_token
+    households: list[dict[str, Any]] = []
+    volume = shortfall = demand = Fraction(0)
+    community = Fraction(0)
+    grid_import = grid_export = Fraction(0)
+    intervals = []
+    for iv in run.intervals:
+        c, s = iv.clearing, iv.settlement
+        volume += c.volume
+        community += s.community_net_aud
+        grid_import += s.grid_import_kwh
+        grid_export += s.grid_export_kwh
+        for h in s.households:
+            if h.cleared_kwh > 0:
+                shortfall += max(h.cleared_kwh - h.metered_kwh, Fraction(0))
+            demand += max(-h.metered_kwh, Fraction(0))
+        intervals.append({"index": iv.index, "clearing_price": _f(c.price), "method": c.method,
+                          "volume_kwh": _f(c.volume), "fills": len(c.fills),
+                          "rejected": list(c.rejected), "block": iv.block["hash"],
+                          "grid_import_wh_lab": _f(iv.measurement.grid_import_wh, 4),
+                          "grid_export_wh_lab": _f(iv.measurement.grid_export_wh, 4)})
+
+    by_id = {h.id: h for h in sc.households}
+    last = run.intervals[-1] if run.intervals else None
+    tol = rig.tolerance_pct / 100
+    if last is not None:
+        for h in last.settlement.households:
+            spec = by_id[h.id]
+            target = last.targets_kwh[h.id]
+            dev = (h.metered_kwh - target) / abs(target) if target else h.metered_kwh
+            households.append({
+                "id": h.id,
+                "role": {"sell": "seller", "buy": "buyer", None: "none"}[spec.side],
+                "net_kwh": _f(spec.net_kwh),
+                "price": _f(spec.price),
+                "offered_kwh": _f(spec.order_kwh) if spec.side else 0.0,
+                "cleared_kwh": _f(h.cleared_kwh),
+                "metered_kwh": _f(h.metered_kwh),
+                "target_kwh": _f(target),
+                "deviation_pct": _f(dev * 100, 4),
+                "within_tolerance": abs(dev) <= tol,
+                "lab_metered_wh": _f(last.measurement.metered_wh[h.id], 4),
+                "grid_import_kwh": _f(h.grid_import_kwh),
+                "grid_export_kwh": _f(h.grid_export_kwh),
+                "market_aud": _f(h.market_aud),
+                "grid_aud": _f(h.grid_aud),
+                "net_aud": _f(h.net_aud),
+                "balance_before_eth": run.opening[h.id] / MICRO,
+                "balance_after_eth": run.balances[h.id] / MICRO,
+                "balance_change_aud": _f(Fraction(run.balances[h.id] - run.opening[h.id],
+                                                  MICRO) * rate),
+            })
+
+    self_suff = (volume - shortfall) / demand if demand else Fraction(0)
+    first = run.intervals[0].clearing if run.intervals else None
+    ours = {"clearing_price": _f(first.price) if first else None,
+            "method": first.method if first else None,
+            "volume_kwh": _f(volume), "self_sufficiency": _f(self_suff),
+            "community_net_aud": _f(community)}
+    paper = {k: {"ours": ours.get(k), "paper": v,
+                 "difference": (None if ours.get(k) is None or not isinstance(v, int | float)
+                                else round(ours[k] - v, 6))}
+             for k, v in sc.paper.items() if k in ours}
+    if "households_net_aud" in sc.paper:
+        for row in households:
+            pv = sc.paper["households_net_aud"].get(row["id"])
+            row["paper_net_aud"] = pv
+            row["paper_difference_aud"] = None if pv is None else round(row["net_aud"] - pv, 6)
+    return {
+        "run_id": run.run_id,
+        "scenario": sc.name,
+        "title": sc.title,
+        "rig": rig.name,
+        "status": run.status,
+        "mechanism": None if first is None else sc.mechanism,
+        "intervals": intervals,
+        **ours,
+        "oversell_shortfall_kwh": _f(shortfall),
+        "total_demand_kwh": _f(demand),
+        "grid_import_kwh": _f(grid_import),
+        "grid_export_kwh": _f(grid_export),
+        "households": households,
+        "paper": paper,
+        "scales": {"time_scale": rig.time_scale, "power_scale": rig.power_scale,
+                   "lab_wh_per_kwh": round(rig.energy_scale, 6),
+                   "control_period_s": rig.control_period_s},
+        "token": {"symbol": sc.token_symbol, "aud_per_token": float(rate)},
+        "ledger": {"blocks": run.ledger_blocks, "head": run.ledger_head,
+                   "total_micro": sum(run.balances.values()),
+                   "grid_balance_eth": run.balances.get("grid", 0) / MICRO},
+    }
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def render(summary: dict[str, Any], console: Console) -> None:
+    console.print(f"[bold]{summary['title'] or summary['scenario']}[/bold]  "
+                  f"run {summary['run_id']} on rig '{summary['rig']}'  ({summary['status']})")
+    t = Table(title="Households (market kWh and AUD; lab Wh as the meters read)")
+    for col in ("id", "net kWh", "role", "price", "cleared kWh", "metered kWh", "dev %",
+                "lab Wh", "grid imp kWh", "grid exp kWh", "AUD", "ETH before", "ETH after"):
+        t.add_column(col, justify="right" if col not in ("role",) else "left")
+    for h in summary["households"]:
+        t.add_row(h["id"], _num(h["net_kwh"], "+.2f"), h["role"], _num(h["price"], ".3f"),
+                  _num(h["cleared_kwh"], "+.3f"), _num(h["metered_kwh"], "+.3f"),
+                  ("" if h["within_tolerance"] else "[red]") + _num(h["deviation_pct"], "+.3f"),
+                  _num(h["lab_metered_wh"], "+.3f"),
+                  _num(h["grid_import_kwh"], ".3f"), _num(h["grid_export_kwh"], ".3f"),
+                  _num(h["net_aud"], "+.3f"), _num(h["balance_before_eth"], ".6f"),
+                  _num(h["balance_after_eth"], ".6f"))
+    console.print(t)
+
+    s = Table(title="Summary, beside the paper")
+    for col in ("figure", "ours", "paper", "difference"):
+        s.add_column(col, justify="left" if col == "figure" else "right")
+    fmt = {"clearing_price": ".3f", "method": "d", "volume_kwh": ".2f",
+           "self_sufficiency": ".2%", "community_net_aud": "+.3f"}
+    for key, spec in fmt.items():
+        ours = summary.get(key)
+        p = summary["paper"].get(key, {})
+        diff = p.get("difference")
+        s.add_row(key.replace("_", " "), _num(ours, spec), _num(p.get("paper"), spec),
+                  "" if diff is None else _num(diff, "+.4f" if spec != ".2%" else "+.3%"))
+    console.print(s)
+    led = summary["ledger"]
+    console.print(f"ledger: {led['blocks']} blocks, head {led['head'][:16]}…, "
+                  f"money conserved: {led['total_micro']} µ{summary['token']['symbol']} in all "
+                  f"accounts; grid imported {summary['grid_import_kwh']:.3f} kWh, exported "
+                  f"{summary['grid_export_kwh']:.3f} kWh")

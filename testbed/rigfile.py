@@ -1,0 +1,94 @@
+"""Rig files (TOML): households and their devices, each naming its driver and limits.
+
+A ``[defaults.ROLE]`` table applies to every household unless the household overrides a
+key in its own ``[households.ROLE]`` table. Keys that are limits become :class:`Limits`;
+``driver``, ``resource``, ``model`` and ``dut`` say how to reach the device; everything
+else is a device parameter (a battery's capacity and efficiencies, say).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drivers.roles import ROLES
+from drivers.spec import DeviceSpec, HouseholdSpec, Limits, RigSpec
+from testbed.errors import InputError
+from testbed.tomlfile import Table, parse, resolve
+
+LIMIT_KEYS = ("max_power_w", "max_voltage_v", "max_current_a", "soc_min", "soc_max",
+              "max_temperature_c")
+ACCESS_KEYS = ("driver", "resource", "model", "dut")
+
+
+def load_rig(name_or_path: str) -> RigSpec:
+    source, text = resolve("rigs", name_or_path)
+    return rig_from_dict(source, parse(source, text))
+
+
+def rig_from_dict(source: str, data: dict[str, Any]) -> RigSpec:
+    top = Table(source, "", data)
+    defaults = top.table("defaults", {})
+    default_roles = {role: dict(defaults.table(role, {}).data) for role in ROLES}
+    for key in defaults.data:
+        if key not in ROLES:
+            raise InputError(defaults.where(key), f"unknown role (roles: {', '.join(ROLES)})")
+
+    households = []
+    seen: set[str] = set()
+    for h in top.tables("households"):
+        hid = h.text("id")
+        if hid in seen:
+            raise InputError(h.where("id"), f"duplicate household id {hid!r}")
+        seen.add(hid)
+        devices = {}
+        for role in ROLES:
+            merged = {**default_roles[role], **(dict(h.table(role, {}).data))}
+            devices[role] = _device(Table(source, f"{h.path}.{role}", merged),
+                                    f"household {hid} {role}", role)
+        h.reject_unknown()
+        households.append(HouseholdSpec(hid, devices))
+    if not households:
+        raise InputError(top.where("households"), "a rig needs at least one household")
+
+    rig = RigSpec(
+        name=top.text("name"),
+        description=top.text("description", ""),
+        households=tuple(households),
+        grid=_device(top.table("grid"), "grid", "grid"),
+        time_scale=top.number("time_scale", positive=True),
+        power_scale=top.number("power_scale", positive=True),
+        control_period_s=top.number("control_period_s", 1.0, positive=True),
+        bus_voltage_v=top.number("bus_voltage_v", 48.0, positive=True),
+        tolerance_pct=top.number("tolerance_pct", 0.5, positive=True),
+        source=source,
+    )
+    top.reject_unknown()
+    return rig
+
+
+def _device(t: Table, name: str, role: str) -> DeviceSpec:
+    limits = Limits(**{k: t.number(k, None) for k in LIMIT_KEYS})
+    for key in ("soc_min", "soc_max"):
+        value = getattr(limits, key)
+        if value is not None and not 0 <= value <= 1:
+            raise InputError(t.where(key), f"must lie in [0, 1], got {value}")
+    if limits.soc_min is not None and limits.soc_max is not None \
+            and limits.soc_min >= limits.soc_max:
+        raise InputError(t.where("soc_min"), "must be below soc_max")
+    dut = t.raw("dut", False)
+    if not isinstance(dut, bool):
+        raise InputError(t.where("dut"), f"expected true or false, got {dut!r}")
+    spec = DeviceSpec(
+        name=name,
+        role=role,
+        driver=t.text("driver"),
+        resource=t.text("resource", None),
+        model=t.text("model", None),
+        limits=limits,
+        params={k: v for k, v in t.data.items() if k not in LIMIT_KEYS + ACCESS_KEYS},
+        dut=dut,
+    )
+    for key, value in spec.params.items():
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise InputError(t.where(key), f"expected a number or string, got {value!r}")
+    return spec

@@ -1,0 +1,126 @@
+"""Scenario files (TOML): the market's data for a run, and the paper's published figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from contracts.numbers import exact
+from contracts.settlement import Tariff
+from testbed.errors import InputError
+from testbed.tomlfile import Table, parse, resolve
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioHousehold:
+    id: str
+    net_kwh: Fraction  # + surplus, - deficit over one interval
+    price: Fraction | None  # ask or bid; None = places no order
+    offer_kwh: Fraction | None = None  # what a seller offers if not its surplus
+
+    @property
+    def side(self) -> str | None:
+        if self.price is None or self.net_kwh == 0:
+            return None
+        return "sell" if self.net_kwh > 0 else "buy"
+
+    @property
+    def order_kwh(self) -> Fraction:
+        return self.offer_kwh if self.offer_kwh is not None else abs(self.net_kwh)
+
+
+@dataclass(frozen=True, slots=True)
+class Profiles:
+    daily_load_kwh: float
+    latitude: float
+    longitude: float
+    date: str
+    site: str
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    title: str
+    mechanism: str
+    interval_hours: float
+    alpha: Fraction
+    tariff: Tariff
+    token_symbol: str
+    aud_per_token: Fraction
+    opening_buyer: Fraction
+    opening_seller: Fraction
+    households: tuple[ScenarioHousehold, ...]
+    profiles: Profiles
+    paper: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def opening_tokens(self, h: ScenarioHousehold) -> Fraction:
+        return self.opening_buyer if h.net_kwh < 0 else self.opening_seller
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    source, text = resolve("scenarios", name_or_path)
+    return scenario_from_dict(source, parse(source, text))
+
+
+def _exact(t: Table, key: str, default: Any = ...) -> Fraction:
+    value = t.raw(key, default)
+    if value is None:
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InputError(t.where(key), f"expected a number, got {value!r}")
+    try:
+        return exact(value)
+    except ValueError as err:
+        raise InputError(t.where(key), str(err)) from None
+
+
+def scenario_from_dict(source: str, data: dict[str, Any]) -> Scenario:
+    top = Table(source, "", data)
+    tariff_t, token_t, prof_t = top.table("tariff"), top.table("token"), top.table("profiles")
+    households = []
+    for h in top.tables("households"):
+        price = _exact(h, "price", None)
+        if price is not None and price < 0:
+            raise InputError(h.where("price"), f"must be >= 0, got {price}")
+        offer = _exact(h, "offer_kwh", None)
+        if offer is not None and offer <= 0:
+            raise InputError(h.where("offer_kwh"), f"must be > 0, got {offer}")
+        households.append(ScenarioHousehold(h.text("id"), _exact(h, "net_kwh"), price, offer))
+        h.reject_unknown()
+    ids = [h.id for h in households]
+    if len(set(ids)) != len(ids):
+        raise InputError(top.where("households"), "household ids must be unique")
+    alpha = _exact(top, "alpha", Fraction(1, 5))
+    if not 0 <= alpha <= 1:
+        raise InputError(top.where("alpha"), f"must lie in [0, 1], got {alpha}")
+    scenario = Scenario(
+        name=top.text("name"),
+        title=top.text("title", ""),
+        mechanism=top.text("mechanism"),
+        interval_hours=top.number("interval_hours", positive=True),
+        alpha=alpha,
+        tariff=Tariff(_exact(tariff_t, "import_aud_per_kwh"),
+                      _exact(tariff_t, "feed_in_aud_per_kwh")),
+        token_symbol=token_t.text("symbol", "ETH"),
+        aud_per_token=_exact(token_t, "aud_per_token"),
+        opening_buyer=_exact(token_t, "opening_buyer"),
+        opening_seller=_exact(token_t, "opening_seller"),
+        households=tuple(households),
+        profiles=Profiles(
+            daily_load_kwh=prof_t.number("daily_load_kwh", positive=True),
+            latitude=prof_t.number("latitude", low=-90, high=90),
+            longitude=prof_t.number("longitude", low=-180, high=180),
+            date=prof_t.text("date"),
+            site=prof_t.text("site", ""),
+        ),
+        paper=dict(top.raw("paper", {})),
+        source=source,
+    )
+    if scenario.aud_per_token <= 0:
+        raise InputError(token_t.where("aud_per_token"), "must be > 0")
+    for t in (top, tariff_t, token_t, prof_t):
+        t.reject_unknown()
+    return scenario
