@@ -12,16 +12,14 @@ so battery losses and limits show up as deviations rather than being assumed awa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.clock import Clock
 from drivers.registry import Bench
 from drivers.roles import MeterReading
+from testbed.events import EventBus
 from testbed.profiles import DayProfile
-
-Observer = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -44,15 +42,14 @@ class IntervalMeasurement:
 
 
 class Controller:
-    def __init__(self, bench: Bench, clock: Clock, observers: list[Observer] | None = None):
+    def __init__(self, bench: Bench, clock: Clock, events: EventBus | None = None):
         self.bench = bench
         self.rig = bench.rig
         self.clock = clock
-        self.observers = observers or []
+        self.events = events or EventBus()
 
     def _emit(self, topic: str, payload: dict[str, Any]) -> None:
-        for observe in self.observers:
-            observe(topic, payload)
+        self.events.emit(topic, payload)
 
     async def connect_rigs(self) -> None:
         """Grid node up, every rig onto the bus with its outputs at zero and then on."""

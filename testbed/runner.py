@@ -22,8 +22,9 @@ from contracts.settlement import GRID, Settlement, settle
 from drivers.clock import Clock, RealClock, VirtualClock
 from drivers.registry import build_bench
 from drivers.spec import RigSpec
-from testbed.controller import Controller, IntervalMeasurement, Observer, RigPlan
+from testbed.controller import Controller, IntervalMeasurement, RigPlan
 from testbed.errors import InputError
+from testbed.events import EventBus, Observer
 from testbed.ledger import Ledger
 from testbed.mechanisms import mechanism_for
 from testbed.profiles import day_profile
@@ -104,8 +105,11 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
         store.insert("keys", ledger.new_keys(ids))
         ledger.append(None, ledger.genesis_txs({k: v for k, v in opening.items() if k != GRID}))
 
+    events = EventBus(observers, context={"run": run_id})
+    events.emit("status", {"run": run_id, "status": "running", "scenario": scenario.name,
+                           "rig": rig.name})
     bench = build_bench(rig, clock)
-    controller = Controller(bench, clock, observers)
+    controller = Controller(bench, clock, events)
     outcomes: list[IntervalOutcome] = []
     try:
         await controller.connect_rigs()
@@ -124,6 +128,8 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
         with store.transaction():
             store.update_run(run_id, status=status,
                              finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        events.emit("safety", {"run": run_id, "event": "safe_state"})
+        events.emit("status", {"run": run_id, "status": status})
     return RunOutcome(run_id, scenario, rig, outcomes, opening, dict(ledger.balances),
                       ledger.head, ledger.height, status)
 
@@ -145,8 +151,16 @@ async def _interval(index: int, scenario: Scenario, rig: RigSpec, mechanism: Any
         else:
             rejected[o["household"]] = "bad signature"
 
+    events = controller.events
+    events.emit("orderbook", {"run": run_id, "interval": index, "orders": orders_signed,
+                              "rejected": rejected})
+
     # 2. Clear.
     clearing = mechanism.clear(book)
+    events.emit("clearing", {"run": run_id, "interval": index,
+                             "price": None if clearing.price is None else float(clearing.price),
+                             "method": clearing.method, "volume_kwh": float(clearing.volume),
+                             "rejected": list(clearing.rejected)})
 
     # 3. Route: each rig's net onto the bus is its physical position over the interval,
     #    i.e. its cleared trades plus what it settles with the grid (hil.md "Routing").
@@ -191,6 +205,11 @@ async def _interval(index: int, scenario: Scenario, rig: RigSpec, mechanism: Any
                                       "grid_aud": str(s.grid_aud)})}
                                  for s in settlement.households])
         store.insert("readings", [{"run_id": run_id, **r} for r in measured.readings])
+    for i, f in enumerate(clearing.fills):
+        events.emit("trade", {"run": run_id, "interval": index, "seq": i, "seller": f.seller,
+                              "buyer": f.buyer, "energy_kwh": float(f.energy),
+                              "price": float(f.price)})
+    events.emit("block", {"run": run_id, **block, "txs": len(txs)})
     return IntervalOutcome(index, clearing, settlement, measured,
                            {h.id: h.net_kwh for h in scenario.households}, rejected, block)
 
