@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from drivers.bench.factories import modbus_factory, scpi_factory
 from drivers.clock import Clock
 from drivers.limits import Guarded
 from drivers.mock.devices import MOCK_ROLES
@@ -37,7 +38,7 @@ def _mock(spec: DeviceSpec, household: str | None, ctx: BuildContext) -> Any:
     return MOCK_ROLES[spec.role](ctx.mock_plant(), ctx.clock, spec.name, household)
 
 
-DRIVERS: dict[str, Factory] = {"mock": _mock}
+DRIVERS: dict[str, Factory] = {"mock": _mock, "scpi": scpi_factory, "modbus": modbus_factory}
 
 
 class UnknownDriver(KeyError):

@@ -147,6 +147,15 @@ def scenarios() -> None:
     console.print(t)
 
 
+def _register_subcommands() -> None:
+    from testbed import lab_cli
+
+    lab_cli.register(app)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     try:
         app()

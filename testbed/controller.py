@@ -7,6 +7,11 @@ meters concurrently, sets PV and load from the profile, and sets the battery con
 that, one period later, the rig's metered energy is back on the straight line from zero to
 its target (a dead-beat correction on the *measured* energy: the loop closes on the meters,
 so battery losses and limits show up as deviations rather than being assumed away).
+
+The supervisor part: a rig whose reading fails or grows older than ``stale_periods``
+control periods is taken off the bus (outputs off, relay open) and driven no more; the
+settlement then meets its remaining trades with the grid. An emergency stop ends the
+interval at once and the caller's ``finally`` leaves the whole bench safe.
 """
 
 from __future__ import annotations
@@ -16,10 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.clock import Clock
-from drivers.registry import Bench
+from drivers.registry import Bench, HouseholdDevices
 from drivers.roles import MeterReading
+from drivers.spec import RigSpec
 from testbed.events import EventBus
 from testbed.profiles import DayProfile
+
+
+class EmergencyStop(Exception):
+    """Raised inside the run when an emergency stop was requested (CLI, API or MQTT)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,43 @@ class RigPlan:
     profile: DayProfile
 
 
+@dataclass(frozen=True)
+class Setpoints:
+    pv_w: float
+    load_w: float
+    feedforward_w: float  # battery power that holds the committed export at zero error
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The control periods of one interval, in lab seconds."""
+
+    duration_s: float
+    steps: int
+
+    @property
+    def dt(self) -> float:
+        return self.duration_s / self.steps
+
+    @classmethod
+    def of(cls, rig: RigSpec, hours: float) -> Timeline:
+        duration = hours * 3600.0 / rig.time_scale
+        return cls(duration, max(1, round(duration / rig.control_period_s)))
+
+    def hour(self, start_hour: float, k: int, time_scale: float) -> float:
+        """Market hour at the middle of control period ``k``."""
+        return start_hour + (k + 0.5) * self.dt * time_scale / 3600.0
+
+
+def setpoints(rig: RigSpec, plan: RigPlan, tl: Timeline, hour: float) -> Setpoints:
+    """Profile -> lab setpoints; shared by the control loop and the pre-flight check."""
+    kw_to_w = 1000.0 * rig.power_scale
+    pv = plan.profile.pv_kw(hour) * kw_to_w
+    load = plan.profile.load_kw(hour) * kw_to_w
+    commit = plan.target_kwh * rig.energy_scale * 3600.0 / tl.duration_s
+    return Setpoints(pv, load, commit - (pv - load))
+
+
 @dataclass
 class IntervalMeasurement:
     start_s: float
@@ -39,94 +86,190 @@ class IntervalMeasurement:
     grid_import_wh: float
     grid_export_wh: float
     readings: list[dict[str, Any]] = field(default_factory=list)
+    tripped: dict[str, str] = field(default_factory=dict)  # household -> why it left the bus
 
 
 class Controller:
-    def __init__(self, bench: Bench, clock: Clock, events: EventBus | None = None):
+    def __init__(self, bench: Bench, clock: Clock, events: EventBus | None = None,
+                 stale_periods: int = 3) -> None:
         self.bench = bench
         self.rig = bench.rig
         self.clock = clock
         self.events = events or EventBus()
+        self.stale_periods = stale_periods
+        self.tripped: dict[str, str] = {}
+        self.write_latency = 0.0  # seconds from issuing setpoints to all having landed
+        self._estop = asyncio.Event()
+        self._estop_reason = ""
 
-    def _emit(self, topic: str, payload: dict[str, Any]) -> None:
-        self.events.emit(topic, payload)
+    # -- safety -------------------------------------------------------------------------
 
-    async def connect_rigs(self) -> None:
-        """Grid node up, every rig onto the bus with its outputs at zero and then on."""
-        await self.bench.grid.set_enabled(True)
-        for h in self.bench.households.values():
-            await asyncio.gather(h.pv.set_power(0.0), h.load.set_power(0.0),
-                                 h.battery.set_power(0.0))
-        await asyncio.gather(*(h.relay.set_closed(True) for h in self.bench.households.values()))
-        await asyncio.gather(*(
-            c for h in self.bench.households.values()
-            for c in (h.pv.set_output(True), h.load.set_input(True), h.battery.set_enabled(True))))
+    def emergency_stop(self, reason: str = "emergency stop") -> None:
+        """Request a stop from anywhere in the loop's thread (signal handler, API, MQTT)."""
+        self._estop_reason = reason
+        self._estop.set()
 
-    async def safe_state(self) -> None:
+    def _check_estop(self) -> None:
+        if self._estop.is_set():
+            raise EmergencyStop(self._estop_reason)
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """Sleep to the deadline, but wake at once for an emergency stop."""
+        sleeper = asyncio.ensure_future(self.clock.sleep_until(deadline))
+        stopper = asyncio.ensure_future(self._estop.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, stopper):
+                task.cancel()
+        self._check_estop()
+
+    async def safe_state(self) -> list[str]:
         """Every output off and every relay open, whatever state each device is in."""
-        results = await asyncio.gather(*(d.safe_state() for d in self.bench.devices()),
+        devices = self.bench.devices()
+        results = await asyncio.gather(*(d.safe_state() for d in devices),
                                        return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            self._emit("safety", {"event": "safe_state_incomplete",
-                                  "errors": [str(e) for e in failed]})
+        failed = [f"{d.name}: {r}" for d, r in zip(devices, results, strict=True)
+                  if isinstance(r, BaseException)]
+        self.events.emit("safety", {"event": "safe_state", "complete": not failed,
+                                    "errors": failed})
+        return failed
+
+    async def trip(self, household: str, reason: str) -> None:
+        """Take one rig off the bus and stop driving it."""
+        if household in self.tripped:
+            return
+        self.tripped[household] = reason
+        h = self.bench.households[household]
+        # Relay first: it isolates the rig even if a supply or the converter is unreachable.
+        await asyncio.gather(*(d.safe_state() for d in (h.relay, h.pv, h.load, h.battery)),
+                             return_exceptions=True)
+        self.events.emit("safety", {"event": "rig_off_bus", "household": household,
+                                    "reason": reason})
 
     async def close(self) -> None:
         await asyncio.gather(*(d.close() for d in self.bench.devices()), return_exceptions=True)
 
-    async def _meters(self) -> dict[str, MeterReading]:
-        ids = list(self.bench.households)
-        readings = await asyncio.gather(*(self.bench.households[h].meter.read() for h in ids))
+    # -- the cycle ----------------------------------------------------------------------
+
+    async def connect_rigs(self) -> None:
+        """Grid node up, every rig onto the bus with its outputs at zero and then on."""
+        await self.bench.grid.set_enabled(True)
+        houses = self._live()
+        await asyncio.gather(*(c for h in houses for c in (
+            h.pv.set_power(0.0), h.load.set_power(0.0), h.battery.set_power(0.0))))
+        await asyncio.gather(*(h.relay.set_closed(True) for h in houses))
+        await asyncio.gather(*(c for h in houses for c in (
+            h.pv.set_output(True), h.load.set_input(True), h.battery.set_enabled(True))))
+        self.events.emit("safety", {"event": "rigs_connected",
+                                    "households": [h.id for h in houses]})
+
+    def _live(self) -> list[HouseholdDevices]:
+        return [h for hid, h in self.bench.households.items() if hid not in self.tripped]
+
+    async def _meters(self, ids: list[str]) -> dict[str, MeterReading | BaseException]:
+        readings = await asyncio.gather(*(self.bench.households[h].meter.read() for h in ids),
+                                        return_exceptions=True)
         return dict(zip(ids, readings, strict=True))
 
     async def run_interval(self, plans: list[RigPlan], start_hour: float,
                            hours: float) -> IntervalMeasurement:
         rig = self.rig
-        duration = hours * 3600.0 / rig.time_scale
-        steps = max(1, round(duration / rig.control_period_s))
-        dt = duration / steps
-        wh_per_kwh = rig.energy_scale
-        kw_to_w = 1000.0 * rig.power_scale
+        tl = Timeline.of(rig, hours)
         houses = self.bench.households
+        stale_after = self.stale_periods * rig.control_period_s
+        wh_per_kwh = rig.energy_scale
 
         t0 = self.clock.now()
         grid0 = await self.bench.grid.read()
-        base = {h: r.net_wh for h, r in (await self._meters()).items()}
+        first = await self._meters([p.household for p in plans])
+        base: dict[str, float] = {}
+        last: dict[str, MeterReading] = {}
+        for p in plans:
+            r = first[p.household]
+            if isinstance(r, BaseException):
+                await self.trip(p.household, f"meter unreadable at start: {r}")
+                base[p.household] = 0.0
+            else:
+                base[p.household], last[p.household] = r.net_wh, r
         log: list[dict[str, Any]] = []
 
-        for k in range(steps):
-            deadline = t0 + (k + 1) * dt
-            meters = await self._meters()
-            batteries = await asyncio.gather(*(houses[p.household].battery.read() for p in plans))
-            hour = start_hour + (k + 0.5) * dt * rig.time_scale / 3600.0
-            writes = []
-            for plan, bat in zip(plans, batteries, strict=True):
-                h = houses[plan.household]
-                spec = h.pv.spec.limits.max_power_w
-                pv_w = min(plan.profile.pv_kw(hour) * kw_to_w, spec or float("inf"))
-                load_w = min(plan.profile.load_kw(hour) * kw_to_w,
-                             h.load.spec.limits.max_power_w or float("inf"))
-                done = meters[plan.household].net_wh - base[plan.household]
-                goal = plan.target_kwh * wh_per_kwh * (k + 1) / steps
-                bat_w = (goal - done) * 3600.0 / dt - (pv_w - load_w)
+        for k in range(tl.steps):
+            self._check_estop()
+            deadline = t0 + (k + 1) * tl.dt
+            live = [p for p in plans if p.household not in self.tripped]
+            meters = await self._meters([p.household for p in live])
+            batteries = await asyncio.gather(*(houses[p.household].battery.read() for p in live),
+                                             return_exceptions=True)
+            now = self.clock.now()
+            hour = tl.hour(start_hour, k, rig.time_scale)
+            writes, rows, driven = [], [], []
+            for plan, bat in zip(live, batteries, strict=True):
+                hid = plan.household
+                reading = meters[hid]
+                if isinstance(reading, BaseException):
+                    if now - last[hid].at > stale_after:
+                        await self.trip(hid, f"meter lost: {reading}")
+                    continue  # hold the setpoints; the reading may come back in time
+                if now - reading.at > stale_after:
+                    await self.trip(hid, f"meter reading {now - reading.at:.3g} s old")
+                    continue
+                if isinstance(bat, BaseException):
+                    await self.trip(hid, f"battery lost: {bat}")
+                    continue
+                last[hid] = reading
+                h = houses[hid]
+                sp = setpoints(rig, plan, tl, hour)
+                done = reading.net_wh - base[hid]
+                goal = plan.target_kwh * wh_per_kwh * (k + 1) / tl.steps
+                # Dead-beat on the measured energy. On a real bench the meter was read a
+                # moment ago and the new setpoint lands only after the write's latency; the
+                # rig flows at its present power until then, and at the new one after.
+                lag = (self.clock.now() - reading.at) + self.write_latency
+                left = max(deadline - self.clock.now() - self.write_latency, tl.dt / 2)
+                bus_w = (goal - done - reading.power_w * lag / 3600.0) * 3600.0 / left
+                pv_w = min(sp.pv_w, h.pv.spec.limits.max_power_w or float("inf"))
+                load_w = min(sp.load_w, h.load.spec.limits.max_power_w or float("inf"))
                 bat_max = h.battery.spec.limits.max_power_w or float("inf")
-                bat_w = max(-bat_max, min(bat_max, bat_w))
+                bat_w = max(-bat_max, min(bat_max, bus_w - (pv_w - load_w)))
                 writes += [h.pv.set_power(pv_w), h.load.set_power(load_w),
                            h.battery.set_power(bat_w)]
-                row = {"t": meters[plan.household].at, "household": plan.household,
-                       "meter_net_wh": done, "power_w": meters[plan.household].power_w,
-                       "pv_w": pv_w, "load_w": load_w, "battery_w": bat_w, "soc": bat.soc}
-                log.append(row)
-            await asyncio.gather(*writes)
-            self._emit("readings", {"t": self.clock.now(), "rows": log[-len(plans):]})
-            await self.clock.sleep_until(deadline)
+                driven.append(hid)
+                rows.append({"t": reading.at, "household": hid, "meter_net_wh": done,
+                             "power_w": reading.power_w, "pv_w": pv_w, "load_w": load_w,
+                             "battery_w": bat_w, "soc": bat.soc})
+            started = self.clock.now()
+            results = await asyncio.gather(*writes, return_exceptions=True)
+            if writes:  # smoothed write latency, for the compensation above
+                self.write_latency += 0.3 * (self.clock.now() - started - self.write_latency)
+            for i, hid in enumerate(driven):
+                errors = [r for r in results[3 * i:3 * i + 3] if isinstance(r, BaseException)]
+                if errors:
+                    await self.trip(hid, f"write failed: {errors[0]}")
+            log += rows
+            self.events.emit("readings", {"t": now, "interval_hour": hour, "rows": rows,
+                                          "tripped": dict(self.tripped)})
+            last_step = k == tl.steps - 1
+            # The final park is issued one write latency early so it lands on the deadline.
+            await self._sleep_until(deadline - (self.write_latency if last_step else 0.0))
 
-        end = await self._meters()
+        # Park every live rig at zero bus power before the closing read, so the time the
+        # reads take adds no energy to the interval.
+        parked = [self.bench.households[p.household] for p in plans
+                  if p.household not in self.tripped]
+        await asyncio.gather(*(c for h in parked for c in (
+            h.battery.set_power(0.0), h.pv.set_power(0.0), h.load.set_power(0.0))),
+            return_exceptions=True)
+        end = await self._meters([p.household for p in plans])
         grid1 = await self.bench.grid.read()
+        metered = {}
+        for p in plans:
+            r = end[p.household]
+            good = r if not isinstance(r, BaseException) else last.get(p.household)
+            metered[p.household] = (good.net_wh - base[p.household]) if good else 0.0
         return IntervalMeasurement(
-            start_s=t0, end_s=self.clock.now(),
-            metered_wh={h: end[h].net_wh - base[h] for h in end},
+            start_s=t0, end_s=self.clock.now(), metered_wh=metered,
             grid_import_wh=grid1.import_wh - grid0.import_wh,
             grid_export_wh=grid1.export_wh - grid0.export_wh,
-            readings=log,
+            readings=log, tripped=dict(self.tripped),
         )

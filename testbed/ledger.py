@@ -38,6 +38,30 @@ class Ledger:
     height: int = 0
     head: str = rules.GENESIS_PREV
 
+    @classmethod
+    def load(cls, store: Store, run_id: str) -> Ledger:
+        """Re-open a run's ledger: keys from the keystore, head and balances from the
+        blocks, after verifying the whole chain from genesis."""
+        from testbed.errors import InputError
+
+        err = verify_run(store, run_id)
+        if err is not None:
+            raise InputError(f"ledger of run {run_id}", f"block {err.height}: {err.reason}")
+        led = cls(store, run_id)
+        for row in store.db.query("select * from keys where run_id = ?", [run_id]):
+            led.keys[row["account"]] = Ed25519PrivateKey.from_private_bytes(
+                bytes.fromhex(row["private_key"]))
+        blocks = store.blocks(run_id)
+        led.balances = rules.balances_from([t for b in blocks for t in b["txs"]], {})
+        led.height = len(blocks)
+        led.head = blocks[-1]["hash"] if blocks else rules.GENESIS_PREV
+        return led
+
+    def opening(self) -> dict[str, int]:
+        """Balances as genesis left them (deposits only)."""
+        blocks = self.store.blocks(self.run_id)
+        return rules.balances_from(blocks[0]["txs"] if blocks else [], {})
+
     def public(self, account: str) -> str:
         return _public_hex(self.keys[account])
 

@@ -3,26 +3,34 @@
 Data flows one way: the rig's drivers feed the controller, the controller feeds the
 contract, the contract's result is settled on the meters, sealed in the ledger and written
 to the store, and the report reads the store's figures.
+
+Each interval is one SQLite transaction (run data and ledger block together). A run that
+was killed is resumed from its last committed interval: the ledger is re-read and verified
+from genesis, and the interrupted interval runs again from its start, so no trade is lost
+or doubled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from contracts.mechanism import Clearing
-from contracts.numbers import MICRO, aud_to_micro, fmt, to_micro
+from contracts.mechanism import Clearing, Mechanism
+from contracts.numbers import MICRO, to_micro
 from contracts.orders import Order, Side
 from contracts.settlement import GRID, Settlement, settle
 from drivers.clock import Clock, RealClock, VirtualClock
 from drivers.registry import build_bench
 from drivers.spec import RigSpec
-from testbed.controller import Controller, IntervalMeasurement, RigPlan
+from testbed import preflight
+from testbed.controller import Controller, EmergencyStop, IntervalMeasurement, RigPlan
 from testbed.errors import InputError
 from testbed.events import EventBus, Observer
 from testbed.ledger import Ledger
@@ -30,6 +38,7 @@ from testbed.mechanisms import mechanism_for
 from testbed.profiles import day_profile
 from testbed.scenario import Scenario
 from testbed.store import Store
+from testbed.validation import Check, interval_checks
 
 
 @dataclass
@@ -41,6 +50,7 @@ class IntervalOutcome:
     targets_kwh: dict[str, Fraction]
     rejected_orders: dict[str, str]
     block: dict[str, Any]
+    checks: list[Check]
 
 
 @dataclass
@@ -54,7 +64,12 @@ class RunOutcome:
     ledger_head: str
     ledger_blocks: int
     status: str = "finished"
+    resumed_from: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def checks(self) -> list[Check]:
+        return [c for iv in self.intervals for c in iv.checks]
 
 
 def check_scenario_fits_rig(scenario: Scenario, rig: RigSpec) -> None:
@@ -65,11 +80,37 @@ def check_scenario_fits_rig(scenario: Scenario, rig: RigSpec) -> None:
                          f"that rig {rig.name!r} does not have")
 
 
-def choose_clock(rig: RigSpec) -> Clock:
-    """Virtual time when every device is simulated in-process, real time otherwise."""
-    all_mock = rig.grid.driver == "mock" and all(
+def all_mock(rig: RigSpec) -> bool:
+    return rig.grid.driver == "mock" and all(
         d.driver == "mock" for h in rig.households for d in h.devices.values())
-    return VirtualClock() if all_mock else RealClock()
+
+
+def apply_speed(rig: RigSpec, speed: str | None) -> tuple[RigSpec, Clock]:
+    """``--speed``: None -> virtual time on an all-mock rig, else the rig's real time;
+    ``max`` -> virtual time (mock rigs only); a number -> real time at that time scale."""
+    if speed is None:
+        return rig, VirtualClock() if all_mock(rig) else RealClock()
+    if speed == "max":
+        if not all_mock(rig):
+            raise InputError("--speed max", "virtual time needs a rig whose devices are all "
+                                            "'mock' (instruments run in real time)")
+        return rig, VirtualClock()
+    try:
+        scale = float(speed)
+        if not scale > 0:
+            raise ValueError
+    except ValueError:
+        raise InputError("--speed", f"expected a positive number or 'max', got {speed!r}"
+                         ) from None
+    return dataclasses.replace(rig, time_scale=scale), RealClock()
+
+
+def plans_for(scenario: Scenario) -> list[RigPlan]:
+    p = scenario.profiles
+    return [RigPlan(h.id, float(h.net_kwh),
+                    day_profile(float(h.net_kwh), p.daily_load_kwh, p.latitude, p.longitude,
+                                p.date))
+            for h in scenario.households]
 
 
 def _order_payload(run_id: str, interval: int, hid: str, side: str, energy: Fraction,
@@ -83,113 +124,91 @@ def _metered_kwh(wh: float, wh_per_kwh: float) -> Fraction:
     return Fraction(round(wh / wh_per_kwh * MICRO), MICRO)
 
 
-async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
-                       clock: Clock | None = None,
-                       observers: list[Observer] | None = None) -> RunOutcome:
-    check_scenario_fits_rig(scenario, rig)
-    mechanism = mechanism_for(scenario)
-    clock = clock or choose_clock(rig)
-    run_id = uuid.uuid4().hex[:12]
-    ids = [h.id for h in scenario.households]
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    ledger = Ledger(store, run_id)
-    opening = {h.id: to_micro(scenario.opening_tokens(h) / 1) for h in scenario.households}
-    opening[GRID] = 0
-    with store.transaction():
-        store.insert("runs", {"id": run_id, "scenario": scenario.name, "rig": rig.name,
-                              "mechanism": mechanism.name, "status": "running",
-                              "started_at": now, "finished_at": None,
-                              "params": json.dumps({"rig_source": rig.source,
-                                                    "scenario_source": scenario.source}),
-                              "summary": None})
-        store.insert("keys", ledger.new_keys(ids))
-        ledger.append(None, ledger.genesis_txs({k: v for k, v in opening.items() if k != GRID}))
-
-    events = EventBus(observers, context={"run": run_id})
-    events.emit("status", {"run": run_id, "status": "running", "scenario": scenario.name,
-                           "rig": rig.name})
-    bench = build_bench(rig, clock)
-    controller = Controller(bench, clock, events)
-    outcomes: list[IntervalOutcome] = []
-    try:
-        await controller.connect_rigs()
-        outcomes.append(await _interval(0, scenario, rig, mechanism, controller, ledger, store,
-                                        run_id))
-        status = "finished"
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        status = "aborted"
-        raise
-    except BaseException:
-        status = "failed"
-        raise
-    finally:
-        await controller.safe_state()
-        await controller.close()
-        with store.transaction():
-            store.update_run(run_id, status=status,
-                             finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-        events.emit("safety", {"run": run_id, "event": "safe_state"})
-        events.emit("status", {"run": run_id, "status": status})
-    return RunOutcome(run_id, scenario, rig, outcomes, opening, dict(ledger.balances),
-                      ledger.head, ledger.height, status)
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-async def _interval(index: int, scenario: Scenario, rig: RigSpec, mechanism: Any,
-                    controller: Controller, ledger: Ledger, store: Store,
-                    run_id: str) -> IntervalOutcome:
-    # 1. Each household's HEMS signs its order; the contract accepts only valid signatures.
-    orders_signed = [
-        ledger.sign_order(_order_payload(run_id, index, h.id, h.side, h.order_kwh, h.price,
-                                         nonce=index))
-        for h in scenario.households if h.side is not None and h.price is not None
-    ]
-    book, rejected = [], {}
-    for o in orders_signed:
-        if ledger.order_is_valid(o):
-            book.append(Order(o["household"], Side(o["side"]), Fraction(o["energy_kwh"]),
-                              Fraction(o["price"])))
-        else:
-            rejected[o["household"]] = "bad signature"
+class Run:
+    """A run in progress: what it needs to go on interval by interval."""
 
-    events = controller.events
-    events.emit("orderbook", {"run": run_id, "interval": index, "orders": orders_signed,
-                              "rejected": rejected})
+    def __init__(self, scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
+                 events: EventBus, run_id: str, ledger: Ledger, opening: dict[str, int],
+                 next_interval: int) -> None:
+        self.scenario, self.rig, self.store, self.clock = scenario, rig, store, clock
+        self.events, self.run_id, self.ledger = events, run_id, ledger
+        self.opening, self.next_interval = opening, next_interval
+        self.mechanism: Mechanism = mechanism_for(scenario)
+        self.n_intervals = 1  # a dual-bidding scenario clears the day's nets once
 
-    # 2. Clear.
-    clearing = mechanism.clear(book)
-    events.emit("clearing", {"run": run_id, "interval": index,
-                             "price": None if clearing.price is None else float(clearing.price),
-                             "method": clearing.method, "volume_kwh": float(clearing.volume),
-                             "rejected": list(clearing.rejected)})
+    async def execute(self, controller: Controller) -> list[IntervalOutcome]:
+        outcomes = []
+        for index in range(self.next_interval, self.n_intervals):
+            outcomes.append(await self.interval(index, controller))
+        return outcomes
 
-    # 3. Route: each rig's net onto the bus is its physical position over the interval,
-    #    i.e. its cleared trades plus what it settles with the grid (hil.md "Routing").
-    p = scenario.profiles
-    plans = [RigPlan(h.id, float(h.net_kwh),
-                     day_profile(float(h.net_kwh), p.daily_load_kwh, p.latitude, p.longitude,
-                                 p.date))
-             for h in scenario.households]
-    measured = await controller.run_interval(plans, start_hour=index * scenario.interval_hours,
-                                             hours=scenario.interval_hours)
+    async def interval(self, index: int, controller: Controller) -> IntervalOutcome:
+        sc, run_id, ledger, events = self.scenario, self.run_id, self.ledger, self.events
+        # 1. Each household's HEMS signs its order; the contract takes only valid ones.
+        signed = [ledger.sign_order(_order_payload(run_id, index, h.id, h.side, h.order_kwh,
+                                                   h.price, nonce=index))
+                  for h in sc.households if h.side is not None and h.price is not None]
+        book, rejected = [], {}
+        for o in signed:
+            if ledger.order_is_valid(o):
+                book.append(Order(o["household"], Side(o["side"]), Fraction(o["energy_kwh"]),
+                                  Fraction(o["price"])))
+            else:
+                rejected[o["household"]] = "bad signature"
+        events.emit("orderbook", {"interval": index, "orders": signed, "rejected": rejected})
 
-    # 4. Settle on what the meters measured.
-    metered = {h: _metered_kwh(wh, rig.energy_scale) for h, wh in measured.metered_wh.items()
-               if h in {x.id for x in scenario.households}}
-    settlement = settle(clearing.fills, metered, scenario.tariff, scenario.aud_per_token)
+        # 2. Clear.
+        clearing = self.mechanism.clear(book)
+        events.emit("clearing", {
+            "interval": index, "price": None if clearing.price is None else float(clearing.price),
+            "method": clearing.method, "volume_kwh": float(clearing.volume),
+            "rejected": list(clearing.rejected)})
 
-    # 5. Seal orders, fills and transfers in one block, and write the interval atomically.
-    txs = list(orders_signed)
-    txs += [{"type": "fill", "seller": f.seller, "buyer": f.buyer,
-             "energy_kwh": str(f.energy), "price": str(f.price)} for f in clearing.fills]
-    txs += ledger.transfer_txs(settlement.transfers)
-    with store.transaction():
-        block = ledger.append(index, txs)
+        # 3. Route: each rig's net onto the bus is its cleared trades plus what it settles
+        #    with the grid, i.e. its physical position over the interval (hil.md "Routing").
+        plans = plans_for(sc)
+        hours = sc.interval_hours
+        measured = await controller.run_interval(plans, start_hour=index * hours, hours=hours)
+
+        # 4. Settle on what the meters measured; validate cleared against metered.
+        ids = [h.id for h in sc.households]
+        metered = {h: _metered_kwh(measured.metered_wh[h], self.rig.energy_scale) for h in ids}
+        routed = {h.id: h.net_kwh for h in sc.households}
+        settlement = settle(clearing.fills, metered, sc.tariff, sc.aud_per_token)
+        checks = interval_checks(index, clearing, routed, metered, self.rig.tolerance_pct,
+                                 measured.tripped)
+
+        # 5. Seal orders, fills and transfers in one block; write the interval atomically.
+        txs = list(signed)
+        txs += [{"type": "fill", "seller": f.seller, "buyer": f.buyer,
+                 "energy_kwh": str(f.energy), "price": str(f.price)} for f in clearing.fills]
+        txs += ledger.transfer_txs(settlement.transfers)
+        with self.store.transaction():
+            block = ledger.append(index, txs)
+            self._write_interval(index, clearing, settlement, measured, rejected, checks)
+        for i, f in enumerate(clearing.fills):
+            events.emit("trade", {"interval": index, "seq": i, "seller": f.seller,
+                                  "buyer": f.buyer, "energy_kwh": float(f.energy),
+                                  "price": float(f.price)})
+        events.emit("block", {**block, "txs": len(txs)})
+        return IntervalOutcome(index, clearing, settlement, measured, routed, rejected, block,
+                               checks)
+
+    def _write_interval(self, index: int, clearing: Clearing, settlement: Settlement,
+                        measured: IntervalMeasurement, rejected: dict[str, str],
+                        checks: list[Check]) -> None:
+        run_id, store = self.run_id, self.store
         store.insert("intervals", {
             "run_id": run_id, "idx": index,
             "clearing_price": None if clearing.price is None else str(clearing.price),
             "method": clearing.method, "volume_kwh": str(clearing.volume),
             "details": json.dumps({**clearing.details, "rejected": list(clearing.rejected),
-                                   "rejected_orders": rejected}),
+                                   "rejected_orders": rejected, "tripped": measured.tripped,
+                                   "checks": [dataclasses.asdict(c) for c in checks]}),
             "lab_start_s": measured.start_s, "lab_end_s": measured.end_s})
         store.insert("trades", [{"run_id": run_id, "interval": index, "seq": i,
                                  "seller": f.seller, "buyer": f.buyer,
@@ -205,17 +224,87 @@ async def _interval(index: int, scenario: Scenario, rig: RigSpec, mechanism: Any
                                       "grid_aud": str(s.grid_aud)})}
                                  for s in settlement.households])
         store.insert("readings", [{"run_id": run_id, **r} for r in measured.readings])
-    for i, f in enumerate(clearing.fills):
-        events.emit("trade", {"run": run_id, "interval": index, "seq": i, "seller": f.seller,
-                              "buyer": f.buyer, "energy_kwh": float(f.energy),
-                              "price": float(f.price)})
-    events.emit("block", {"run": run_id, **block, "txs": len(txs)})
-    return IntervalOutcome(index, clearing, settlement, measured,
-                           {h.id: h.net_kwh for h in scenario.households}, rejected, block)
 
 
-def aud_of(micro: int, scenario: Scenario) -> Fraction:
-    return Fraction(micro, MICRO) * scenario.aud_per_token
+def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
+           events: EventBus, run_id: str) -> Run:
+    ids = [h.id for h in scenario.households]
+    ledger = Ledger(store, run_id)
+    opening = {h.id: to_micro(scenario.opening_tokens(h)) for h in scenario.households}
+    with store.transaction():
+        store.insert("runs", {"id": run_id, "scenario": scenario.name, "rig": rig.name,
+                              "mechanism": scenario.mechanism, "status": "running",
+                              "started_at": _now(), "finished_at": None,
+                              "params": json.dumps({"rig_source": rig.source,
+                                                    "scenario_source": scenario.source,
+                                                    "time_scale": rig.time_scale}),
+                              "summary": None})
+        store.insert("keys", ledger.new_keys(ids))
+        ledger.append(None, ledger.genesis_txs(opening))
+    return Run(scenario, rig, store, clock, events, run_id, ledger, opening, 0)
 
 
-__all__ = ["RunOutcome", "aud_to_micro", "fmt", "run_scenario"]
+def _resume(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
+            events: EventBus, run_id: str) -> Run:
+    try:
+        row = store.run(run_id)
+    except Exception:
+        raise InputError(f"--resume {run_id}", f"no such run in {store.path}") from None
+    if row["status"] == "finished":
+        raise InputError(f"--resume {run_id}", "that run has finished; nothing to resume")
+    if row["scenario"] != scenario.name:
+        raise InputError(f"--resume {run_id}",
+                         f"that run is of scenario {row['scenario']!r}, not {scenario.name!r}")
+    ledger = Ledger.load(store, run_id)  # verifies the chain from genesis
+    done = store.db.execute("select count(*) from intervals where run_id = ?",
+                            [run_id]).fetchone()[0]
+    opening = {k: v for k, v in ledger.opening().items() if k != GRID}
+    with store.transaction():
+        store.update_run(run_id, status="running", finished_at=None)
+    events.emit("status", {"status": "resumed", "from_interval": done})
+    return Run(scenario, rig, store, clock, events, run_id, ledger, opening, done)
+
+
+async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
+                       clock: Clock | None = None, observers: list[Observer] | None = None,
+                       resume: str | None = None, run_id: str | None = None,
+                       on_controller: Callable[[Controller], None] | None = None) -> RunOutcome:
+    """Run (or resume) ``scenario`` on ``rig``; the bench is left safe however it ends."""
+    check_scenario_fits_rig(scenario, rig)
+    mechanism_for(scenario)  # fail on an unknown mechanism before touching anything
+    plans = plans_for(scenario)
+    preflight.ensure_fits(rig, [(0.0, scenario.interval_hours, plans)])
+    clock = clock or (VirtualClock() if all_mock(rig) else RealClock())
+    run_id = resume or run_id or uuid.uuid4().hex[:12]
+    events = EventBus(observers, context={"run": run_id})
+    make = _resume if resume else _start
+    run = make(scenario, rig, store, clock, events, run_id)
+    events.emit("status", {"status": "running", "scenario": scenario.name, "rig": rig.name})
+
+    status = "failed"
+    controller: Controller | None = None
+    outcomes: list[IntervalOutcome] = []
+    try:
+        bench = build_bench(rig, clock)
+        controller = Controller(bench, clock, events)
+        if on_controller:
+            on_controller(controller)
+        await controller.connect_rigs()
+        outcomes = await run.execute(controller)
+        status = "finished"
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        status = "aborted"
+        raise
+    except Exception as exc:
+        status = "aborted" if isinstance(exc, EmergencyStop) else "failed"
+        raise
+    finally:
+        if controller is not None:
+            await asyncio.shield(controller.safe_state())
+            await controller.close()
+        with store.transaction():
+            store.update_run(run_id, status=status, finished_at=_now())
+        events.emit("status", {"status": status})
+    return RunOutcome(run_id, scenario, rig, outcomes, run.opening, dict(run.ledger.balances),
+                      run.ledger.head, run.ledger.height, status,
+                      resumed_from=run.next_interval if resume else None)

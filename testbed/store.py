@@ -50,8 +50,12 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Everything written inside lands together or not at all."""
-        with self.db.conn:
+        """Everything written inside lands together or not at all.
+
+        sqlite-utils 4 runs in autocommit mode, so ``with conn:`` alone would commit every
+        insert on its own: ``atomic()`` opens a real transaction (savepoints when nested).
+        """
+        with self.db.atomic():
             yield
 
     def insert(self, table: str, rows: list[dict[str, Any]] | dict[str, Any]) -> None:

@@ -66,3 +66,18 @@ def test_merkle_root_odd_and_empty() -> None:
     a, b, c = (rules.sha256(x) for x in (b"a", b"b", b"c"))
     assert rules.merkle_root([a, b, c]) != rules.merkle_root([a, b])
     assert rules.merkle_root([a]) == a
+
+
+def test_interval_transaction_is_all_or_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = Store(tmp_path / "a.db")
+    try:
+        with store.transaction():
+            store.insert("trades", {"run_id": "r", "interval": 0, "seq": 0, "seller": "s",
+                                    "buyer": "b", "energy_kwh": "1", "price": "1"})
+            store.insert("blocks", {"run_id": "r", "height": 0, "interval": 0, "prev_hash": "",
+                                    "merkle_root": "", "hash": "", "signature": ""})
+            raise RuntimeError("crash mid-interval")
+    except RuntimeError:
+        pass
+    reopened = Store(tmp_path / "a.db")
+    assert reopened.db["trades"].count == 0 and reopened.db["blocks"].count == 0

@@ -1,0 +1,95 @@
+"""The ``scpi`` and ``modbus`` entries of the driver registry.
+
+A factory checks everything a rig file can get wrong before a run starts (resource form,
+instrument model, protocol and role), then returns an unconnected driver: it connects on
+its first call and releases its link in ``close()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from drivers.bench.base import InstrumentDevice
+from drivers.bench.health import DefectiveDevices
+from drivers.bench.links import LinkPool
+from drivers.bench.modbus_devices import MODBUS_ROLES
+from drivers.bench.scpi_devices import SCPI_ROLES
+from drivers.instruments.model import ModbusMap, ScpiCommandSet, load_instrument
+from drivers.protocol.modbus import ModbusLink
+from drivers.protocol.scpi import ScpiLink
+from drivers.resources import Resource, parse_resource
+from drivers.spec import DeviceSpec
+from drivers.transport.factory import open_transport
+
+if TYPE_CHECKING:
+    from drivers.registry import BuildContext
+
+# Rig-file params that tune the link (a VISA serial string has no place for the baud rate).
+LINK_PARAMS = {"baud": ("baud", int), "timeout_s": ("timeout_s", float)}
+
+
+class DriverConfigError(ValueError):
+    pass
+
+
+def _shared(ctx: BuildContext) -> tuple[LinkPool, DefectiveDevices]:
+    pool = ctx.extras.setdefault("links", LinkPool())
+    defects = ctx.extras.setdefault("defects", DefectiveDevices(ctx.clock))
+    return pool, defects
+
+
+def _resource(spec: DeviceSpec, protocol: str) -> Resource:
+    if not spec.resource:
+        raise DriverConfigError(f"{spec.name}: driver {spec.driver} needs a resource")
+    try:
+        resource = parse_resource(spec.resource)
+    except ValueError as err:
+        raise DriverConfigError(f"{spec.name}: {err}") from None
+    if resource.protocol != protocol:
+        raise DriverConfigError(f"{spec.name}: resource {spec.resource!r} is not a "
+                                f"{protocol} resource (driver {spec.driver})")
+    tuned = {field: conv(spec.params[key]) for key, (field, conv) in LINK_PARAMS.items()
+             if key in spec.params}
+    return replace(resource, **tuned)
+
+
+def _instrument(spec: DeviceSpec, kind: type[Any]) -> Any:
+    if not spec.model:
+        raise DriverConfigError(f"{spec.name}: driver {spec.driver} needs a model "
+                                "(an instrument file name)")
+    try:
+        instrument = load_instrument(spec.model)
+    except ValueError as err:
+        raise DriverConfigError(f"{spec.name}: {err}") from None
+    if not isinstance(instrument, kind) or spec.role not in instrument.roles:
+        raise DriverConfigError(
+            f"{spec.name}: instrument {spec.model} ({instrument.protocol}, roles "
+            f"{', '.join(instrument.roles)}) cannot serve role {spec.role} on driver "
+            f"{spec.driver}")
+    return instrument
+
+
+def scpi_factory(spec: DeviceSpec, household: str | None, ctx: BuildContext) -> InstrumentDevice:
+    resource = _resource(spec, "scpi")
+    instrument: ScpiCommandSet = _instrument(spec, ScpiCommandSet)
+    pool, defects = _shared(ctx)
+
+    def make_link() -> ScpiLink:
+        return ScpiLink(lambda: open_transport(resource), timeout_s=resource.timeout_s,
+                        terminator=instrument.terminator, error_query=instrument.error_query)
+
+    return SCPI_ROLES[spec.role](spec, resource, ctx.clock, pool, make_link, defects,
+                                 instrument=instrument, bus_voltage_v=ctx.rig.bus_voltage_v)
+
+
+def modbus_factory(spec: DeviceSpec, household: str | None,
+                   ctx: BuildContext) -> InstrumentDevice:
+    resource = _resource(spec, "modbus")
+    instrument: ModbusMap = _instrument(spec, ModbusMap)
+    pool, defects = _shared(ctx)
+    return MODBUS_ROLES[spec.role](spec, resource, ctx.clock, pool,
+                                   lambda: ModbusLink(resource), defects, instrument=instrument)
+
+
+FACTORIES = {"scpi": scpi_factory, "modbus": modbus_factory}

@@ -1,0 +1,171 @@
+"""Modbus devices by role: battery (BMS + converter), meter, relay, grid node.
+
+Points are read by semantic name from the instrument's register map; points that sit next
+to each other in one table are fetched in one request, so a meter costs one or two
+round trips, not five.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.bench.base import InstrumentDevice
+from drivers.instruments.model import ModbusMap, Point
+from drivers.protocol.modbus import MAX_READ, ModbusLink
+from drivers.roles import BatteryReading, MeterReading
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One read request covering several adjacent points of one table."""
+
+    table: str
+    address: int
+    count: int
+    points: tuple[Point, ...]
+
+
+def plan_reads(points: list[Point], offset: int = 0) -> list[Block]:
+    """Group points into as few requests as contiguity and the protocol's size limit allow."""
+    blocks: list[Block] = []
+    for p in sorted(points, key=lambda p: (p.table, p.address)):
+        start = p.address + offset
+        last = blocks[-1] if blocks else None
+        if (last is not None and last.table == p.table and start == last.address + last.count
+                and last.count + p.count <= MAX_READ[p.table]):
+            blocks[-1] = Block(p.table, last.address, last.count + p.count, (*last.points, p))
+        else:
+            blocks.append(Block(p.table, start, p.count, (p,)))
+    return blocks
+
+
+class ModbusDevice(InstrumentDevice):
+    link: ModbusLink
+
+    def __init__(self, *args: Any, instrument: ModbusMap, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instrument = instrument
+        self.unit = self.resource.unit
+        self.channel = int(self.spec.params.get("channel", 0))
+        if not 0 <= self.channel < instrument.channels:
+            raise ValueError(f"{self.name}: channel {self.channel} outside 0.."
+                             f"{instrument.channels - 1} of {instrument.model}")
+
+    def _offset(self, point: Point) -> int:
+        """Per-channel points (coils of a relay board) move with the device's channel."""
+        return self.channel if self.instrument.channels > 1 and point.table == "coil" else 0
+
+    async def _read_now(self, names: list[str]) -> dict[str, float]:
+        points = [self.instrument.point(n) for n in names]
+        values: dict[str, float] = {}
+        for offset in sorted({self._offset(p) for p in points}):
+            group = [p for p in points if self._offset(p) == offset]
+            for block in plan_reads(group, offset):
+                words = await self.link.read(block.table, block.address, block.count, self.unit)
+                at = 0
+                for p in block.points:
+                    values[p.name] = p.codec.decode(words[at:at + p.count])
+                    at += p.count
+        return values
+
+    async def read_points(self, *names: str) -> dict[str, float]:
+        return await self._run(f"read {', '.join(names)}", lambda: self._read_now(list(names)))
+
+    async def write_point(self, name: str, value: float, *, always: bool = False) -> None:
+        point = self.instrument.point(name)
+        if not point.writable:
+            raise ValueError(f"{self.name}: point {name} of {self.instrument.model} is read-only")
+        words = point.codec.encode(value)
+        address = point.address + self._offset(point)
+        await self._run(f"write {name}={value:g}",
+                        lambda: self.link.write(point.table, address, words, self.unit),
+                        always=always)
+
+    async def identify(self) -> str:
+        names = list(self.instrument.identify)
+        values = await self.read_points(*names) if names else {}
+        shown = ", ".join(f"{k}={v:g}" for k, v in values.items())
+        return (f"{self.instrument.title} [{self.instrument.model}] unit {self.unit}"
+                + (f" ch {self.channel}" if self.instrument.channels > 1 else "")
+                + (f" ({shown})" if shown else ""))
+
+    def _optional(self, name: str) -> list[str]:
+        return [name] if name in self.instrument.points else []
+
+
+METER_POINTS = ["import_wh", "power_w", "voltage_v", "current_a"]
+
+
+class _MetersEnergy(ModbusDevice):
+    async def read(self) -> MeterReading:
+        v = await self.read_points(*METER_POINTS, *self._optional("export_wh"))
+        return MeterReading(self.clock.now(), v["import_wh"], v.get("export_wh", 0.0),
+                            v["power_w"], v["voltage_v"], v["current_a"])
+
+
+class ModbusMeter(_MetersEnergy):
+    """An energy meter; a one-direction meter (no export_wh point) reports export 0."""
+
+    async def safe_state(self) -> None:
+        return None  # nothing to switch off
+
+
+class ModbusGrid(_MetersEnergy):
+    """The bus-forming grid node: its meter, and one point that enables it."""
+
+    async def set_enabled(self, on: bool) -> None:
+        await self.write_point("enabled", 1.0 if on else 0.0)
+
+    async def safe_state(self) -> None:
+        return None  # the grid node stays up to hold the bus while rigs disconnect
+
+
+class ModbusRelay(ModbusDevice):
+    async def set_closed(self, closed: bool, *, always: bool = False) -> None:
+        await self.write_point("closed", 1.0 if closed else 0.0, always=always)
+
+    async def read_closed(self) -> bool:
+        return bool((await self.read_points("closed"))["closed"])
+
+    async def safe_state(self) -> None:
+        await self.set_closed(False, always=True)
+
+
+BATTERY_POINTS = ["soc", "energy_wh", "power_w", "voltage_v", "current_a", "temperature_c",
+                  "enabled"]
+
+
+class ModbusBattery(ModbusDevice):
+    """BMS readings and the converter's setpoint; arms the converter's watchdog if asked."""
+
+    async def _setup(self) -> None:
+        watchdog = self.spec.params.get("watchdog_s")
+        if watchdog is not None and "watchdog_s" in self.instrument.points:
+            point = self.instrument.point("watchdog_s")
+            await self.link.write(point.table, point.address, point.codec.encode(float(watchdog)),
+                                  self.unit)
+
+    async def set_power(self, watts: float) -> None:
+        await self.write_point("power_setpoint_w", watts)
+
+    async def set_enabled(self, on: bool, *, always: bool = False) -> None:
+        await self.write_point("enabled", 1.0 if on else 0.0, always=always)
+
+    async def read(self) -> BatteryReading:
+        v = await self.read_points(*BATTERY_POINTS, *self._optional("alarms"))
+        alarms = self.instrument.point("alarms").flags(v["alarms"]) if "alarms" in v else ()
+        return BatteryReading(self.clock.now(), v["soc"], v["energy_wh"], v["power_w"],
+                              v["voltage_v"], v["current_a"], v["temperature_c"],
+                              bool(v["enabled"]), tuple(sorted(alarms)))
+
+    async def safe_state(self) -> None:
+        await self.set_enabled(False, always=True)
+
+
+MODBUS_ROLES: dict[str, type[ModbusDevice]] = {
+    "battery": ModbusBattery,
+    "meter": ModbusMeter,
+    "relay": ModbusRelay,
+    "grid": ModbusGrid,
+}

@@ -1,0 +1,96 @@
+"""SCPI supplies and loads by role: the PV supply and the electronic load.
+
+Which lines to send comes from the instrument's command set; how a power setpoint becomes
+a setting (constant current into the bus, or native constant power) is its ``setpoint``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drivers.bench.base import InstrumentDevice
+from drivers.instruments.model import ScpiCommandSet
+from drivers.protocol.scpi import ScpiLink
+from drivers.roles import PowerReading
+from drivers.transport.base import LinkError
+
+
+class ScpiPowerDevice(InstrumentDevice):
+    """A supply or load whose power, switch and measurements are SCPI commands."""
+
+    switch = "output"  # the command that turns it on: output (supply) or input (load)
+    link: ScpiLink
+
+    def __init__(self, *args: Any, instrument: ScpiCommandSet, bus_voltage_v: float,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instrument = instrument
+        self.bus_voltage_v = bus_voltage_v
+        self.channel = int(self.spec.params.get("channel", instrument.channel))
+
+    def _setting(self, command: str, value: Any) -> str:
+        return self.instrument.command(command).setting(value, self.channel)
+
+    async def _query(self, command: str) -> Any:
+        cmd = self.instrument.command(command)
+        reply = await self.link.query(cmd.query(self.channel))
+        try:
+            return cmd.parse(reply)
+        except ValueError:  # garbled on the line: a link fault, worth a fresh connection
+            raise LinkError(f"{self.link.description}: unreadable reply {reply!r} "
+                            f"to {cmd.query(self.channel)!r}") from None
+
+    async def _setup(self) -> None:
+        for line in self.instrument.init:
+            await self.link.write(line)
+        if self.instrument.setpoint == "current":
+            ceiling = self.spec.limits.max_voltage_v or float("inf")
+            volts = min(self.bus_voltage_v * self.instrument.voltage_headroom, ceiling)
+            await self.link.write(self._setting("voltage", volts))
+
+    async def identify(self) -> str:
+        return str(await self._run("identify", lambda: self._query("identify")))
+
+    async def set_power(self, watts: float) -> None:
+        if self.instrument.setpoint == "current":
+            line = self._setting("current", watts / self.bus_voltage_v)
+        else:
+            line = self._setting("power", watts)
+        await self._run(f"set power {watts:g} W", lambda: self.link.write(line))
+
+    async def _switch(self, on: bool, *, always: bool = False) -> None:
+        line = self._setting(self.switch, on)
+        await self._run(f"{self.switch} {'on' if on else 'off'}", lambda: self.link.write(line),
+                        always=always)
+
+    async def read(self) -> PowerReading:
+        async def exchange() -> tuple[float, float, float, bool]:
+            return (await self._query("measured_voltage"), await self._query("measured_current"),
+                    await self._query("measured_power"), await self._query(self.switch))
+
+        v, i, p, on = await self._run("read", exchange)
+        return PowerReading(self.clock.now(), v, i, p, on)
+
+    async def safe_state(self) -> None:
+        await self._switch(False, always=True)
+
+
+class ScpiSupply(ScpiPowerDevice):
+    """A DC supply emulating the household's PV array."""
+
+    switch = "output"
+
+    async def set_output(self, on: bool) -> None:
+        await self._switch(on)
+
+
+class ScpiLoad(ScpiPowerDevice):
+    """An electronic load drawing the household's consumption."""
+
+    switch = "input"
+
+    async def set_input(self, on: bool) -> None:
+        await self._switch(on)
+
+
+SCPI_ROLES: dict[str, type[ScpiPowerDevice]] = {"pv": ScpiSupply, "load": ScpiLoad}

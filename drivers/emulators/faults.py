@@ -1,0 +1,63 @@
+"""Faults an emulated instrument can be told to show, one plan per instrument.
+
+``no_reply`` (the request is swallowed), ``late_reply`` (answered after ``delay_s``),
+``crc_error`` (the reply is garbled: a bad CRC on RTU, a wrong transaction id on TCP, so the
+client must discard it), ``exception`` (a Modbus exception, ``code``), ``scpi_error`` (the
+next setting is refused into the error queue) and ``disconnect`` (the connection is closed).
+Each fault lasts ``count`` requests, or until cleared when ``count`` is None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FAULT_KINDS = ("no_reply", "late_reply", "crc_error", "exception", "scpi_error", "disconnect")
+
+
+@dataclass
+class Fault:
+    kind: str
+    count: int | None = None  # requests it lasts; None = until cleared
+    delay_s: float = 1.0  # late_reply
+    code: int = 4  # exception: Modbus exception code; scpi_error: the SCPI error number
+    message: str = "Data out of range"  # scpi_error
+
+
+class FaultPlan:
+    def __init__(self) -> None:
+        self._active: Fault | None = None
+        self.served = 0  # how many requests met a fault (tests check a fault really fired)
+
+    def inject(self, kind: str, count: int | None = None, **options: float | int | str) -> None:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {kind!r} (faults: {', '.join(FAULT_KINDS)})")
+        self._active = Fault(kind, count, **options)  # type: ignore[arg-type]
+
+    def clear(self) -> None:
+        self._active = None
+
+    @property
+    def active(self) -> Fault | None:
+        return self._active
+
+    def take(self) -> Fault | None:
+        """The fault that applies to this request, if any (and count it down)."""
+        fault = self._active
+        if fault is None:
+            return None
+        self.served += 1
+        if fault.count is not None:
+            fault.count -= 1
+            if fault.count <= 0:
+                self._active = None
+        return fault
+
+
+def parse_fault(text: str) -> tuple[str, Fault]:
+    """``DEVICE=KIND[:N]`` from the command line -> (device, fault)."""
+    device, sep, spec = text.partition("=")
+    kind, _, count = spec.partition(":")
+    if not sep or kind not in FAULT_KINDS:
+        raise ValueError(f"expected DEVICE=KIND[:COUNT], KIND one of {', '.join(FAULT_KINDS)};"
+                         f" got {text!r}")
+    return device.strip(), Fault(kind, int(count) if count else None)

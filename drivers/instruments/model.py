@@ -1,0 +1,316 @@
+"""Parse and check instrument files; what the device layer and the emulators read from them."""
+
+from __future__ import annotations
+
+import re
+import string
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from drivers.protocol.registers import TYPES, WORD_ORDERS, Codec
+
+TABLES = ("holding", "input", "coil", "discrete")
+WRITABLE_TABLES = ("holding", "coil")
+ACCESS = ("r", "w", "rw")
+
+# The semantic names each role's driver needs (beyond these, a file may declare anything).
+ROLE_POINTS: dict[str, tuple[str, ...]] = {
+    "meter": ("voltage_v", "current_a", "power_w", "import_wh"),
+    "grid": ("voltage_v", "current_a", "power_w", "import_wh", "export_wh", "enabled"),
+    "battery": ("soc", "energy_wh", "power_w", "voltage_v", "current_a", "temperature_c",
+                "enabled", "power_setpoint_w"),
+    "relay": ("closed",),
+}
+ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
+    "pv": ("identify", "output", "measured_voltage", "measured_current", "measured_power"),
+    "load": ("identify", "input", "measured_voltage", "measured_current", "measured_power"),
+}
+SETPOINT_COMMANDS: dict[str, tuple[str, ...]] = {
+    "current": ("voltage", "current"),  # CC into the bus: I = P / V_bus
+    "power": ("power",),  # native constant-power mode
+}
+COMMAND_TYPES: dict[str, Callable[[str], Any]] = {"float": float, "int": int, "str": str}
+
+
+class InstrumentFileError(ValueError):
+    def __init__(self, source: str, where: str, problem: str) -> None:
+        super().__init__(f"instrument file {source}: {where}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    name: str
+    table: str
+    address: int
+    codec: Codec
+    unit: str = ""
+    access: str = "r"
+    bits: tuple[str, ...] = ()
+    doc: str = ""
+
+    @property
+    def count(self) -> int:
+        return self.codec.count
+
+    @property
+    def readable(self) -> bool:
+        return "r" in self.access
+
+    @property
+    def writable(self) -> bool:
+        return "w" in self.access
+
+    def flags(self, raw_value: float) -> tuple[str, ...]:
+        """Names of the bits set in a bitfield point's raw value."""
+        value = int(raw_value)
+        return tuple(name for i, name in enumerate(self.bits) if value >> i & 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusMap:
+    model: str
+    title: str
+    follows: str
+    roles: tuple[str, ...]
+    points: dict[str, Point]
+    identify: tuple[str, ...] = ()
+    channels: int = 1
+    source: str = ""
+    protocol: str = "modbus"
+
+    def point(self, name: str) -> Point:
+        try:
+            return self.points[name]
+        except KeyError:
+            raise KeyError(f"instrument {self.model} has no point {name!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One SCPI function: a query and/or a setting template (``{value}``, ``{ch}``)."""
+
+    name: str
+    get: str | None = None
+    set: str | None = None
+    type: str = "float"
+    true: str = "ON"
+    false: str = "OFF"
+    unit: str = ""
+
+    def query(self, channel: int) -> str:
+        assert self.get is not None, f"{self.name} has no query"
+        return self.get.format(ch=channel)
+
+    def setting(self, value: Any, channel: int) -> str:
+        assert self.set is not None, f"{self.name} has no setting"
+        if self.type == "bool":
+            value = self.true if value else self.false
+        return self.set.format(value=value, ch=channel)
+
+    def parse(self, reply: str) -> Any:
+        """An instrument's reply as a Python value; booleans accept 1/0 and the words."""
+        text = reply.strip().strip('"')
+        if self.type == "bool":
+            word = text.upper()
+            if word in ("1", self.true.upper(), "ON"):
+                return True
+            if word in ("0", self.false.upper(), "OFF"):
+                return False
+            raise ValueError(f"{self.name}: not a boolean reply {reply!r}")
+        return COMMAND_TYPES[self.type](text)
+
+    def setting_pattern(self, channel: int) -> re.Pattern[str]:
+        """A regex matching this command's setting lines, capturing ``value`` (for emulators)."""
+        assert self.set is not None
+        parts = []
+        for literal, field, _spec, _conv in string.Formatter().parse(self.set):
+            parts.append(_loose(literal))
+            if field == "value":
+                parts.append(r"(?P<value>[^\s,;]+)")
+            elif field == "ch":
+                parts.append(re.escape(str(channel)))
+        return re.compile("".join(parts) + r"\s*", re.IGNORECASE)
+
+
+def _loose(literal: str) -> str:
+    """Literal text, with any run of blanks matching any run of blanks."""
+    return r"\s+".join(re.escape(chunk) for chunk in re.split(r"\s+", literal)) \
+        if literal.strip() else (r"\s+" if literal else "")
+
+
+@dataclass(frozen=True, slots=True)
+class ScpiCommandSet:
+    model: str
+    title: str
+    follows: str
+    roles: tuple[str, ...]
+    commands: dict[str, Command]
+    init: tuple[str, ...] = ()
+    setpoint: str = "power"
+    voltage_headroom: float = 1.05
+    channel: int = 1
+    terminator: str = "\n"
+    error_query: str | None = "SYST:ERR?"
+    source: str = ""
+    protocol: str = "scpi"
+
+    def command(self, name: str) -> Command:
+        try:
+            return self.commands[name]
+        except KeyError:
+            raise KeyError(f"instrument {self.model} has no command {name!r}") from None
+
+
+Instrument = ModbusMap | ScpiCommandSet
+
+
+def _folder() -> Any:
+    return files(__package__ or "drivers.instruments")
+
+
+def available_instruments() -> list[str]:
+    return sorted(f.name.removesuffix(".toml") for f in _folder().iterdir()
+                  if f.name.endswith(".toml"))
+
+
+def load_instrument(name_or_path: str) -> Instrument:
+    """A built-in instrument by model name (``rigol-dp800``), or a file by path."""
+    builtin = _folder() / f"{name_or_path}.toml"
+    if builtin.is_file():
+        source, text = f"{name_or_path}.toml", builtin.read_text("utf-8")
+    elif Path(name_or_path).is_file():
+        source, text = name_or_path, Path(name_or_path).read_text("utf-8")
+    else:
+        raise InstrumentFileError(name_or_path, "model", "no such built-in instrument or file "
+                                  f"(built-in: {', '.join(available_instruments())})")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise InstrumentFileError(source, "TOML", str(err)) from None
+    head = _table(source, data, "instrument")
+    protocol = head.get("protocol")
+    if protocol not in _PARSERS:
+        raise InstrumentFileError(source, "[instrument] protocol",
+                                  f"expected one of {sorted(_PARSERS)}, got {protocol!r}")
+    for key in ("model", "follows", "title"):
+        if not isinstance(head.get(key), str) or not head[key]:
+            raise InstrumentFileError(source, f"[instrument] {key}", "missing (a text)")
+    roles = head.get("roles")
+    if not isinstance(roles, list) or not roles:
+        raise InstrumentFileError(source, "[instrument] roles", "a non-empty list of roles")
+    return _PARSERS[protocol](source, data, head, tuple(roles))
+
+
+def _table(source: str, data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise InstrumentFileError(source, f"[{key}]", "missing table")
+    return value
+
+
+def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
+                  roles: tuple[str, ...]) -> ModbusMap:
+    default_order = head.get("word_order", "big")
+    points: dict[str, Point] = {}
+    for name, p in _table(source, data, "points").items():
+        where = f"[points] {name}"
+        if not isinstance(p, dict):
+            raise InstrumentFileError(source, where, "expected an inline table")
+        unknown = set(p) - {"table", "address", "type", "scale", "unit", "access", "bits",
+                            "doc", "word_order"}
+        if unknown:
+            raise InstrumentFileError(source, where, f"unknown key {sorted(unknown)[0]!r}")
+        table, kind = p.get("table"), p.get("type")
+        access, order = p.get("access", "r"), p.get("word_order", default_order)
+        checks = [
+            (table in TABLES, f"table must be one of {TABLES}"),
+            (isinstance(p.get("address"), int) and 0 <= p["address"] <= 0xFFFF,
+             "address must be an integer in 0..0xFFFF"),
+            (kind in TYPES, f"type must be one of {sorted(TYPES)}"),
+            ((kind == "bit") == (table in ("coil", "discrete")),
+             "coils and discrete inputs have type bit, registers a numeric type"),
+            (access in ACCESS, f"access must be one of {ACCESS}"),
+            ("w" not in access or table in WRITABLE_TABLES,
+             f"only {WRITABLE_TABLES} are writable"),
+            (order in WORD_ORDERS, f"word_order must be one of {WORD_ORDERS}"),
+            (isinstance(p.get("scale", 1), int | float) and p.get("scale", 1) != 0,
+             "scale must be a non-zero number"),
+        ]
+        for ok, problem in checks:
+            if not ok:
+                raise InstrumentFileError(source, where, problem)
+        codec = Codec(kind, order, float(p.get("scale", 1)))
+        points[name] = Point(name, table, p["address"], codec, p.get("unit", ""), access,
+                             tuple(p.get("bits", ())), p.get("doc", ""))
+    _check_overlaps(source, points)
+    for role in roles:
+        if role not in ROLE_POINTS:
+            raise InstrumentFileError(source, "[instrument] roles",
+                                      f"no Modbus driver for role {role!r} "
+                                      f"(Modbus roles: {', '.join(ROLE_POINTS)})")
+        missing = [n for n in ROLE_POINTS[role] if n not in points]
+        if missing:
+            raise InstrumentFileError(source, "[points]",
+                                      f"role {role} needs point(s) {', '.join(missing)}")
+    identify = tuple(head.get("identify", ()))
+    for name in identify:
+        if name not in points:
+            raise InstrumentFileError(source, "[instrument] identify", f"no point {name!r}")
+    return ModbusMap(head["model"], head["title"], head["follows"], roles, points, identify,
+                     int(head.get("channels", 1)), source)
+
+
+def _check_overlaps(source: str, points: dict[str, Point]) -> None:
+    taken: dict[tuple[str, int], str] = {}
+    for p in points.values():
+        for a in range(p.address, p.address + p.count):
+            other = taken.setdefault((p.table, a), p.name)
+            if other != p.name:
+                raise InstrumentFileError(source, f"[points] {p.name}",
+                                          f"overlaps {other} at {p.table} address {a}")
+
+
+def _parse_scpi(source: str, data: dict[str, Any], head: dict[str, Any],
+                roles: tuple[str, ...]) -> ScpiCommandSet:
+    commands: dict[str, Command] = {}
+    for name, c in _table(source, data, "commands").items():
+        where = f"[commands] {name}"
+        if not isinstance(c, dict) or not (c.get("get") or c.get("set")):
+            raise InstrumentFileError(source, where, "needs get and/or set")
+        unknown = set(c) - {"get", "set", "type", "true", "false", "unit", "doc"}
+        if unknown:
+            raise InstrumentFileError(source, where, f"unknown key {sorted(unknown)[0]!r}")
+        kind = c.get("type", "float")
+        if kind not in (*COMMAND_TYPES, "bool"):
+            raise InstrumentFileError(source, where, "type must be float, int, str or bool")
+        if c.get("set") is not None and "{value" not in c["set"]:
+            raise InstrumentFileError(source, where, "a setting template needs {value}")
+        commands[name] = Command(name, c.get("get"), c.get("set"), kind, c.get("true", "ON"),
+                                 c.get("false", "OFF"), c.get("unit", ""))
+    setpoint = head.get("setpoint", "power")
+    if setpoint not in SETPOINT_COMMANDS:
+        raise InstrumentFileError(source, "[instrument] setpoint",
+                                  f"expected one of {sorted(SETPOINT_COMMANDS)}")
+    for role in roles:
+        if role not in ROLE_COMMANDS:
+            raise InstrumentFileError(source, "[instrument] roles",
+                                      f"no SCPI driver for role {role!r} "
+                                      f"(SCPI roles: {', '.join(ROLE_COMMANDS)})")
+        missing = [n for n in ROLE_COMMANDS[role] + SETPOINT_COMMANDS[setpoint]
+                   if n not in commands]
+        if missing:
+            raise InstrumentFileError(source, "[commands]",
+                                      f"role {role} needs command(s) {', '.join(missing)}")
+    return ScpiCommandSet(
+        head["model"], head["title"], head["follows"], roles, commands,
+        tuple(head.get("init", ())), setpoint, float(head.get("voltage_headroom", 1.05)),
+        int(head.get("channel", 1)), head.get("terminator", "\n"),
+        head.get("error_query", "SYST:ERR?") or None, source)
+
+
+_PARSERS: dict[str, Callable[[str, dict[str, Any], dict[str, Any], tuple[str, ...]],
+                             Instrument]] = {"modbus": _parse_modbus, "scpi": _parse_scpi}

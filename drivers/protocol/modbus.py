@@ -1,0 +1,152 @@
+"""Modbus RTU and TCP through pymodbus's async client, one client per physical link.
+
+pymodbus frames, checks CRCs and matches transaction ids; this module turns its answers
+into plain values or into our errors: :class:`LinkError` for a link that failed (timeout,
+disconnect, garbled frame: worth a retry on a fresh connection) and
+:class:`ModbusExceptionError` for an instrument that answered "no".
+The client's own retries and reconnect loop are off: the device layer owns that policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import termios
+from collections.abc import Callable
+from typing import Any
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from drivers.protocol.errors import ModbusExceptionError
+from drivers.resources import Resource
+from drivers.transport.base import LinkClosed, LinkError, LinkTimeout
+
+# pymodbus logs every timeout as a warning; our errors say it better, so keep its log quiet
+# unless the application configures logging itself.
+logging.getLogger("pymodbus").addHandler(logging.NullHandler())
+
+TABLES = ("holding", "input", "coil", "discrete")
+MAX_READ = {"holding": 125, "input": 125, "coil": 2000, "discrete": 2000}
+
+_CLIENTS: dict[str, Callable[[Resource], Any]] = {
+    "tcp": lambda r: AsyncModbusTcpClient(
+        r.host, port=r.port, framer=FramerType.SOCKET, timeout=r.timeout_s, retries=0,
+        reconnect_delay=0),
+    "serial": lambda r: AsyncModbusSerialClient(
+        r.device, framer=FramerType.RTU, baudrate=r.baud, bytesize=r.bytesize,
+        parity=r.parity, stopbits=r.stopbits, timeout=r.timeout_s, retries=0,
+        reconnect_delay=0),
+}
+
+
+class ModbusLink:
+    """One connection (TCP socket or serial bus), shared by every unit id behind it."""
+
+    def __init__(self, resource: Resource) -> None:
+        self.resource = resource
+        self.description = resource.link_key
+        self._client: Any = None
+        self.generation = 0
+        self.lock = asyncio.Lock()
+        self._open_lock = asyncio.Lock()  # one exchange at a time, and no reconnect mid-exchange
+
+    @property
+    def is_open(self) -> bool:
+        return self._client is not None and bool(self._client.connected)
+
+    async def open(self) -> None:
+        if self.resource.link == "serial":
+            flush_serial_input(self.resource.device)
+        client = _CLIENTS[self.resource.link](self.resource)
+        try:
+            async with asyncio.timeout(self.resource.timeout_s + 1.0):
+                ok = await client.connect()
+        except TimeoutError:
+            ok = False
+        if not ok:
+            client.close()
+            raise LinkError(f"{self.description}: cannot connect")
+        self._client = client
+        self.generation += 1  # devices re-send their setup on a new connection
+
+    async def ensure_open(self) -> None:
+        """Open once, however many devices sharing this link ask at the same moment."""
+        async with self._open_lock:
+            if not self.is_open:
+                await self.open()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    async def reset(self) -> None:
+        """Drop the connection and make a fresh one (after a timeout the stream is suspect)."""
+        async with self.lock, self._open_lock:
+            await self.close()
+            if self.resource.link == "serial":
+                # RTU has no transaction ids: let a late reply land, then flush it, so it
+                # cannot pass for the answer to the next request.
+                await asyncio.sleep(self.resource.timeout_s)
+            await self.open()
+
+    async def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        await self.ensure_open()
+        try:
+            async with asyncio.timeout(self.resource.timeout_s * 2 + 0.5):
+                reply = await getattr(self._client, method)(*args, **kwargs)
+        except TimeoutError:
+            raise LinkTimeout(f"{self.description}: {what}: no reply") from None
+        except ModbusException as err:
+            text = str(err)
+            kind = LinkTimeout if "timeout" in text.lower() or "no response" in text.lower() \
+                else LinkClosed
+            raise kind(f"{self.description}: {what}: {text}") from None
+        except (ConnectionError, OSError) as err:
+            raise LinkClosed(f"{self.description}: {what}: {err}") from None
+        if reply.isError():
+            code = getattr(reply, "exception_code", 0)
+            raise ModbusExceptionError(code, f"{self.description} {what}")
+        return reply
+
+    async def read(self, table: str, address: int, count: int, unit: int) -> list[int]:
+        """Registers (ints) or bits (0/1) from ``table``, ``count`` of them from ``address``."""
+        what = f"read {table} {address}+{count} unit {unit}"
+        method = _READS[table]
+        async with self.lock:
+            reply = await self._call(what, method, address, count=count, device_id=unit)
+        values = reply.registers if table in ("holding", "input") else reply.bits
+        if len(values) < count:
+            raise LinkError(f"{self.description}: {what}: short reply ({len(values)} values)")
+        return [int(v) for v in values[:count]]
+
+    async def write(self, table: str, address: int, values: list[int], unit: int) -> None:
+        what = f"write {table} {address}={values} unit {unit}"
+        single, multiple = _WRITES[table]
+        async with self.lock:
+            if len(values) == 1:
+                value: Any = bool(values[0]) if table == "coil" else values[0]
+                await self._call(what, single, address, value, device_id=unit)
+            else:
+                items: list[Any] = [bool(v) for v in values] if table == "coil" else values
+                await self._call(what, multiple, address, items, device_id=unit)
+
+
+def flush_serial_input(device: str) -> None:
+    """Drop bytes waiting in the port's input queue (stale replies) before a client opens it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            termios.tcflush(fd, termios.TCIFLUSH)
+        finally:
+            os.close(fd)
+
+
+_READS = {"holding": "read_holding_registers", "input": "read_input_registers",
+          "coil": "read_coils", "discrete": "read_discrete_inputs"}
+_WRITES = {"holding": ("write_register", "write_registers"),
+           "coil": ("write_coil", "write_coils")}
