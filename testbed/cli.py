@@ -33,14 +33,36 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _run_until_signal(coro: Any) -> Any:
-    """Run ``coro``; SIGINT/SIGTERM cancel it, so its ``finally`` puts the bench safe."""
+def _run_until_signal(coro_factory: Any) -> Any:
+    """Run the coroutine made by ``coro_factory(controller_hook)`` with signals wired.
+
+    SIGINT/SIGTERM cancel the run, so its ``finally`` puts the bench in its safe state; a
+    second signal while that happens is reported and otherwise ignored, so the safe-state
+    writes are never cut short. SIGUSR1 is the emergency stop from the shell
+    (``kill -USR1 PID``).
+    """
     async def main() -> Any:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
+        stopping = False
+        controllers: list[Any] = []
+
+        def stop(sig: signal.Signals) -> None:
+            nonlocal stopping
+            if stopping:
+                err.print(f"[yellow]{sig.name}: already stopping, putting the bench safe[/]")
+                return
+            stopping = True
+            task.cancel()  # type: ignore[union-attr]
+
+        def estop() -> None:
+            for c in controllers:
+                c.emergency_stop("SIGUSR1 from the shell")
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
-        return await coro
+            loop.add_signal_handler(sig, stop, sig)
+        loop.add_signal_handler(signal.SIGUSR1, estop)
+        return await coro_factory(controllers.append)
     try:
         return asyncio.run(main())
     except asyncio.CancelledError:
@@ -49,39 +71,92 @@ def _run_until_signal(coro: Any) -> Any:
         raise typer.Exit(130) from None
 
 
+def _safety_printer(topic: str, payload: dict[str, Any]) -> None:
+    """Safety events go to stderr as they happen, whatever the output format."""
+    if topic != "safety" or payload.get("event") == "rigs_connected":
+        return
+    if payload.get("event") == "safe_state" and payload.get("complete"):
+        err.print("[green]safe state: every output off, every relay open[/green]")
+        return
+    err.print(f"[red]safety:[/red] {json.dumps(payload)}")
+
+
 @app.command()
 def run(
     scenario: Annotated[str, typer.Argument(help="built-in scenario name or a TOML file")],
     rig: Annotated[str, typer.Option(help="built-in rig name or a rig TOML file")] = "mock",
     db: Annotated[Path, typer.Option(help="SQLite database for runs and the ledger")] = DB_DEFAULT,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    speed: Annotated[str | None, typer.Option(
+        help="time scale override: a number (1440 = a day in a minute, real time) or 'max' "
+             "(virtual time, mock rigs only)")] = None,
+    junit: Annotated[Path | None, typer.Option(
+        help="write JUnit XML: one testcase per trade and per household check")] = None,
+    resume: Annotated[str | None, typer.Option(
+        help="continue the run with this id from its last committed interval")] = None,
 ) -> None:
-    """Run a market scenario on a rig: clear, route, meter, settle, and record the ledger."""
+    """Run a market scenario on a rig: clear, route, meter, settle, and record the ledger.
+
+    Exits 1 when a validation check fails, 2 on bad input, 130 when stopped by a signal.
+    """
     from testbed.report import render, summarise
     from testbed.rigfile import load_rig
-    from testbed.runner import run_scenario
+    from testbed.runner import apply_speed, run_scenario
     from testbed.scenario import load_scenario
     from testbed.store import Store
+    from testbed.validation import write_junit
 
     try:
         sc = load_scenario(scenario)
-        rg = load_rig(rig)
+        rg, clock = apply_speed(load_rig(rig), speed)
     except InputError as e:
         fail(str(e))
     store = Store(db)
     try:
-        outcome = _run_until_signal(run_scenario(sc, rg, store))
+        outcome = _run_until_signal(lambda hook: run_scenario(
+            sc, rg, store, clock=clock, resume=resume, observers=[_safety_printer],
+            on_controller=hook))
     except InputError as e:
         fail(str(e))
     finally:
         store.close()
     summary = summarise(outcome)
+    if junit is not None:
+        write_junit(junit, outcome.checks, f"testbed.{sc.name}")
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
         render(summary, console)
-    if not all(h["within_tolerance"] for h in summary["households"]):
+    if summary["validation"]["failed"]:
+        err.print(f"[red]{len(summary['validation']['failed'])} validation check(s) failed[/red]")
         raise typer.Exit(1)
+
+
+@app.command()
+def runs(
+    db: Annotated[Path, typer.Option(help="SQLite database for runs and the ledger")] = DB_DEFAULT,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False,
+) -> None:
+    """List the runs in a database (running, finished, aborted or failed)."""
+    from testbed.store import Store
+
+    if not db.exists():
+        fail(f"{db}: no such database")
+    store = Store(db)
+    try:
+        rows = [{"id": r["id"], "scenario": r["scenario"], "rig": r["rig"],
+                 "status": r["status"], "started_at": r["started_at"],
+                 "finished_at": r["finished_at"]} for r in store.runs()]
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table("id", "scenario", "rig", "status", "started", "finished")
+    for r in rows:
+        t.add_row(*(str(r[k] or "") for k in ("id", "scenario", "rig", "status", "started_at",
+                                               "finished_at")))
+    console.print(t)
 
 
 @app.command()
