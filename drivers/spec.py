@@ -57,6 +57,7 @@ class RigSpec:
     control_period_s: float = 1.0
     bus_voltage_v: float = 48.0
     tolerance_pct: float = 0.5
+    dut_tolerance_pct: float = 1.0
     source: str = "<memory>"
     description: str = ""
 

@@ -17,6 +17,7 @@ interval at once and the caller's ``finally`` leaves the whole bench safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +25,10 @@ from drivers.clock import Clock
 from drivers.registry import Bench, HouseholdDevices
 from drivers.roles import MeterReading
 from drivers.spec import RigSpec
+from testbed.dut import DutTracker
 from testbed.events import EventBus
 from testbed.profiles import DayProfile
+from testbed.validation import Check
 
 
 class EmergencyStop(Exception):
@@ -87,6 +90,7 @@ class IntervalMeasurement:
     grid_export_wh: float
     readings: list[dict[str, Any]] = field(default_factory=list)
     tripped: dict[str, str] = field(default_factory=dict)  # household -> why it left the bus
+    dut_checks: list[Check] = field(default_factory=list)
 
 
 class Controller:
@@ -193,6 +197,8 @@ class Controller:
             else:
                 base[p.household], last[p.household] = r.net_wh, r
         log: list[dict[str, Any]] = []
+        duts = {p.household: t for p in plans
+                if (t := DutTracker.of(rig.household(p.household))) is not None}
 
         for k in range(tl.steps):
             self._check_estop()
@@ -219,6 +225,8 @@ class Controller:
                     continue
                 last[hid] = reading
                 h = houses[hid]
+                if hid in duts:
+                    await self._sample_dut(duts[hid], h, reading, bat)
                 sp = setpoints(rig, plan, tl, hour)
                 done = reading.net_wh - base[hid]
                 goal = plan.target_kwh * wh_per_kwh * (k + 1) / tl.steps
@@ -253,6 +261,13 @@ class Controller:
             # The final park is issued one write latency early so it lands on the deadline.
             await self._sleep_until(deadline - (self.write_latency if last_step else 0.0))
 
+        # The DUT references close on the powers that held up to the deadline.
+        for hid, tracker in duts.items():
+            if hid not in self.tripped:
+                h = houses[hid]
+                with contextlib.suppress(Exception):
+                    await self._sample_dut(tracker, h, await h.meter.read(),
+                                           await h.battery.read())
         # Park every live rig at zero bus power before the closing read, so the time the
         # reads take adds no energy to the interval.
         parked = [self.bench.households[p.household] for p in plans
@@ -272,4 +287,10 @@ class Controller:
             grid_import_wh=grid1.import_wh - grid0.import_wh,
             grid_export_wh=grid1.export_wh - grid0.export_wh,
             readings=log, tripped=dict(self.tripped),
+            dut_checks=[c for t in duts.values() for c in t.checks(0, rig.dut_tolerance_pct)],
         )
+
+    async def _sample_dut(self, tracker: DutTracker, h: HouseholdDevices,
+                          meter: MeterReading, bat: Any) -> None:
+        pv, load = await asyncio.gather(h.pv.read(), h.load.read())
+        tracker.sample(meter, pv, load, bat)

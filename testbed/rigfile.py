@@ -60,6 +60,7 @@ def rig_from_dict(source: str, data: dict[str, Any]) -> RigSpec:
         control_period_s=top.number("control_period_s", 1.0, positive=True),
         bus_voltage_v=top.number("bus_voltage_v", 48.0, positive=True),
         tolerance_pct=top.number("tolerance_pct", 0.5, positive=True),
+        dut_tolerance_pct=top.number("dut_tolerance_pct", 1.0, positive=True),
         source=source,
     )
     top.reject_unknown()

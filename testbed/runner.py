@@ -181,6 +181,8 @@ class Run:
         settlement = settle(clearing.fills, metered, sc.tariff, sc.aud_per_token)
         checks = interval_checks(index, clearing, routed, metered, self.rig.tolerance_pct,
                                  measured.tripped)
+        checks += [dataclasses.replace(c, suite=f"interval {index} DUT")
+                   for c in measured.dut_checks]
 
         # 5. Seal orders, fills and transfers in one block; write the interval atomically.
         txs = list(signed)

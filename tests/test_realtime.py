@@ -151,10 +151,16 @@ def test_sigkill_mid_interval_then_resume_gives_uninterrupted_balances(tmp_path:
     mine = {h["id"]: h["balance_after_eth"] for h in out["households"]}
     ref = {h["id"]: h["balance_after_eth"] for h in expected["households"]}
     assert mine.keys() == ref.keys()
-    for h in ref:
-        # The same to the micro-ETH, but for one micro-unit where a real-time meter reading
-        # a few micro-kWh off the virtual run's tips a rounding (1 µETH = 0.00037 AUD).
-        assert abs(round(mine[h] * 1e6) - round(ref[h] * 1e6)) <= 1, (h, mine[h], ref[h])
+    # Trades are the same; what settles with the grid follows the meters, which in real time
+    # land within the rig's 0.5 % tolerance of the routed energy rather than on it exactly.
+    # So each balance may differ by at most that much energy at the import tariff (+1 µETH
+    # of rounding), and every household must have passed its tolerance check.
+    import_aud = 0.37  # scenario 2's import tariff (scenarios.md)
+    for h in out["households"]:
+        assert h["within_tolerance"], h
+        bound = 0.005 * abs(h["metered_kwh"]) * import_aud / 370 * 1e6 + 1
+        diff = abs(round(mine[h["id"]] * 1e6) - round(ref[h["id"]] * 1e6))
+        assert diff <= bound, (h["id"], mine[h["id"]], ref[h["id"]], bound)
     assert out["ledger"]["total_micro"] == expected["ledger"]["total_micro"]
     store = Store(tmp_path / "k.db")
     op = store.db["keys"].get((out["run_id"], "operator"))["public_key"]

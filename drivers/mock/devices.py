@@ -88,7 +88,9 @@ class MockBattery(_MockDevice):
     async def read(self) -> BatteryReading:
         at = self._sync()
         b = self.rig.battery
-        return BatteryReading(at, b.soc, b.energy_wh, b.actual_w, self._v(),
+        # ``firmware_energy_gain`` (a rig param) lets a test play a miscalibrated BMS.
+        energy = b.energy_wh * self.plant.firmware_gain.get(self.name, 1.0)
+        return BatteryReading(at, energy / b.capacity_wh, energy, b.actual_w, self._v(),
                               b.actual_w / self._v(), b.temperature_c, b.enabled,
                               tuple(sorted(b.alarms)))
 

@@ -142,12 +142,18 @@ class Plant:
         self.grid = grid
         self.bus_voltage_v = bus_voltage_v
         self.t = start
+        self.firmware_gain: dict[str, float] = {}  # device name -> BMS energy report gain
 
     @classmethod
     def from_rig(cls, rig: RigSpec, start: float = 0.0) -> Plant:
         rigs = {h.id: _rig_model(h.id, h.devices) for h in rig.households}
         gmax = rig.grid.limits.max_power_w or float("inf")
-        return cls(rigs, GridModel(max_power_w=gmax), rig.bus_voltage_v, start)
+        plant = cls(rigs, GridModel(max_power_w=gmax), rig.bus_voltage_v, start)
+        for h in rig.households:
+            bat = h.devices["battery"]
+            if "firmware_energy_gain" in bat.params:
+                plant.firmware_gain[bat.name] = float(bat.params["firmware_energy_gain"])
+        return plant
 
     def advance_to(self, t: float) -> None:
         """Integrate every model from the last update to ``t`` at constant setpoints."""
