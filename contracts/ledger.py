@@ -1,24 +1,42 @@
 """The ledger's rules: canonical encoding, hashes, Merkle roots, signatures, the chain.
 
 Pure functions over plain data (dicts of str/int/bool/None and lists), so anyone holding
-the rows can recompute every hash and signature and every balance from genesis. Storage
-lives in ``testbed.ledger``; nothing here touches a disk or a clock.
+the rows can recompute every hash, signature and balance from genesis. Storage lives in
+``testbed.ledger``; nothing here touches a disk or a clock.
 
 A block: ``{"height", "prev_hash", "interval", "merkle_root", "txs": [...]}``. Its hash is
 SHA-256 of the canonical header (everything but the txs, which the Merkle root commits to),
 and the operator signs that hash.
+
+The same :class:`LedgerState` both builds blocks and verifies them, so a block the
+controller wrote is valid exactly when replaying it gives the same state. Transactions:
+
+``operator``     first tx of genesis: the operator's public key (the root of trust) and
+                 the token's AUD rate, which sets escrow amounts.
+``certificate``  the operator's signature over a household's account and public key.
+``open``         an account without a key (the grid).
+``deposit``      opening balances; genesis only.
+``order``        a household's signed order with a nonce; a buy order escrows
+                 ceil(energy x price / rate) micro-units from its available balance.
+``rejected``     an order refused, with the reason; replay re-derives the same reason.
+``fill``         a trade the contract cleared (informational: money moves by transfers).
+``transfer``     micro-units from one account to another (settlement).
+``release``      an escrow returned whole; every escrow opened in a block is released in it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from contracts.numbers import MICRO
 
 GENESIS_PREV = "0" * 64
 Json = Any
@@ -88,78 +106,262 @@ def order_message(order: Mapping[str, Json]) -> bytes:
     return canonical({k: v for k, v in order.items() if k != "signature"})
 
 
+def certificate_message(account: str, public_key: str) -> bytes:
+    """What the operator signs to register a household's key."""
+    return canonical({"type": "certificate", "account": account, "public_key": public_key})
+
+
+def escrow_amount(order: Mapping[str, Json], aud_per_token: Fraction) -> int:
+    """Micro-units a buy order locks: its limit price times its energy, rounded up."""
+    if order.get("side") != "buy":
+        return 0
+    aud = Fraction(str(order["energy_kwh"])) * Fraction(str(order["price"]))
+    return -((-aud * MICRO) // aud_per_token)  # ceil: the escrow always covers the limit
+
+
+
 @dataclass(frozen=True, slots=True)
 class ChainError:
     height: int
     reason: str
 
 
-def balances_from(txs: Iterable[Mapping[str, Json]], start: Mapping[str, int]) -> dict[str, int]:
-    """Replay deposits and transfers onto ``start``; unknown accounts raise ``KeyError``."""
-    out = dict(start)
-    for tx in txs:
+class TxError(ValueError):
+    """A transaction that does not apply to the ledger's state; the message says why."""
+
+
+ORDER_FIELDS = ("household", "side", "energy_kwh", "price", "nonce", "signature")
+
+
+@dataclass
+class LedgerState:
+    """Everything the chain implies so far: keys, balances, escrows, nonces, seen orders."""
+
+    operator: str = ""
+    aud_per_token: Fraction = Fraction(370)
+    keys: dict[str, str] = field(default_factory=dict)
+    balances: dict[str, int] = field(default_factory=dict)
+    holds: dict[str, tuple[str, int]] = field(default_factory=dict)  # order hash -> escrow
+    nonces: dict[str, int] = field(default_factory=dict)
+    executed: set[str] = field(default_factory=set)  # hashes of orders accepted before
+    height: int = 0
+    minted: int = 0
+    _block_orders: set[str] = field(default_factory=set)
+
+    def copy(self) -> LedgerState:
+        return LedgerState(self.operator, self.aud_per_token, dict(self.keys),
+                           dict(self.balances), dict(self.holds), dict(self.nonces),
+                           set(self.executed), self.height, self.minted,
+                           set(self._block_orders))
+
+    def available(self, account: str) -> int:
+        held = sum(a for owner, a in self.holds.values() if owner == account)
+        return self.balances.get(account, 0) - held
+
+    def rejection(self, order: Mapping[str, Json]) -> str | None:
+        """Why ``order`` must be refused, or ``None`` if it may execute. Deterministic."""
+        missing = [f for f in ORDER_FIELDS if f not in order]
+        if missing:
+            return f"malformed: missing {', '.join(missing)}"
+        owner = str(order["household"])
+        try:
+            energy, price = Fraction(str(order["energy_kwh"])), Fraction(str(order["price"]))
+            nonce = int(order["nonce"])
+        except (ValueError, ZeroDivisionError, TypeError):
+            return "malformed: energy_kwh, price and nonce must be numbers"
+        if order["side"] not in ("buy", "sell") or energy <= 0 or price < 0:
+            return "malformed: side buy|sell, energy_kwh > 0, price >= 0"
+        if owner not in self.keys:
+            return f"unregistered: no certificate for {owner!r}"
+        if not verify_signature(self.keys[owner], str(order["signature"]),
+                                order_message(order)):
+            return f"forged: signature does not verify against {owner!r}'s certified key"
+        digest = tx_hash(dict(order))
+        if digest in self._block_orders:
+            return "duplicate: the same order is already in this block"
+        if digest in self.executed:
+            return "replayed: this order executed in an earlier block"
+        if nonce <= self.nonces.get(owner, -1):
+            return f"stale nonce: {nonce} is not above {owner!r}'s last nonce " \
+                   f"{self.nonces[owner]}"
+        need = escrow_amount(order, self.aud_per_token)
+        if need > self.available(owner):
+            return f"insufficient funds: escrow {need} µ needed, {self.available(owner)} µ " \
+                   "available"
+        return None
+
+    def apply(self, tx: Mapping[str, Json]) -> None:
+        """Apply one transaction of block ``self.height``, or raise :class:`TxError`."""
         kind = tx.get("type")
-        if kind == "register":
-            out.setdefault(str(tx["account"]), 0)
-        elif kind == "deposit":
-            out[str(tx["account"])] += int(tx["amount"])
-        elif kind == "transfer":
-            src, dst, amount = str(tx["from"]), str(tx["to"]), int(tx["amount"])
-            if src not in out or dst not in out:
-                raise KeyError(f"transfer between unknown accounts {src!r} -> {dst!r}")
-            if amount < 0:
-                raise ValueError(f"negative transfer {amount}")
-            out[src] -= amount
-            out[dst] += amount
-    return out
+        handler = _HANDLERS.get(str(kind))
+        if handler is None:
+            raise TxError(f"unknown transaction type {kind!r}")
+        try:
+            handler(self, tx)
+        except KeyError as missing:
+            raise TxError(f"{kind} lacks field {missing}") from None
+
+    def end_block(self) -> None:
+        """Close the block: no escrow may stay open across blocks."""
+        if self.holds:
+            raise TxError(f"{len(self.holds)} escrow(s) opened in this block and not released")
+        self._block_orders.clear()
+        self.height += 1
+
+    # -- one method per transaction type ------------------------------------------------
+
+    def _operator(self, tx: Mapping[str, Json]) -> None:
+        if self.height != 0 or self.operator:
+            raise TxError("the operator is declared once, first in genesis")
+        self.operator = str(tx["public_key"])
+        self.aud_per_token = Fraction(str(tx["aud_per_token"]))
+
+    def _certificate(self, tx: Mapping[str, Json]) -> None:
+        account, key = str(tx["account"]), str(tx["public_key"])
+        if not self.operator:
+            raise TxError("certificate before the operator is declared")
+        if account in self.balances:
+            raise TxError(f"account {account!r} is already registered")
+        if not verify_signature(self.operator, str(tx["signature"]),
+                                certificate_message(account, key)):
+            raise TxError(f"certificate of {account!r} is not signed by the operator")
+        self.keys[account] = key
+        self.balances[account] = 0
+
+    def _open(self, tx: Mapping[str, Json]) -> None:
+        account = str(tx["account"])
+        if account in self.balances:
+            raise TxError(f"account {account!r} is already registered")
+        self.balances[account] = 0
+
+    def _deposit(self, tx: Mapping[str, Json]) -> None:
+        account, amount = str(tx["account"]), _amount(tx)
+        if self.height != 0:
+            raise TxError("deposits are only allowed in genesis")
+        if account not in self.balances:
+            raise TxError(f"deposit to unknown account {account!r}")
+        self.balances[account] += amount
+        self.minted += amount
+
+    def _order(self, tx: Mapping[str, Json]) -> None:
+        reason = self.rejection(tx)
+        if reason is not None:
+            raise TxError(f"order should have been rejected: {reason}")
+        digest = tx_hash(dict(tx))
+        self._block_orders.add(digest)
+        self.executed.add(digest)
+        self.nonces[str(tx["household"])] = int(tx["nonce"])
+        need = escrow_amount(tx, self.aud_per_token)
+        if need:
+            self.holds[digest] = (str(tx["household"]), need)
+
+    def _rejected(self, tx: Mapping[str, Json]) -> None:
+        order = tx["order"]
+        if not isinstance(order, Mapping):
+            raise TxError("rejected tx holds no order")
+        reason = self.rejection(order)
+        if reason is None:
+            raise TxError("a valid order was recorded as rejected")
+        if reason != tx["reason"]:
+            raise TxError(f"rejection reason {tx['reason']!r} where the rules say {reason!r}")
+
+    def _fill(self, tx: Mapping[str, Json]) -> None:
+        for role in ("seller", "buyer"):
+            if str(tx[role]) not in self.balances:
+                raise TxError(f"fill names unknown {role} {tx[role]!r}")
+
+    def _transfer(self, tx: Mapping[str, Json]) -> None:
+        src, dst, amount = str(tx["from"]), str(tx["to"]), _amount(tx)
+        if src not in self.balances or dst not in self.balances:
+            raise TxError(f"transfer between unknown accounts {src!r} -> {dst!r}")
+        self.balances[src] -= amount
+        self.balances[dst] += amount
+
+    def _release(self, tx: Mapping[str, Json]) -> None:
+        digest, amount = str(tx["order"]), _amount(tx)
+        if digest not in self.holds:
+            raise TxError(f"release of escrow {digest[:12]}… that is not open")
+        owner, held = self.holds[digest]
+        if (owner, held) != (str(tx["account"]), amount):
+            raise TxError(f"release of {amount} µ to {tx['account']!r} where "
+                          f"{held} µ of {owner!r} is held")
+        del self.holds[digest]
 
 
-def verify_chain(blocks: Sequence[Mapping[str, Json]], operator_public: str) -> ChainError | None:
-    """Recompute every hash, root, link and signature; the first bad block, or ``None``.
+def _amount(tx: Mapping[str, Json]) -> int:
+    amount = tx["amount"]
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
+        raise TxError(f"amount {amount!r} is not a non-negative integer of micro-units")
+    return amount
+
+
+_HANDLERS = {
+    "operator": LedgerState._operator, "certificate": LedgerState._certificate,
+    "open": LedgerState._open, "deposit": LedgerState._deposit, "order": LedgerState._order,
+    "rejected": LedgerState._rejected, "fill": LedgerState._fill,
+    "transfer": LedgerState._transfer, "release": LedgerState._release,
+}
+
+
+def apply_block(state: LedgerState, txs: Sequence[Mapping[str, Json]]) -> None:
+    """Apply a whole block's transactions to ``state`` (in place), or raise TxError."""
+    for i, tx in enumerate(txs):
+        try:
+            state.apply(tx)
+        except TxError as err:
+            raise TxError(f"tx {i} ({tx.get('type')}): {err}") from None
+    state.end_block()
+
+
+def verify_chain(blocks: Sequence[Mapping[str, Json]], operator_public: str,
+                 ) -> ChainError | None:
+    """Recompute every hash, root, link, signature and balance; the first bad block or None.
 
     Each block is ``{"height", "prev_hash", "interval", "merkle_root", "hash", "signature",
-    "txs"}``. Orders inside are checked against the keys registered in earlier blocks.
+    "txs"}``. ``operator_public`` is the trust anchor; genesis must declare the same key.
     """
+    return replay(blocks, operator_public)[1]
+
+
+def replay(blocks: Sequence[Mapping[str, Json]], operator_public: str,
+           ) -> tuple[LedgerState, ChainError | None]:
+    """The state after the longest valid prefix of ``blocks``, and the first error."""
     prev = GENESIS_PREV
-    keys: dict[str, str] = {}
-    balances: dict[str, int] = {}
+    state = LedgerState()
     for expected_height, block in enumerate(blocks):
         h = int(block["height"])
         if h != expected_height:
-            return ChainError(expected_height, f"block height {h} where {expected_height} due")
+            return state, ChainError(expected_height,
+                                     f"block {expected_height} is missing (found {h})")
         if block["prev_hash"] != prev:
-            return ChainError(h, "prev_hash does not match the previous block's hash")
+            return state, ChainError(h, "prev_hash does not match the previous block's hash")
         txs = list(block["txs"])
         root = merkle_root([tx_hash(tx) for tx in txs])
         if root != block["merkle_root"]:
-            return ChainError(h, "Merkle root does not match its transactions")
-        head = header(h, block["prev_hash"], block["interval"], root)
+            return state, ChainError(h, "Merkle root does not match its transactions")
+        head = header(h, str(block["prev_hash"]), block["interval"], root)
         if block_hash(head) != block["hash"]:
-            return ChainError(h, "block hash does not match its header")
+            return state, ChainError(h, "block hash does not match its header")
         if not verify_signature(operator_public, str(block["signature"]),
-                                bytes.fromhex(block["hash"])):
-            return ChainError(h, "operator signature is invalid")
-        total_before = sum(balances.values())
-        minted = 0
-        for i, tx in enumerate(txs):
-            if tx.get("type") == "register":
-                keys[str(tx["account"])] = str(tx["public_key"])
-            elif tx.get("type") == "deposit":
-                if h != 0:
-                    return ChainError(h, f"tx {i}: deposits are only allowed in genesis")
-                minted += int(tx["amount"])
-            elif tx.get("type") == "order":
-                owner = str(tx["household"])
-                if owner not in keys:
-                    return ChainError(h, f"tx {i}: order by unregistered household {owner!r}")
-                if not verify_signature(keys[owner], str(tx.get("signature", "")),
-                                        order_message(tx)):
-                    return ChainError(h, f"tx {i}: order signature of {owner!r} is invalid")
+                                bytes.fromhex(str(block["hash"]))):
+            return state, ChainError(h, "operator signature is invalid")
+        draft = state.copy()
         try:
-            balances = balances_from(txs, balances)
-        except (KeyError, ValueError) as err:
-            return ChainError(h, f"transactions do not apply: {err}")
-        if sum(balances.values()) != total_before + minted:
-            return ChainError(h, "money is not conserved")
+            apply_block(draft, txs)
+        except TxError as err:
+            return state, ChainError(h, str(err))
+        if h == 0 and draft.operator != operator_public:
+            return state, ChainError(h, "genesis declares another operator key")
+        if sum(draft.balances.values()) != draft.minted:
+            return state, ChainError(h, "money is not conserved")
+        state = draft
         prev = str(block["hash"])
-    return None
+    return state, None
+
+
+def balances_from(blocks: Sequence[Mapping[str, Json]]) -> dict[str, int]:
+    """Balances after replaying ``blocks`` (which must verify: no signature check here)."""
+    state = LedgerState()
+    for block in blocks:
+        apply_block(state, list(block["txs"]))
+    return state.balances

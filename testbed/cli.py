@@ -223,9 +223,10 @@ def scenarios() -> None:
 
 
 def _register_subcommands() -> None:
-    from testbed import lab_cli
+    from testbed import lab_cli, ledger_cli
 
     lab_cli.register(app)
+    ledger_cli.register(app)
 
 
 _register_subcommands()

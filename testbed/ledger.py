@@ -1,12 +1,23 @@
-"""The run's ledger: keys, signed orders, and one signed hash-chained block per interval.
+"""The run's ledger on disk: keys, signed orders with nonces and escrow, sealed blocks.
 
-The rules (encoding, hashes, Merkle roots, verification) are ``contracts.ledger``; this
-module holds the keys and the current head, and hands blocks to the store.
+The rules (encoding, hashes, Merkle roots, what a transaction may do) are
+``contracts.ledger``; this module holds the keys and the current state, builds blocks
+through the same :class:`~contracts.ledger.LedgerState` a verifier replays, and writes
+them to the store inside the caller's transaction.
+
+Tables: ``blocks`` and ``txs`` (the chain), ``keys`` (each account's public key, the
+operator's being the trust anchor), ``balances`` (the state after the head, for
+auditors), ``runs.ledger_height``/``ledger_head`` (so a deleted last block is noticed).
+``keystore`` holds the private keys of the operator and of the mock HEMS, so a run can be
+resumed; it is not part of the ledger and a lab with real HEMS devices keeps only theirs.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -17,6 +28,7 @@ from contracts.settlement import GRID, Transfer
 from testbed.store import Store
 
 OPERATOR = "operator"
+AUD_PER_TOKEN = Fraction(370)
 
 
 def _public_hex(key: Ed25519PrivateKey) -> str:
@@ -30,97 +42,233 @@ def _private_hex(key: Ed25519PrivateKey) -> str:
 
 
 @dataclass
+class BlockDraft:
+    """The next block while it is being built: every tx is checked as it is added."""
+
+    state: rules.LedgerState
+    txs: list[dict[str, Any]] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)  # order hash -> reason
+
+    def submit(self, order: dict[str, Any]) -> str | None:
+        """Record ``order`` as executed, or as rejected with the reason (returned)."""
+        reason = self.state.rejection(order)
+        if reason is None:
+            self.add([order])
+        else:
+            self.add([{"type": "rejected", "order": order, "reason": reason}])
+            self.rejected[rules.tx_hash(order)] = reason
+        return reason
+
+    def add(self, txs: Iterable[dict[str, Any]]) -> None:
+        for tx in txs:
+            self.state.apply(tx)
+            self.txs.append(tx)
+
+    def release_escrow(self) -> None:
+        """Return every escrow opened in this block, whole (settlement already paid)."""
+        self.add([{"type": "release", "order": digest, "account": owner, "amount": amount}
+                  for digest, (owner, amount) in sorted(self.state.holds.items())])
+
+
+@dataclass
 class Ledger:
     store: Store
     run_id: str
     keys: dict[str, Ed25519PrivateKey] = field(default_factory=dict)
-    balances: dict[str, int] = field(default_factory=dict)
-    height: int = 0
+    state: rules.LedgerState = field(default_factory=rules.LedgerState)
     head: str = rules.GENESIS_PREV
+    _issued: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def height(self) -> int:
+        return self.state.height
+
+    @property
+    def balances(self) -> dict[str, int]:
+        return self.state.balances
+
+    @classmethod
+    def create(cls, store: Store, run_id: str, accounts: list[str], opening: dict[str, int],
+               aud_per_token: Fraction = AUD_PER_TOKEN) -> Ledger:
+        """Keys for the operator and every account, and the genesis block (inside the
+        caller's transaction)."""
+        led = cls(store, run_id)
+        led.new_keys(accounts)
+        led.append(None, led.genesis_txs(opening, aud_per_token))
+        return led
 
     @classmethod
     def load(cls, store: Store, run_id: str) -> Ledger:
-        """Re-open a run's ledger: keys from the keystore, head and balances from the
-        blocks, after verifying the whole chain from genesis."""
+        """Re-open a run's ledger after verifying the whole chain from genesis."""
         from testbed.errors import InputError
 
         err = verify_run(store, run_id)
         if err is not None:
             raise InputError(f"ledger of run {run_id}", f"block {err.height}: {err.reason}")
         led = cls(store, run_id)
-        for row in store.db.query("select * from keys where run_id = ?", [run_id]):
+        for row in store.db.query("select * from keystore where run_id = ?", [run_id]):
             led.keys[row["account"]] = Ed25519PrivateKey.from_private_bytes(
                 bytes.fromhex(row["private_key"]))
         blocks = store.blocks(run_id)
-        led.balances = rules.balances_from([t for b in blocks for t in b["txs"]], {})
-        led.height = len(blocks)
+        led.state, _ = rules.replay(blocks, led.public(OPERATOR))
         led.head = blocks[-1]["hash"] if blocks else rules.GENESIS_PREV
         return led
 
     def opening(self) -> dict[str, int]:
         """Balances as genesis left them (deposits only)."""
-        blocks = self.store.blocks(self.run_id)
-        return rules.balances_from(blocks[0]["txs"] if blocks else [], {})
+        return rules.balances_from(self.store.blocks(self.run_id)[:1])
 
     def public(self, account: str) -> str:
         return _public_hex(self.keys[account])
 
     def new_keys(self, accounts: list[str]) -> list[dict[str, Any]]:
-        """An Ed25519 key per account (and the operator's); rows for the keystore table.
-
-        The mock HEMS of every household keeps its key in the run database so a run can be
-        resumed; a lab with real HEMS devices registers only their public keys.
-        """
-        rows = []
+        """An Ed25519 key per account and the operator's; writes the keystore and the
+        public keys, and returns the public rows."""
+        rows, secrets = [], []
         for account in [OPERATOR, *accounts]:
             key = Ed25519PrivateKey.generate()
             self.keys[account] = key
             rows.append({"run_id": self.run_id, "account": account,
-                         "public_key": _public_hex(key), "private_key": _private_hex(key)})
+                         "public_key": _public_hex(key)})
+            secrets.append({"run_id": self.run_id, "account": account,
+                            "private_key": _private_hex(key)})
+        self.store.insert("keys", rows)
+        self.store.insert("keystore", secrets)
         return rows
 
-    def sign_order(self, order: dict[str, Any]) -> dict[str, Any]:
-        signed = dict(order)
-        signed["signature"] = rules.sign(self.keys[str(order["household"])],
-                                         rules.order_message(order))
-        return signed
-
-    def order_is_valid(self, order: dict[str, Any]) -> bool:
-        owner = str(order.get("household"))
-        return owner in self.keys and rules.verify_signature(
-            self.public(owner), str(order.get("signature", "")), rules.order_message(order))
-
-    def genesis_txs(self, opening: dict[str, int]) -> list[dict[str, Any]]:
-        txs: list[dict[str, Any]] = [
-            {"type": "register", "account": a, "public_key": self.public(a)}
-            for a in self.keys if a != OPERATOR]
-        txs.append({"type": "register", "account": GRID, "public_key": ""})
+    def genesis_txs(self, opening: Mapping[str, int],
+                    aud_per_token: Fraction = AUD_PER_TOKEN) -> list[dict[str, Any]]:
+        """The operator (trust anchor), a certificate per household key, the grid's
+        account, and the opening deposits."""
+        op = self.keys[OPERATOR]
+        txs: list[dict[str, Any]] = [{"type": "operator", "public_key": self.public(OPERATOR),
+                                      "aud_per_token": str(aud_per_token)}]
+        for account in self.keys:
+            if account != OPERATOR:
+                pub = self.public(account)
+                txs.append({"type": "certificate", "account": account, "public_key": pub,
+                            "signature": rules.sign(op, rules.certificate_message(account,
+                                                                                  pub))})
+        txs.append({"type": "open", "account": GRID})
         txs += [{"type": "deposit", "account": a, "amount": amount}
                 for a, amount in opening.items() if amount]
         return txs
 
+    def next_nonce(self, household: str) -> int:
+        """A nonce above every one this household has used (on the chain or issued)."""
+        n = max(self.state.nonces.get(household, -1), self._issued.get(household, -1)) + 1
+        self._issued[household] = n
+        return n
+
+    def sign_order(self, order: dict[str, Any]) -> dict[str, Any]:
+        """The household's HEMS signs ``order`` (given a fresh nonce if it has none)."""
+        signed = {"type": "order", **order}
+        signed.setdefault("nonce", self.next_nonce(str(order["household"])))
+        signed["signature"] = rules.sign(self.keys[str(order["household"])],
+                                         rules.order_message(signed))
+        return signed
+
+    def order_is_valid(self, order: dict[str, Any]) -> bool:
+        return self.state.rejection(order) is None
+
+    def draft(self) -> BlockDraft:
+        return BlockDraft(self.state.copy())
+
     @staticmethod
-    def transfer_txs(transfers: tuple[Transfer, ...]) -> list[dict[str, Any]]:
+    def transfer_txs(transfers: Iterable[Transfer]) -> list[dict[str, Any]]:
         return [{"type": "transfer", "from": t.source, "to": t.target, "amount": t.amount,
                  "memo": t.memo} for t in transfers]
 
     def append(self, interval: int | None, txs: list[dict[str, Any]]) -> dict[str, Any]:
-        """Seal ``txs`` into the next block and write it (inside the caller's transaction)."""
+        """Check ``txs`` against the rules, then seal and write them as the next block."""
+        draft = self.draft()
+        draft.add(txs)
+        return self.seal(interval, draft)
+
+    def seal(self, interval: int | None, draft: BlockDraft) -> dict[str, Any]:
+        """Seal ``draft`` into the next block and write it (inside the caller's
+        transaction). Raises :class:`contracts.ledger.TxError` if it leaves escrow open."""
+        state = draft.state
+        state.end_block()
+        txs = draft.txs
+        height = state.height - 1
         root = rules.merkle_root([rules.tx_hash(tx) for tx in txs])
-        head = rules.header(self.height, self.head, interval, root)
+        head = rules.header(height, self.head, interval, root)
         digest = rules.block_hash(head)
         block = {**head, "hash": digest,
                  "signature": rules.sign(self.keys[OPERATOR], bytes.fromhex(digest))}
-        self.store.insert("blocks", {"run_id": self.run_id, **block})
-        self.store.insert("txs", [{"run_id": self.run_id, "height": self.height, "seq": i,
-                                   "body": rules.canonical(tx).decode()}
-                                  for i, tx in enumerate(txs)])
-        self.balances = rules.balances_from(txs, self.balances)
-        self.height += 1
-        self.head = digest
+        store = self.store
+        store.insert("blocks", {"run_id": self.run_id, **block})
+        store.insert("txs", [{"run_id": self.run_id, "height": height, "seq": i,
+                              "body": rules.canonical(tx).decode()}
+                             for i, tx in enumerate(txs)])
+        store.db["balances"].upsert_all(  # type: ignore[union-attr]
+            [{"run_id": self.run_id, "account": a, "micro": m}
+             for a, m in state.balances.items()], pk=["run_id", "account"])
+        store.db["runs"].update(self.run_id, {  # type: ignore[union-attr]
+            "ledger_height": height + 1, "ledger_head": digest})
+        self.state, self.head = state, digest
         return block
 
 
 def verify_run(store: Store, run_id: str) -> rules.ChainError | None:
-    row = store.db["keys"].get((run_id, OPERATOR))  # type: ignore[union-attr]
-    return rules.verify_chain(store.blocks(run_id), row["public_key"])
+    """Verify one run's ledger rows from genesis: every signature, hash, link and balance,
+    the rows' own form, the keys table and the head the run recorded."""
+    keys = {r["account"]: r["public_key"]
+            for r in store.db.query("select * from keys where run_id = ?", [run_id])}
+    if OPERATOR not in keys:
+        return rules.ChainError(0, "the operator's public key is missing from the keys table")
+    heights = [r["height"] for r in store.db.query(
+        "select height from blocks where run_id = ? order by height", [run_id])]
+    blocks = []
+    for h in heights:
+        rows = list(store.db.query("select seq, body from txs where run_id = ? and height = ? "
+                                   "order by seq", [run_id, h]))
+        block = dict(zip(("height", "interval", "prev_hash", "merkle_root", "hash",
+                          "signature"), store.db.execute(
+            "select height, interval, prev_hash, merkle_root, hash, signature from blocks "
+            "where run_id = ? and height = ?", [run_id, h]).fetchone(), strict=True))
+        txs = []
+        for i, row in enumerate(rows):
+            if row["seq"] != i:
+                return rules.ChainError(h, f"tx row {row['seq']} where {i} is due")
+            try:
+                tx = json.loads(row["body"])
+            except json.JSONDecodeError:
+                return rules.ChainError(h, f"tx {i} is not JSON")
+            if rules.canonical(tx).decode() != row["body"]:
+                return rules.ChainError(h, f"tx {i} is not in canonical form")
+            txs.append(tx)
+        blocks.append({**block, "txs": txs})
+    state, err = rules.replay(blocks, keys[OPERATOR])
+    if err is not None:
+        return err
+    orphans = store.db.execute("select min(height) from txs where run_id = ? and height "
+                               "not in (select height from blocks where run_id = ?)",
+                               [run_id, run_id]).fetchone()[0]
+    if orphans is not None:
+        return rules.ChainError(orphans, f"transactions at height {orphans} have no block")
+    last = len(blocks) - 1
+    run = store.db.execute("select ledger_height, ledger_head from runs where id = ?",
+                           [run_id]).fetchone()
+    if run is None:
+        return rules.ChainError(0, "the run's row is missing, and with it the recorded head")
+    recorded, head = run
+    if recorded != len(blocks) or head != (blocks[-1]["hash"] if blocks else None):
+        if recorded is not None and recorded > len(blocks):
+            return rules.ChainError(len(blocks), f"block {len(blocks)} is missing: the run "
+                                                 f"recorded {recorded} blocks")
+        return rules.ChainError(max(last, 0), f"the run recorded {recorded} blocks ending in "
+                                              f"{head}, not this chain's head")
+    certified = dict(state.keys)
+    certified[OPERATOR] = state.operator
+    if keys != certified:
+        bad = sorted(set(keys.items()) ^ set(certified.items()))[0][0]
+        return rules.ChainError(0, f"keys table entry for {bad!r} does not match the chain")
+    stored = {r["account"]: r["micro"]
+              for r in store.db.query("select * from balances where run_id = ?", [run_id])}
+    if stored != state.balances:
+        bad = sorted(set(stored.items()) ^ set(state.balances.items()))[0][0]
+        return rules.ChainError(last, f"balances table for {bad!r}: {stored.get(bad)} µ, "
+                                      f"the chain gives {state.balances.get(bad)} µ")
+    return None

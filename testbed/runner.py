@@ -114,9 +114,9 @@ def plans_for(scenario: Scenario) -> list[RigPlan]:
 
 
 def _order_payload(run_id: str, interval: int, hid: str, side: str, energy: Fraction,
-                   price: Fraction, nonce: int) -> dict[str, Any]:
-    return {"type": "order", "run": run_id, "interval": interval, "household": hid,
-            "side": side, "energy_kwh": str(energy), "price": str(price), "nonce": nonce}
+                   price: Fraction) -> dict[str, Any]:
+    return {"run": run_id, "interval": interval, "household": hid, "side": side,
+            "energy_kwh": str(energy), "price": str(price)}
 
 
 def _metered_kwh(wh: float, wh_per_kwh: float) -> Fraction:
@@ -148,17 +148,20 @@ class Run:
 
     async def interval(self, index: int, controller: Controller) -> IntervalOutcome:
         sc, run_id, ledger, events = self.scenario, self.run_id, self.ledger, self.events
-        # 1. Each household's HEMS signs its order; the contract takes only valid ones.
+        # 1. Each household's HEMS signs its order (with a fresh nonce); the ledger admits
+        #    it (certified key, signature, nonce, escrow for buyers) or records why not.
+        draft = ledger.draft()
         signed = [ledger.sign_order(_order_payload(run_id, index, h.id, h.side, h.order_kwh,
-                                                   h.price, nonce=index))
+                                                   h.price))
                   for h in sc.households if h.side is not None and h.price is not None]
         book, rejected = [], {}
         for o in signed:
-            if ledger.order_is_valid(o):
+            reason = draft.submit(o)
+            if reason is None:
                 book.append(Order(o["household"], Side(o["side"]), Fraction(o["energy_kwh"]),
                                   Fraction(o["price"])))
             else:
-                rejected[o["household"]] = "bad signature"
+                rejected[o["household"]] = reason
         events.emit("orderbook", {"interval": index, "orders": signed, "rejected": rejected})
 
         # 2. Clear.
@@ -184,13 +187,15 @@ class Run:
         checks += [dataclasses.replace(c, suite=f"interval {index} DUT")
                    for c in measured.dut_checks]
 
-        # 5. Seal orders, fills and transfers in one block; write the interval atomically.
-        txs = list(signed)
-        txs += [{"type": "fill", "seller": f.seller, "buyer": f.buyer,
-                 "energy_kwh": str(f.energy), "price": str(f.price)} for f in clearing.fills]
-        txs += ledger.transfer_txs(settlement.transfers)
+        # 5. Seal orders, fills, transfers and escrow releases in one block; write the
+        #    interval atomically.
+        draft.add({"type": "fill", "seller": f.seller, "buyer": f.buyer,
+                   "energy_kwh": str(f.energy), "price": str(f.price)} for f in clearing.fills)
+        draft.add(ledger.transfer_txs(settlement.transfers))
+        draft.release_escrow()
+        txs = draft.txs
         with self.store.transaction():
-            block = ledger.append(index, txs)
+            block = ledger.seal(index, draft)
             self._write_interval(index, clearing, settlement, measured, rejected, checks)
         for i, f in enumerate(clearing.fills):
             events.emit("trade", {"interval": index, "seq": i, "seller": f.seller,
@@ -231,7 +236,6 @@ class Run:
 def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
            events: EventBus, run_id: str) -> Run:
     ids = [h.id for h in scenario.households]
-    ledger = Ledger(store, run_id)
     opening = {h.id: to_micro(scenario.opening_tokens(h)) for h in scenario.households}
     with store.transaction():
         store.insert("runs", {"id": run_id, "scenario": scenario.name, "rig": rig.name,
@@ -241,8 +245,7 @@ def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
                                                     "scenario_source": scenario.source,
                                                     "time_scale": rig.time_scale}),
                               "summary": None})
-        store.insert("keys", ledger.new_keys(ids))
-        ledger.append(None, ledger.genesis_txs(opening))
+        ledger = Ledger.create(store, run_id, ids, opening, scenario.aud_per_token)
     return Run(scenario, rig, store, clock, events, run_id, ledger, opening, 0)
 
 

@@ -17,7 +17,8 @@ import sqlite_utils
 
 SCHEMA: dict[str, tuple[dict[str, type], list[str]]] = {
     "runs": ({"id": str, "scenario": str, "rig": str, "mechanism": str, "status": str,
-              "started_at": str, "finished_at": str, "params": str, "summary": str}, ["id"]),
+              "started_at": str, "finished_at": str, "params": str, "summary": str,
+              "ledger_height": int, "ledger_head": str}, ["id"]),
     "intervals": ({"run_id": str, "idx": int, "clearing_price": str, "method": int,
                    "volume_kwh": str, "details": str, "lab_start_s": float,
                    "lab_end_s": float}, ["run_id", "idx"]),
@@ -32,8 +33,9 @@ SCHEMA: dict[str, tuple[dict[str, type], list[str]]] = {
                 "merkle_root": str, "hash": str, "signature": str}, ["run_id", "height"]),
     "txs": ({"run_id": str, "height": int, "seq": int, "body": str},
             ["run_id", "height", "seq"]),
-    "keys": ({"run_id": str, "account": str, "public_key": str, "private_key": str},
-             ["run_id", "account"]),
+    "keys": ({"run_id": str, "account": str, "public_key": str}, ["run_id", "account"]),
+    "balances": ({"run_id": str, "account": str, "micro": int}, ["run_id", "account"]),
+    "keystore": ({"run_id": str, "account": str, "private_key": str}, ["run_id", "account"]),
 }
 
 

@@ -33,7 +33,7 @@ CLI = [sys.executable, "-m", "testbed.cli"]
 def short_timeouts(data: dict) -> dict:  # type: ignore[type-arg]
     for table in [data["grid"], *(t for h in data["households"] for t in h.values()
                                   if isinstance(t, dict))]:
-        table["timeout_s"] = 0.3
+        table["timeout_s"] = 0.6
     return data
 
 

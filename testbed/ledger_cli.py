@@ -1,0 +1,130 @@
+"""``testbed ledger verify DB`` and ``testbed ledger show DB``: auditing a run database.
+
+Verification needs nothing but the database: every signature, hash, Merkle root, link,
+escrow and balance is recomputed from genesis (``testbed.ledger.verify_run``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from contracts.numbers import MICRO
+
+ledger_app = typer.Typer(help="Audit a run database's ledger.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+DbArg = Annotated[Path, typer.Argument(help="SQLite run database")]
+RunOpt = Annotated[str | None, typer.Option("--run", help="one run id (default: every run)")]
+
+
+def _open(db: Path) -> Any:
+    from testbed.store import Store
+
+    if not db.is_file():
+        err.print(f"[red]error:[/red] {db}: no such database", highlight=False)
+        raise typer.Exit(2)
+    return Store(db)
+
+
+def _run_ids(store: Any, run: str | None) -> list[str]:
+    ids = [r["id"] for r in store.runs()]
+    if run is not None:
+        if run not in ids:
+            err.print(f"[red]error:[/red] --run {run}: no such run in {store.path}")
+            raise typer.Exit(2)
+        return [run]
+    return ids
+
+
+@ledger_app.command()
+def verify(db: DbArg, run: RunOpt = None,
+           as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False,
+           ) -> None:
+    """Recompute every signature, hash and balance from genesis; exit 1 naming the first bad
+    block of any run that fails."""
+    from testbed.ledger import verify_run
+
+    store = _open(db)
+    try:
+        results = []
+        for rid in _run_ids(store, run):
+            e = verify_run(store, rid)
+            blocks = store.db.execute("select count(*) from blocks where run_id = ?",
+                                      [rid]).fetchone()[0]
+            results.append({"run_id": rid, "ok": e is None, "blocks": blocks,
+                            "bad_block": None if e is None else e.height,
+                            "reason": None if e is None else e.reason})
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if r["ok"]:
+                console.print(f"[green]ok[/green]   run {r['run_id']}: {r['blocks']} blocks "
+                              "verified from genesis")
+            else:
+                console.print(f"[red]BAD[/red]  run {r['run_id']}: block {r['bad_block']}: "
+                              f"{r['reason']}", highlight=False)
+    if not results:
+        err.print(f"{db}: no runs")
+    if any(not r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+def _describe(tx: dict[str, Any]) -> str:
+    kind = tx.get("type")
+    if kind == "order":
+        return (f"{tx['household']} {tx['side']} {tx['energy_kwh']} kWh @ {tx['price']} "
+                f"(nonce {tx['nonce']})")
+    if kind == "rejected":
+        o = tx.get("order", {})
+        return f"{o.get('household')} {o.get('side')}: {tx.get('reason')}"
+    if kind == "transfer":
+        return f"{tx['from']} -> {tx['to']} {tx['amount'] / MICRO:.6f} ({tx.get('memo', '')})"
+    if kind == "release":
+        return f"escrow {tx['amount'] / MICRO:.6f} back to {tx['account']}"
+    if kind == "fill":
+        return f"{tx['seller']} -> {tx['buyer']} {tx['energy_kwh']} kWh @ {tx['price']}"
+    if kind == "deposit":
+        return f"{tx['account']} +{tx['amount'] / MICRO:.6f}"
+    if kind in ("certificate", "operator"):
+        return f"{tx.get('account', 'operator')} key {str(tx['public_key'])[:16]}…"
+    return str(tx.get("account", ""))
+
+
+@ledger_app.command()
+def show(db: DbArg, run: RunOpt = None,
+         txs: Annotated[bool, typer.Option(help="list every transaction")] = True) -> None:
+    """Print each run's blocks, their transactions, and the balances at the head."""
+    store = _open(db)
+    try:
+        for rid in _run_ids(store, run):
+            console.rule(f"run {rid}")
+            for b in store.blocks(rid):
+                console.print(f"[bold]block {b['height']}[/bold] interval {b['interval']} "
+                              f"hash {b['hash'][:16]}… prev {b['prev_hash'][:16]}… "
+                              f"root {b['merkle_root'][:16]}… {len(b['txs'])} txs",
+                              highlight=False)
+                if txs:
+                    for i, tx in enumerate(b["txs"]):
+                        console.print(f"  {i:4d} {tx.get('type', '?'):<11} {_describe(tx)}",
+                                      highlight=False, soft_wrap=True)
+            table = Table("account", "balance (token)", "micro-units", title="balances")
+            for row in store.db.query("select account, micro from balances where run_id = ? "
+                                      "order by account", [rid]):
+                table.add_row(row["account"], f"{row['micro'] / MICRO:.6f}", str(row["micro"]))
+            console.print(table)
+    finally:
+        store.close()
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(ledger_app, name="ledger")
