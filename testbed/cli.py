@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from contracts.dual_bidding import clear as clear_book
@@ -29,7 +30,8 @@ DB_DEFAULT = Path("testbed.db")
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    # escape: a message naming a TOML table such as [profiles] is not rich markup
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 

@@ -23,12 +23,13 @@ RESIDENTIAL_SHAPE = np.array([
 
 
 @lru_cache(maxsize=16)
-def clear_sky_shape(latitude: float, longitude: float, date: str, steps: int = 288) -> np.ndarray:
+def clear_sky_shape(latitude: float, longitude: float, date: str, steps: int = 288,
+                    tz: str = "Australia/Sydney") -> np.ndarray:
     """Clear-sky GHI over one local day at ``steps`` points, normalised to sum to one."""
     import pandas as pd
     from pvlib.location import Location
 
-    site = Location(latitude, longitude, tz="Australia/Sydney" if longitude > 140 else "UTC")
+    site = Location(latitude, longitude, tz=tz)
     times = pd.date_range(date, periods=steps, freq=pd.Timedelta(days=1) / steps, tz=site.tz)
     times = times + pd.Timedelta(days=1) / steps / 2  # midpoints of each step
     ghi = site.get_clearsky(times, model="haurwitz")["ghi"].to_numpy(dtype=float)
@@ -55,9 +56,9 @@ class DayProfile:
 
 
 def day_profile(net_kwh: float, load_kwh: float, latitude: float, longitude: float,
-                date: str) -> DayProfile:
+                date: str, tz: str = "Australia/Sydney") -> DayProfile:
     """A day whose PV minus load is ``net_kwh`` (PV never negative: load shrinks if it must)."""
     pv = load_kwh + net_kwh
     if pv < 0:
         load_kwh, pv = -net_kwh, 0.0
-    return DayProfile(pv, load_kwh, clear_sky_shape(latitude, longitude, date))
+    return DayProfile(pv, load_kwh, clear_sky_shape(latitude, longitude, date, tz=tz))

@@ -109,7 +109,7 @@ def plans_for(scenario: Scenario) -> list[RigPlan]:
     p = scenario.profiles
     return [RigPlan(h.id, float(h.net_kwh),
                     day_profile(float(h.net_kwh), p.daily_load_kwh, p.latitude, p.longitude,
-                                p.date))
+                                p.date, p.timezone))
             for h in scenario.households]
 
 

@@ -37,6 +37,7 @@ class Profiles:
     longitude: float
     date: str
     site: str
+    timezone: str = "Australia/Sydney"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ def scenario_from_dict(source: str, data: dict[str, Any]) -> Scenario:
             longitude=prof_t.number("longitude", low=-180, high=180),
             date=prof_t.text("date"),
             site=prof_t.text("site", ""),
+            timezone=_timezone(prof_t),
         ),
         paper=dict(top.raw("paper", {})),
         source=source,
@@ -124,3 +126,16 @@ def scenario_from_dict(source: str, data: dict[str, Any]) -> Scenario:
     for t in (top, tariff_t, token_t, prof_t):
         t.reject_unknown()
     return scenario
+
+
+def _timezone(table: Table) -> str:
+    """The site's IANA time zone: the PV shape is placed in its local clock hours."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = table.text("timezone", "Australia/Sydney")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InputError(table.where("timezone"), f"unknown time zone {name!r} "
+                         "(an IANA name such as 'Australia/Sydney')") from None
+    return name

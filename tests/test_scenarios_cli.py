@@ -149,3 +149,10 @@ def test_bad_rig_and_scenario_files_name_the_key(tmp_path: Path) -> None:
     assert "households[4]" in result.stderr and "price" in result.stderr
     result = runner.invoke(app, ["run", "nonesuch", "--db", str(tmp_path / "z.db")])
     assert result.exit_code == 2 and "built-in" in result.stderr
+
+    sc.write_text(sc.read_text().replace('price = "cheap"', 'price = 0.16, offer_kwh = 3.0')
+                  .replace('"Australia/Sydney"', '"Mars/Olympus_Mons"'))
+    result = runner.invoke(app, ["run", str(sc), "--db", str(tmp_path / "w.db")])
+    assert result.exit_code == 2
+    assert "profiles" in result.stderr and "timezone" in result.stderr
+    assert "Mars/Olympus_Mons" in result.stderr
