@@ -223,6 +223,11 @@ class Controller:
                 if isinstance(bat, BaseException):
                     await self.trip(hid, f"battery lost: {bat}")
                     continue
+                hot = houses[hid].battery.spec.limits.max_temperature_c
+                if hot is not None and bat.temperature_c > hot:
+                    await self.trip(hid, f"battery at {bat.temperature_c:.1f} °C, above its "
+                                         f"limit of {hot:g} °C")
+                    continue
                 last[hid] = reading
                 h = houses[hid]
                 if hid in duts:

@@ -1,0 +1,34 @@
+"""The supervisor takes an overheating battery's rig off the bus; the run goes on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rigs import builtin
+from testbed.ledger import verify_run
+from testbed.rigfile import load_rig
+from testbed.runner import run_scenario
+from testbed.scenario import load_scenario
+from testbed.store import Store
+
+
+async def test_hot_battery_trips_its_rig_only(tmp_path: Path) -> None:
+    text = builtin("rigs")["mock"].read_text().replace(
+        '[[households]]\nid = "7"\n',
+        '[[households]]\nid = "7"\n[households.battery]\ntemperature_c = 52.0\n', 1)
+    path = tmp_path / "hot.toml"
+    path.write_text(text)
+    events: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+    store = Store(tmp_path / "hot.db")
+    out = await run_scenario(load_scenario("scenario2"), load_rig(str(path)), store,
+                             observers=[lambda t, p: events.append((t, p))])
+    assert out.status == "finished"
+    tripped = out.intervals[0].measurement.tripped
+    assert list(tripped) == ["7"] and "52.0 °C" in tripped["7"] and "45 °C" in tripped["7"]
+    assert any(t == "safety" and p.get("event") == "rig_off_bus" and p["household"] == "7"
+               for t, p in events)
+    # household 7 sold 7.5 kWh it could not deliver: the grid supplied it, at import
+    h7 = next(h for h in out.intervals[0].settlement.households if h.id == "7")
+    assert float(h7.metered_kwh) < 0.1 and float(h7.grid_import_kwh) > 7.4
+    assert verify_run(store, out.run_id) is None
+    assert sum(out.balances.values()) == sum(out.opening.values())
