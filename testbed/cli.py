@@ -27,6 +27,7 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)  # an error message stays one greppable line
 
 DB_DEFAULT = Path("testbed.db")
+COMMUNITY = "cesdt"  # `testbed run cesdt`: the CE-SDT community day, not a scenario file
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -96,32 +97,96 @@ def run(
         help="write JUnit XML: one testcase per trade and per household check")] = None,
     resume: Annotated[str | None, typer.Option(
         help="continue the run with this id from its last committed interval")] = None,
+    mqtt: Annotated[str | None, typer.Option(
+        help="publish telemetry to this broker, mqtt://[user:pass@]host[:port] or mqtts://; "
+             "an emergency stop comes back on testbed/RUN/estop (docs/telemetry.md)")] = None,
+    mqtt_user: Annotated[str | None, typer.Option(help="MQTT user name")] = None,
+    mqtt_password: Annotated[str | None, typer.Option(
+        envvar="TESTBED_MQTT_PASSWORD", show_envvar=True,
+        help="MQTT password (prefer the variable: a command line is visible to all)")] = None,
+    mqtt_ca: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False,
+        help="CA certificate (PEM) of the broker; implies TLS")] = None,
+    households: Annotated[int, typer.Option(
+        help="cesdt: homes in the community (beyond the rig's racks they are simulated)")
+    ] = 100,
+    generating: Annotated[float, typer.Option(
+        help="cesdt: share of homes with PV and a battery, in [0, 1]")] = 0.5,
+    seed: Annotated[int, typer.Option(help="cesdt: seed of the homes' load and PV types")] = 1,
 ) -> None:
     """Run a market scenario on a rig: clear, route, meter, settle, and record the ledger.
 
-    Exits 1 when a validation check fails, 2 on bad input, 130 when stopped by a signal.
+    SCENARIO ``cesdt`` runs a CE-SDT community day (request/offer trading, 1-minute to
+    hourly settlement per home) instead of a dual-bidding scenario file.
+
+    Exits 1 when a validation check fails, 2 on bad input, 3 after an emergency stop, 130
+    when stopped by a signal.
     """
+    import uuid
+
+    from testbed.controller import EmergencyStop
     from testbed.report import render, summarise
     from testbed.rigfile import load_rig
     from testbed.runner import apply_speed, run_scenario
     from testbed.scenario import load_scenario
     from testbed.store import Store
+    from testbed.telemetry import MqttTelemetry, StopSwitch, TelemetryError, parse_broker_url
     from testbed.validation import write_junit
 
+    community = scenario == COMMUNITY
     try:
-        sc = load_scenario(scenario)
+        if community and (resume or junit):
+            raise InputError("cesdt", "--resume and --junit apply to scenario files; a "
+                             "community day reports metered against routed in its summary")
+        sc = None if community else load_scenario(scenario)
         rg, clock = apply_speed(load_rig(rig), speed)
+        if mqtt is not None:
+            parse_broker_url(mqtt)
     except InputError as e:
         fail(str(e))
+    run_id = resume or uuid.uuid4().hex[:12]  # known before the run: it names the topics
+
+    def launch(observers: list[Any], on_controller: Any) -> Any:
+        if sc is None:
+            from testbed.community.cli import run_cesdt_async
+
+            return run_cesdt_async(households=households, generating=generating, seed=seed,
+                                   rig=rg, store=store, progress=not as_json,
+                                   observers=observers, clock=clock,
+                                   on_controller=on_controller, run_id=run_id)
+        return run_scenario(sc, rg, store, clock=clock, resume=resume, run_id=run_id,
+                            observers=observers, on_controller=on_controller)
+
+    async def start(hook: Any) -> Any:
+        if mqtt is None:
+            return await launch([_safety_printer], hook)
+        switch = StopSwitch()  # an MQTT stop that comes before the controller still counts
+
+        def attach(controller: Any) -> None:
+            hook(controller)
+            switch.attach(controller)
+
+        async with MqttTelemetry(mqtt, run_id=run_id, username=mqtt_user,
+                                 password=mqtt_password, ca=None if mqtt_ca is None
+                                 else str(mqtt_ca), on_estop=switch.trip) as tm:
+            return await launch([_safety_printer, tm.observer], attach)
+
     store = Store(db)
     try:
-        outcome = _run_until_signal(lambda hook: run_scenario(
-            sc, rg, store, clock=clock, resume=resume, observers=[_safety_printer],
-            on_controller=hook))
+        outcome = _run_until_signal(start)
     except InputError as e:
         fail(str(e))
+    except TelemetryError as e:
+        fail(f"--mqtt: {e}")
+    except EmergencyStop as e:
+        err.print(f"[red]emergency stop ({e}): every output off, every relay open; the run's "
+                  f"data is on disk (run {run_id})[/red]")
+        raise typer.Exit(3) from None
     finally:
         store.close()
+    if sc is None:
+        _print_community(outcome, as_json)
+        return
     summary = summarise(outcome)
     if junit is not None:
         write_junit(junit, outcome.checks, f"testbed.{sc.name}")
@@ -131,6 +196,18 @@ def run(
         render(summary, console)
     if summary["validation"]["failed"]:
         err.print(f"[red]{len(summary['validation']['failed'])} validation check(s) failed[/red]")
+        raise typer.Exit(1)
+
+
+def _print_community(summary: dict[str, Any], as_json: bool) -> None:
+    from testbed.community.cli import render_cesdt
+
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        render_cesdt(summary, console)
+    if not summary["bench"]["within_tolerance"]:
+        err.print("[red]a rig's metered energy left the tolerance of its routed energy[/red]")
         raise typer.Exit(1)
 
 
@@ -221,17 +298,24 @@ def scenarios() -> None:
     for name in builtin("scenarios"):
         s = load_scenario(name)
         t.add_row(name, s.mechanism, str(len(s.households)), s.title)
+    t.add_row(COMMUNITY, "cesdt", "--households (100)",
+              "CE-SDT community day, Sydney in November (docs/community.md)")
     console.print(t)
 
 
 def _register_subcommands() -> None:
     from testbed import lab_cli, ledger_cli
+    from testbed.community import cli as community_cli
 
     lab_cli.register(app)
     ledger_cli.register(app)
+    community_cli.register(app)
 
 
 _register_subcommands()
+from testbed import web_cli  # noqa: E402  (serve and report, issue 6)
+
+web_cli.register(app)
 
 
 def main() -> None:

@@ -204,9 +204,11 @@ class Controller:
             self._check_estop()
             deadline = t0 + (k + 1) * tl.dt
             live = [p for p in plans if p.household not in self.tripped]
-            meters = await self._meters([p.household for p in live])
-            batteries = await asyncio.gather(*(houses[p.household].battery.read() for p in live),
-                                             return_exceptions=True)
+            # Every meter and BMS at once: instruments on different links answer in parallel.
+            meters, batteries = await asyncio.gather(
+                self._meters([p.household for p in live]),
+                asyncio.gather(*(houses[p.household].battery.read() for p in live),
+                               return_exceptions=True))
             now = self.clock.now()
             hour = tl.hour(start_hour, k, rig.time_scale)
             writes, rows, driven = [], [], []

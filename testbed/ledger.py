@@ -51,11 +51,11 @@ class BlockDraft:
 
     def submit(self, order: dict[str, Any]) -> str | None:
         """Record ``order`` as executed, or as rejected with the reason (returned)."""
-        reason = self.state.rejection(order)
+        reason = self.state.admit(order)  # a rejected order changes no state
         if reason is None:
-            self.add([order])
+            self.txs.append(order)
         else:
-            self.add([{"type": "rejected", "order": order, "reason": reason}])
+            self.txs.append({"type": "rejected", "order": order, "reason": reason})
             self.rejected[rules.tx_hash(order)] = reason
         return reason
 

@@ -85,6 +85,9 @@ def all_mock(rig: RigSpec) -> bool:
         d.driver == "mock" for h in rig.households for d in h.devices.values())
 
 
+SPEED_RANGE = (1e-3, 1e6)  # a day in 86 ms of lab time is already below one control period
+
+
 def apply_speed(rig: RigSpec, speed: str | None) -> tuple[RigSpec, Clock]:
     """``--speed``: None -> virtual time on an all-mock rig, else the rig's real time;
     ``max`` -> virtual time (mock rigs only); a number -> real time at that time scale."""
@@ -97,11 +100,11 @@ def apply_speed(rig: RigSpec, speed: str | None) -> tuple[RigSpec, Clock]:
         return rig, VirtualClock()
     try:
         scale = float(speed)
-        if not scale > 0:
+        if not SPEED_RANGE[0] <= scale <= SPEED_RANGE[1]:
             raise ValueError
     except ValueError:
-        raise InputError("--speed", f"expected a positive number or 'max', got {speed!r}"
-                         ) from None
+        raise InputError("--speed", f"expected a number in [{SPEED_RANGE[0]:g}, "
+                         f"{SPEED_RANGE[1]:g}] or 'max', got {speed!r}") from None
     return dataclasses.replace(rig, time_scale=scale), RealClock()
 
 

@@ -1,0 +1,168 @@
+"""Figure 1: our dual-bidding clearing against pymarket's Huang mechanism, same books.
+
+For each size ``n`` (orders per side) one seeded book (:mod:`bench.books`) is built once,
+as ``Order`` objects for ``contracts.dual_bidding.clear`` and as pymarket's bid table for
+its Huang mechanism (:mod:`bench._pymarket`), outside the timed part. ``testbed_s`` is the
+best of a few ``clear(book)`` calls, ``pymarket_huang_s`` the best of a few
+``HuangAuction(bids).run()`` (pymarket's merge, auction and split), up to
+``--pymarket-max`` orders per side: beyond that it takes minutes (``null`` when pymarket is
+not installed: ``pip install -r bench/requirements.txt``). ``huang_over_testbed``
+is their ratio (> 1: ours is faster). ``prototype_s`` is the numpy prototype in
+:mod:`bench.proto_numpy_clear` (same Clearing, field for field: ``same_result``), with its
+split into reading the Order objects, the matching on arrays, and building the fills.
+
+From 100,000 orders per side, ``testbed_gc_off_s`` is one more run of our clearing with
+Python's cyclic garbage collector off: what the collections triggered during the clearing
+cost (each full one walks every live object, the whole book included).
+
+Growth: ``exponent`` is the least-squares slope of log(time) on log(n) over the sizes of at
+least 1,000 orders per side (1 is linear; n log n shows as a little above 1), and
+``per_n_log_n`` the time over ``n log2 n`` per size, flat for O(n log n).
+
+The top-level ``orders_per_side``, ``testbed_s`` and ``pymarket_huang_s`` repeat the largest
+size that both mechanisms cleared (or the largest size, if pymarket ran at none).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import math
+import time
+from fractions import Fraction
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from bench import books
+from bench import proto_numpy_clear as proto
+from bench._common import best_of, emit, fit_exponent, parser, profile_top, ratio
+from contracts.dual_bidding import clear
+from contracts.orders import Order, Side
+
+try:  # the baseline is installed for the benchmark only (bench/requirements.txt)
+    _pymarket: ModuleType | None = importlib.import_module("bench._pymarket")
+except ImportError:
+    _pymarket = None
+
+TARGET_1M_S = 2.0
+GC_FROM = 100_000
+
+
+def _repeats(n: int) -> int:
+    return 5 if n <= 10_000 else 3 if n <= 100_000 else 1
+
+
+def row(n: int, seed: int, decimals: int, pymarket_max: int, prototype: bool) -> dict[str, Any]:
+    """Every figure for one size."""
+    started = time.perf_counter()
+    book = books.order_book(n, seed, decimals)
+    out: dict[str, Any] = {"orders_per_side": n, "book_build_s": time.perf_counter() - started}
+    result = clear(book)
+    out["testbed_s"] = best_of(lambda: clear(book), _repeats(n))
+    out |= {"per_order_pair_us": out["testbed_s"] / n * 1e6,
+            "per_n_log_n_ns": out["testbed_s"] / (n * math.log2(n)) * 1e9,
+            "testbed_price": None if result.price is None else float(result.price),
+            "testbed_method": result.method, "testbed_fills": len(result.fills),
+            "testbed_volume_kwh": float(result.volume)}
+    if n >= GC_FROM:  # how much of it is the cyclic GC walking the live book
+        gc.disable()
+        try:
+            out["testbed_gc_off_s"] = best_of(lambda: clear(book), 1)
+        finally:
+            gc.enable()
+    if prototype:
+        out |= _prototype(book, result, n)
+    out["pymarket_huang_s"] = None
+    if _pymarket is not None and n <= pymarket_max:
+        pm = _pymarket
+        table = pm.bids(books.raw_book(n, seed, decimals), 10**decimals)
+        trans, extra = pm.clear(table)
+        out["pymarket_huang_s"] = best_of(lambda: pm.clear(table), 3 if n <= 1000 else 1)
+        out |= {"huang_price_sell": extra.get("price_sell"),
+                "huang_price_buy": extra.get("price_buy"),
+                "huang_volume_kwh": extra.get("quantity_traded", 0.0),
+                "huang_transactions": len(trans)}
+    out["huang_over_testbed"] = ratio(out["pymarket_huang_s"], out["testbed_s"])
+    gc.collect()
+    return out
+
+
+def _prototype(book: list[Order], result: Any, n: int) -> dict[str, Any]:
+    same = proto.clear(book) == result
+    total = best_of(lambda: proto.clear(book), _repeats(n))
+    read = best_of(lambda: proto.match(book), _repeats(n))
+    raw = _arrays(book)
+    core = best_of(lambda: proto.match_arrays(*raw), _repeats(n))
+    return {"prototype_s": total, "prototype_same_result": same,
+            "prototype_split_s": {"read_orders": max(0.0, read - core), "match_arrays": core,
+                                  "build_fills": max(0.0, total - read)}}
+
+
+def _arrays(book: list[Order]) -> tuple[np.ndarray, ...]:
+    e_den = math.lcm(*{o.energy.denominator for o in book})
+    p_den = math.lcm(*{o.price.denominator for o in book})
+    e = np.array([o.energy.numerator * (e_den // o.energy.denominator) for o in book])
+    p = np.array([o.price.numerator * (p_den // o.price.denominator) for o in book])
+    buy = np.array([o.side is Side.BUY for o in book])
+    return e, p, buy, proto.id_rank([o.id for o in book])
+
+
+def growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    big = [r for r in rows if r["orders_per_side"] >= 1000]
+    out: dict[str, Any] = {"exponent": None, "exponent_sizes": [r["orders_per_side"] for r in big]}
+    if len(big) >= 2:
+        out["exponent"] = fit_exponent([r["orders_per_side"] for r in big],
+                                       [r["testbed_s"] for r in big])
+        if all("prototype_s" in r for r in big):
+            out["prototype_exponent"] = fit_exponent([r["orders_per_side"] for r in big],
+                                                     [r["prototype_s"] for r in big])
+    return out
+
+
+def run(sizes: list[int], seed: int, decimals: int, pymarket_max: int, prototype: bool,
+        profile_orders: int | None) -> dict[str, Any]:
+    rows = [row(n, seed, decimals, pymarket_max, prototype) for n in sizes]
+    both = [r for r in rows if r["pymarket_huang_s"] is not None] or rows
+    head = both[-1]
+    out: dict[str, Any] = {
+        "figure": "clearing",
+        "orders_per_side": head["orders_per_side"], "testbed_s": head["testbed_s"],
+        "pymarket_huang_s": head["pymarket_huang_s"],
+        "huang_over_testbed": head["huang_over_testbed"],
+        "pymarket": "installed" if _pymarket is not None else
+        "not installed (pip install -r bench/requirements.txt)",
+        "price_decimals": decimals, "seed": seed, "rows": rows, "growth": growth(rows),
+        "target": {"orders_per_side": 1_000_000, "max_s": TARGET_1M_S},
+    }
+    at_1m = [r for r in rows if r["orders_per_side"] == 1_000_000]
+    if at_1m:
+        out["target"]["testbed_s"] = at_1m[0]["testbed_s"]
+        out["target"]["met"] = at_1m[0]["testbed_s"] < TARGET_1M_S
+    if profile_orders:
+        book = books.order_book(profile_orders, seed, decimals)
+        _, top = profile_top(lambda: clear(book, Fraction(1, 5)), 12)
+        out["profile"] = {"orders_per_side": profile_orders, "top_by_own_time": top}
+    return out
+
+
+def main() -> None:
+    p = parser(__doc__ or "")
+    p.add_argument("--orders", default="1000",
+                   help="orders per side, comma-separated (e.g. 100,1000,10000,100000,1000000)")
+    p.add_argument("--pymarket-max", type=int, default=3000,
+                   help="largest size given to pymarket (it grows about quadratically)")
+    p.add_argument("--price-decimals", type=int, default=5, choices=(3, 4, 5, 6))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-prototype", action="store_true", help="skip the numpy prototype")
+    p.add_argument("--profile", type=int, default=None, metavar="N",
+                   help="add a cProfile of our clearing at N orders per side")
+    a = p.parse_args()
+    sizes = [int(x) for x in a.orders.split(",") if x]
+    emit(run(sizes, a.seed, a.price_decimals, a.pymarket_max, not a.no_prototype, a.profile),
+         a.json)
+
+
+if __name__ == "__main__":
+    main()

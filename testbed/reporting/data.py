@@ -1,0 +1,333 @@
+"""A run as the database holds it: the one reading of the run tables for the API and reports.
+
+Everything here is recomputed from the SQLite rows (runs, intervals, results, trades,
+readings, blocks, txs), never from a run's in-memory outcome, so a dashboard, the HTTP API
+and a report written a year later show the same figures the ledger can be audited against.
+Exact values are stored as fraction strings (``"21/10"``); they are read with
+:class:`~fractions.Fraction` and handed out as floats, rounded to the micro-unit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from testbed.store import Store
+
+_SOURCE = re.compile(r"^built-in (rig|scenario) '(.+)'$")
+READING_FIELDS = ("power_w", "pv_w", "load_w", "battery_w", "soc", "meter_net_wh")
+
+
+class NotFound(LookupError):
+    """No such run (or block) in this database."""
+
+
+def frac(value: Any) -> Fraction | None:
+    return None if value is None or value == "" else Fraction(str(value))
+
+
+def f6(value: Fraction | float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def _loads(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _natural(key: str) -> tuple[int, Any]:
+    """Household ids sort as numbers where they are numbers ("2" before "10")."""
+    return (0, int(key)) if key.isdigit() else (1, key)
+
+
+# -- runs -----------------------------------------------------------------------------------
+
+
+def _run_public(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "params": _loads(row.get("params")) or {},
+            "summary": _loads(row.get("summary"))}
+
+
+def list_runs(store: Store) -> list[dict[str, Any]]:
+    """Every run, newest first."""
+    rows = store.db.query("select * from runs order by started_at desc, rowid desc")
+    return [_run_public(dict(r)) for r in rows]
+
+
+def get_run(store: Store, run_id: str) -> dict[str, Any]:
+    rows = list(store.db.query("select * from runs where id = ?", [run_id]))
+    if not rows:
+        raise NotFound(f"no run {run_id!r}")
+    return _run_public(dict(rows[0]))
+
+
+def source_name(label: str | None, kind: str) -> str | None:
+    """The name or path a run's ``params`` source label refers to, for reloading."""
+    if not label:
+        return None
+    m = _SOURCE.match(label)
+    if m:
+        return m.group(2) if m.group(1) == kind else None
+    return label
+
+
+def load_scenario_of(run: dict[str, Any]) -> Any:
+    """The run's scenario if it can still be loaded (built-in, or its file still exists)."""
+    from testbed.scenario import load_scenario
+
+    name = source_name(run["params"].get("scenario_source"), "scenario") or run.get("scenario")
+    try:
+        return load_scenario(name) if name else None
+    except Exception:
+        return None
+
+
+def load_rig_of(run: dict[str, Any]) -> Any:
+    from testbed.rigfile import load_rig
+
+    name = source_name(run["params"].get("rig_source"), "rig") or run.get("rig")
+    try:
+        return load_rig(name) if name else None
+    except Exception:
+        return None
+
+
+@dataclass(frozen=True)
+class Scales:
+    """Lab -> market conversion: ``hours = lab_s * time_scale / 3600``, ``kW = W / (1000 *
+    power_scale)``. ``None`` where the run does not say and its rig cannot be reloaded."""
+
+    time_scale: float | None
+    power_scale: float | None
+
+
+def scales_of(run: dict[str, Any]) -> Scales:
+    p = run["params"]
+    ts, ps = p.get("time_scale"), p.get("power_scale")
+    if ts is None or ps is None:
+        rig = load_rig_of(run)
+        if rig is not None:
+            ts = rig.time_scale if ts is None else ts
+            ps = rig.power_scale if ps is None else ps
+    return Scales(None if ts is None else float(ts), None if ps is None else float(ps))
+
+
+# -- intervals, results, trades -------------------------------------------------------------
+
+
+def intervals(store: Store, run_id: str) -> list[dict[str, Any]]:
+    out = []
+    for r in store.db.query("select * from intervals where run_id = ? order by idx", [run_id]):
+        details = _loads(r["details"]) or {}
+        details.pop("checks", None)  # served by validation()
+        out.append({"index": r["idx"], "clearing_price": f6(frac(r["clearing_price"])),
+                    "clearing_price_exact": r["clearing_price"], "method": r["method"],
+                    "volume_kwh": f6(frac(r["volume_kwh"])), "lab_start_s": r["lab_start_s"],
+                    "lab_end_s": r["lab_end_s"], "details": details})
+    return out
+
+
+RESULT_KEYS = ("cleared_kwh", "metered_kwh", "grid_import_kwh", "grid_export_kwh",
+               "market_aud", "grid_aud")
+
+
+def _results(store: Store, run_id: str) -> list[tuple[int, str, dict[str, Fraction]]]:
+    out = []
+    for r in store.db.query("select * from results where run_id = ? order by interval",
+                            [run_id]):
+        body = _loads(r["body"]) or {}
+        out.append((r["interval"], r["household"],
+                    {k: frac(body.get(k)) or Fraction(0) for k in RESULT_KEYS}))
+    return out
+
+
+def households(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """Per interval and household: cleared, metered, grid and money, market units."""
+    rows = []
+    for interval, hid, v in _results(store, run_id):
+        rows.append({"interval": interval, "household": hid,
+                     **{k: f6(x) for k, x in v.items()},
+                     "net_aud": f6(v["market_aud"] + v["grid_aud"])})
+    rows.sort(key=lambda r: (r["interval"], _natural(r["household"])))
+    return rows
+
+
+def trades(store: Store, run_id: str) -> list[dict[str, Any]]:
+    return [{"interval": r["interval"], "seq": r["seq"], "seller": r["seller"],
+             "buyer": r["buyer"], "energy_kwh": f6(frac(r["energy_kwh"])),
+             "price": f6(frac(r["price"]))}
+            for r in store.db.query("select * from trades where run_id = ? "
+                                    "order by interval, seq", [run_id])]
+
+
+# -- ledger ---------------------------------------------------------------------------------
+
+
+def blocks(store: Store, run_id: str) -> list[dict[str, Any]]:
+    out = []
+    for b in store.db.query(
+            "select b.*, (select count(*) from txs t where t.run_id = b.run_id and "
+            "t.height = b.height) as txs from blocks b where b.run_id = ? order by height",
+            [run_id]):
+        row = dict(b)
+        row.pop("run_id", None)
+        out.append(row)
+    return out
+
+
+def block(store: Store, run_id: str, height: int) -> dict[str, Any]:
+    rows = [b for b in store.blocks(run_id) if b["height"] == height]
+    if not rows:
+        raise NotFound(f"run {run_id!r} has no block {height}")
+    row = dict(rows[0])
+    row.pop("run_id", None)
+    return row
+
+
+def orderbook(store: Store, run_id: str, interval: int | None = None) -> dict[str, Any]:
+    """The signed orders of an interval as sealed in its ledger block (last one if None)."""
+    chain = [b for b in store.blocks(run_id) if b["interval"] is not None]
+    if interval is not None:
+        chain = [b for b in chain if b["interval"] == interval]
+    if not chain:
+        return {"interval": interval, "orders": []}
+    b = chain[-1]
+    orders = []
+    for tx in b["txs"]:
+        if tx.get("type") == "order":
+            orders.append({"household": tx["household"], "side": tx["side"],
+                           "energy_kwh": f6(frac(tx["energy_kwh"])),
+                           "price": f6(frac(tx["price"])), "signature": tx.get("signature")})
+    return {"interval": b["interval"], "block": b["height"], "orders": orders}
+
+
+def verification(store: Store, run_id: str) -> dict[str, Any]:
+    """Everything ``testbed ledger verify`` checks: every hash, root, link, signature,
+    escrow and balance from genesis, the rows' form, the keys and the recorded head."""
+    from testbed.ledger import verify_run
+
+    chain = store.blocks(run_id)
+    err = verify_run(store, run_id)
+    return {"ok": err is None, "blocks": len(chain),
+            "head": chain[-1]["hash"] if chain else None,
+            "height": None if err is None else err.height,
+            "reason": None if err is None else err.reason}
+
+
+def validation(store: Store, run_id: str) -> dict[str, Any]:
+    """Cleared versus metered checks, as the run recorded them interval by interval."""
+    checks = []
+    for r in store.db.query("select idx, details from intervals where run_id = ? "
+                            "order by idx", [run_id]):
+        for c in (_loads(r["details"]) or {}).get("checks", []):
+            checks.append({"interval": r["idx"], **c})
+    failed = [c for c in checks if not c.get("passed")]
+    return {"checks": checks, "total": len(checks), "passed": len(checks) - len(failed),
+            "failed": len(failed), "ok": not failed}
+
+
+# -- readings -------------------------------------------------------------------------------
+
+
+def readings(store: Store, run_id: str, field: str = "power_w", max_points: int = 1500,
+             household: str | None = None) -> dict[str, Any]:
+    """One field's series per household, and the grid's, downsampled to ``max_points``.
+
+    The k-th reading of every rig belongs to control period k; the grid series is what the
+    grid node must supply to balance the bus, ``-sum(power_w)`` over the rigs read in that
+    period (converter and cable losses on the bus are not in it). Hours are market hours
+    from the first reading when the run's time scale is known.
+    """
+    if field not in READING_FIELDS:
+        raise ValueError(f"field must be one of {', '.join(READING_FIELDS)}")
+    run = get_run(store, run_id)
+    sql = f"select household, t, {field} as v, power_w from readings where run_id = ?"
+    args: list[Any] = [run_id]
+    if household is not None:
+        sql += " and household = ?"
+        args.append(household)
+    per: dict[str, list[tuple[float, float, float]]] = {}
+    for r in store.db.execute(sql + " order by rowid", args).fetchall():
+        per.setdefault(r[0], []).append((r[1], r[2], r[3]))
+    n = max((len(v) for v in per.values()), default=0)
+    step = max(1, -(-n // max(1, max_points)))
+    idx = list(range(0, n, step))
+    ids = sorted(per, key=_natural)
+    t = [next(per[h][k][0] for h in ids if k < len(per[h])) for k in idx]
+    t0 = t[0] if t else 0.0
+    sc = scales_of(run)
+    hours = None if sc.time_scale is None else [
+        round((x - t0) * sc.time_scale / 3600.0, 6) for x in t]
+    series = {h: [per[h][k][1] if k < len(per[h]) else None for k in idx] for h in ids}
+    grid = [-sum(per[h][k][2] for h in ids if k < len(per[h])) for k in idx]
+    return {"run_id": run_id, "field": field, "step": step, "points": len(idx), "t": t,
+            "hours": hours, "households": series, "grid_w": grid,
+            "time_scale": sc.time_scale, "power_scale": sc.power_scale}
+
+
+# -- figures beside the paper ---------------------------------------------------------------
+
+
+def figures(store: Store, run_id: str) -> dict[str, Any]:
+    """The run's headline figures, recomputed from its rows, beside the paper's.
+
+    Same definitions as ``testbed.report.summarise``: self-sufficiency is community energy
+    actually delivered (cleared volume less sellers' shortfall) over the buyers' metered
+    demand; the community's net is every household's market plus grid money.
+    """
+    run = get_run(store, run_id)
+    ivs = intervals(store, run_id)
+    res = _results(store, run_id)
+    volume = sum((frac(r["volume_kwh"]) or Fraction(0) for r in store.db.query(
+        "select volume_kwh from intervals where run_id = ?", [run_id])), Fraction(0))
+    shortfall = demand = community = gi = ge = Fraction(0)
+    per: dict[str, dict[str, Fraction]] = {}
+    for _, hid, v in res:
+        if v["cleared_kwh"] > 0:
+            shortfall += max(v["cleared_kwh"] - v["metered_kwh"], Fraction(0))
+        demand += max(-v["metered_kwh"], Fraction(0))
+        community += v["market_aud"] + v["grid_aud"]
+        gi += v["grid_import_kwh"]
+        ge += v["grid_export_kwh"]
+        acc = per.setdefault(hid, dict.fromkeys(RESULT_KEYS, Fraction(0)))
+        for k in RESULT_KEYS:
+            acc[k] += v[k]
+    first = ivs[0] if ivs else None
+    ours: dict[str, Any] = {
+        "clearing_price": first["clearing_price"] if first else None,
+        "method": first["method"] if first else None,
+        "volume_kwh": f6(volume),
+        "self_sufficiency": f6((volume - shortfall) / demand if demand else Fraction(0)),
+        "community_net_aud": f6(community),
+    }
+    scenario = load_scenario_of(run)
+    paper_src: dict[str, Any] = dict(getattr(scenario, "paper", {}) or {})
+    paper = {k: {"ours": ours.get(k), "paper": v,
+                 "difference": (None if ours.get(k) is None or isinstance(v, bool)
+                                or not isinstance(v, int | float)
+                                else round(ours[k] - v, 6))}
+             for k, v in paper_src.items() if k in ours}
+    paper_net = paper_src.get("households_net_aud", {}) or {}
+    rows = []
+    for hid in sorted(per, key=_natural):
+        v = per[hid]
+        net = v["market_aud"] + v["grid_aud"]
+        row: dict[str, Any] = {"id": hid, **{k: f6(x) for k, x in v.items()},
+                               "net_aud": f6(net)}
+        if hid in paper_net:
+            row["paper_net_aud"] = paper_net[hid]
+            row["paper_difference_aud"] = round(float(net) - paper_net[hid], 6)
+        rows.append(row)
+    return {"run_id": run_id, "scenario": run["scenario"], "rig": run["rig"],
+            "status": run["status"], "title": getattr(scenario, "title", None),
+            **ours, "oversell_shortfall_kwh": f6(shortfall), "total_demand_kwh": f6(demand),
+            "grid_import_kwh": f6(gi), "grid_export_kwh": f6(ge), "households": rows,
+            "paper": paper, "trades": len(trades(store, run_id)),
+            "ledger": {"blocks": len(blocks(store, run_id))}}
