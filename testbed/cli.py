@@ -58,14 +58,22 @@ def _run_until_signal(coro_factory: Any) -> Any:
             stopping = True
             task.cancel()  # type: ignore[union-attr]
 
+        pending: list[str] = []  # a stop before the controller exists is kept for it
+
         def estop() -> None:
+            pending.append("SIGUSR1 from the shell")
             for c in controllers:
-                c.emergency_stop("SIGUSR1 from the shell")
+                c.emergency_stop(pending[0])
+
+        def register(controller: Any) -> None:
+            controllers.append(controller)
+            if pending:
+                controller.emergency_stop(pending[0])
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop, sig)
         loop.add_signal_handler(signal.SIGUSR1, estop)
-        return await coro_factory(controllers.append)
+        return await coro_factory(register)
     try:
         return asyncio.run(main())
     except asyncio.CancelledError:
@@ -179,8 +187,8 @@ def run(
     except TelemetryError as e:
         fail(f"--mqtt: {e}")
     except EmergencyStop as e:
-        err.print(f"[red]emergency stop ({e}): every output off, every relay open; the run's "
-                  f"data is on disk (run {run_id})[/red]")
+        err.print(f"[red]emergency stop ({escape(str(e))}): every output off, every relay "
+                  f"open; the run's data is on disk (run {run_id})[/red]")
         raise typer.Exit(3) from None
     finally:
         store.close()

@@ -273,6 +273,21 @@ def _resume(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
     return Run(scenario, rig, store, clock, events, run_id, ledger, opening, done)
 
 
+async def until_done(coro: Any) -> None:
+    """Await ``coro`` to its end even if cancelled meanwhile (the safe state must land);
+    a cancellation received on the way is raised again afterwards."""
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
                        clock: Clock | None = None, observers: list[Observer] | None = None,
                        resume: str | None = None, run_id: str | None = None,
@@ -307,12 +322,14 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
         status = "aborted" if isinstance(exc, EmergencyStop) else "failed"
         raise
     finally:
-        if controller is not None:
-            await asyncio.shield(controller.safe_state())
-            await controller.close()
-        with store.transaction():
-            store.update_run(run_id, status=status, finished_at=_now())
-        events.emit("status", {"status": status})
+        try:
+            if controller is not None:
+                await until_done(controller.safe_state())
+                await controller.close()
+        finally:
+            with store.transaction():
+                store.update_run(run_id, status=status, finished_at=_now())
+            events.emit("status", {"status": status})
     return RunOutcome(run_id, scenario, rig, outcomes, run.opening, dict(run.ledger.balances),
                       run.ledger.head, run.ledger.height, status,
                       resumed_from=run.next_interval if resume else None)

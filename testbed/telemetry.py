@@ -71,14 +71,17 @@ def parse_broker_url(url: str) -> BrokerAddress:
 
 
 def make_client(addr: BrokerAddress, ca: str | None, identifier: str, timeout: float,
-                will: aiomqtt.Will | None = None) -> aiomqtt.Client:
+                will: aiomqtt.Will | None = None,
+                persistent: bool = False) -> aiomqtt.Client:
     """One aiomqtt client as every part of the testbed connects: TLS when asked (``ca``
-    names the broker's CA, else the system's), keep-alive 15 s, Nagle off."""
+    names the broker's CA, else the system's), keep-alive 15 s, Nagle off. A
+    ``persistent`` session makes the broker queue QoS 1 messages (an emergency stop) for
+    this client id while the link is down, and deliver them on reconnect."""
     tls_context = ssl.create_default_context(cafile=ca) if addr.tls or ca else None
     return aiomqtt.Client(
         addr.host, addr.port, username=addr.username, password=addr.password,
         identifier=identifier, will=will, tls_context=tls_context, timeout=timeout,
-        keepalive=15,
+        keepalive=15, clean_session=not persistent,
         # paho leaves Nagle on: the first messages would stall ~40 ms (field notes).
         socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),))
 
@@ -196,7 +199,7 @@ class MqttTelemetry:
                             qos=QOS_EVENTS, retain=True)
         return make_client(BrokerAddress(self.host, self.port, self.tls, self.username,
                                          self.password), self.ca, self.client_id,
-                           self.connect_timeout, will)
+                           self.connect_timeout, will, persistent=True)
 
     async def __aenter__(self) -> MqttTelemetry:
         self._task = asyncio.create_task(self._run(), name=f"mqtt-{self.run_id}")
@@ -251,9 +254,12 @@ class MqttTelemetry:
                     raise  # the first connection: the caller is told
                 if self._closing and not self._queue:
                     return
-                log.warning("MQTT connection lost (%s); reconnecting in %.1f s", e, delay)
+                log.warning("MQTT connection lost (%s); reconnecting in %.1f s; an emergency "
+                            "stop sent meanwhile is queued by the broker", e, delay)
+                self._put("safety", {"run": self.run_id, "event": "estop_channel_lost",
+                                     "reason": str(e)}, QOS_EVENTS)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, 5.0)  # the stop channel must come back quickly
 
     async def _serve(self, client: aiomqtt.Client) -> bool:
         """Publish and listen until closing and drained (True) or the connection fails."""
@@ -292,7 +298,9 @@ class MqttTelemetry:
                 # Delivered from the broker's store: sent before this run subscribed, stale.
                 log.warning("MQTT: ignoring a retained message on %s", message.topic)
                 continue
-            body = bytes(message.payload or b"")[:200].decode("utf-8", "replace")
+            # One printable line whatever was sent: it goes to terminals and logs.
+            raw = bytes(message.payload or b"")[:200].decode("utf-8", "replace")
+            body = "".join(c if c.isprintable() else "?" for c in raw)
             reason = f"MQTT {message.topic}" + (f": {body}" if body else "")
             self.estops.append(reason)
             log.warning("emergency stop requested over %s", reason)

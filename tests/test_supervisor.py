@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import pytest
+
+from drivers.clock import RealClock
 from rigs import builtin
 from testbed.ledger import verify_run
 from testbed.rigfile import load_rig
@@ -32,3 +36,35 @@ async def test_hot_battery_trips_its_rig_only(tmp_path: Path) -> None:
     assert float(h7.metered_kwh) < 0.1 and float(h7.grid_import_kwh) > 7.4
     assert verify_run(store, out.run_id) is None
     assert sum(out.balances.values()) == sum(out.opening.values())
+
+
+async def test_a_second_cancel_during_safe_state_still_opens_every_relay(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that gives up on a slow stop cancels again: the safe state must still land
+    and the run's status be written."""
+    from drivers.mock import devices
+
+    slow_open = devices.MockRelay.safe_state
+
+    async def slow(self: devices.MockRelay) -> None:
+        await asyncio.sleep(0.3)  # a relay board that answers slowly
+        await slow_open(self)
+
+    monkeypatch.setattr(devices.MockRelay, "safe_state", slow)
+    store = Store(tmp_path / "cancel.db")
+    controllers: list = []  # type: ignore[type-arg]
+    task = asyncio.ensure_future(run_scenario(
+        load_scenario("scenario2"), load_rig("mock"), store, run_id="c1",
+        on_controller=controllers.append, clock=RealClock()))
+    while not controllers:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await asyncio.sleep(0.1)  # inside the safe state now
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    plant = controllers[0].bench.ctx.plant
+    assert not any(r.relay_closed for r in plant.rigs.values())
+    assert not any(r.pv.on for r in plant.rigs.values())
+    assert store.run("c1")["status"] == "aborted"

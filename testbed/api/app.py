@@ -36,6 +36,7 @@ from testbed.api.live import LiveHub
 from testbed.api.runs import Busy, RunManager
 from testbed.errors import InputError
 from testbed.reporting import data
+from testbed.runner import SPEED_RANGE
 from testbed.store import Store
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,8 @@ class StartIn(BaseModel):
     rig: Literal[RIGS] = "mock"  # type: ignore[valid-type]
     # Real time or faster: slower would stretch a day over days (and a tiny positive
     # float overflows the control timeline).
-    speed: Annotated[float, Field(ge=1, le=1e7)] | Literal["max"] | None = Field(
-        None, description="market seconds per lab second, 1 (real time) to 1e7; 'max' = "
+    speed: Annotated[float, Field(ge=1, le=SPEED_RANGE[1])] | Literal["max"] | None = Field(
+        None, description="market seconds per lab second, 1 (real time) to 1e6; 'max' = "
                           "virtual time (mock rigs); omitted: virtual time on an all-mock "
                           "rig, else the rig's own time scale")
 

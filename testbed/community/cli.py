@@ -39,6 +39,7 @@ from testbed.controller import Controller, EmergencyStop, IntervalMeasurement
 from testbed.errors import InputError
 from testbed.events import EventBus, Observer
 from testbed.ledger import Ledger
+from testbed.runner import until_done
 from testbed.store import Store
 
 # The paper's Fig. 10 as its text states it (cost per class / grid-only cost), for display
@@ -165,7 +166,7 @@ async def _bench(rig: RigSpec, route: Routing, clock: Clock | None, events: Even
             on_hour(hour, await controller.run_interval(list(plans), start_hour=hour, hours=1.0))
     finally:
         if controller is not None:
-            await asyncio.shield(controller.safe_state())
+            await until_done(controller.safe_state())
             await controller.close()
 
 
