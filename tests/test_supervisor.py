@@ -68,3 +68,42 @@ async def test_a_second_cancel_during_safe_state_still_opens_every_relay(
     assert not any(r.relay_closed for r in plant.rigs.values())
     assert not any(r.pv.on for r in plant.rigs.values())
     assert store.run("c1")["status"] == "aborted"
+
+
+def test_preflight_refuses_a_run_naming_device_quantity_required_and_allowed(
+        tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from testbed.cli import app
+
+    text = builtin("rigs")["mock"].read_text().replace(
+        '[[households]]\nid = "7"\n',
+        '[[households]]\nid = "7"\n[households.pv]\nmax_power_w = 100\n', 1)
+    rig = tmp_path / "small-pv.toml"
+    rig.write_text(text)
+    result = CliRunner().invoke(app, ["run", "scenario2", "--rig", str(rig),
+                                      "--db", str(tmp_path / "p.db")])
+    assert result.exit_code == 2
+    line = next(x for x in result.stderr.splitlines() if "household 7 pv" in x)
+    assert "power_w needs" in line and "allowed [0, 100] W" in line
+    assert not (tmp_path / "p.db").exists() or Store(tmp_path / "p.db").runs() == []
+
+
+def test_coarse_preflight_finds_what_the_full_one_finds() -> None:
+    from testbed import preflight
+    from testbed.runner import apply_speed, plans_for
+
+    sc = load_scenario("scenario2")
+    rig, _ = apply_speed(load_rig("mock"), "20")  # 4,320 control periods: sampled coarser
+    intervals = [(0.0, sc.interval_hours, plans_for(sc))]
+    coarse = preflight.check(rig, intervals)
+    full = preflight.PREFLIGHT_STEPS_PER_DAY
+    try:
+        preflight.PREFLIGHT_STEPS_PER_DAY = 10**9
+        fine = preflight.check(rig, intervals)
+    finally:
+        preflight.PREFLIGHT_STEPS_PER_DAY = full
+    assert coarse and [(v.device, v.quantity) for v in coarse] == \
+        [(v.device, v.quantity) for v in fine]
+    for a, b in zip(coarse, fine, strict=True):
+        assert a.required == pytest.approx(b.required, rel=1e-3)
