@@ -15,7 +15,6 @@ from drivers.spec import RigSpec
 from testbed.controller import RigPlan, Timeline, setpoints
 from testbed.errors import InputError
 
-
 PREFLIGHT_STEPS_PER_DAY = 2880
 
 
