@@ -11,6 +11,16 @@ is their ratio (> 1: ours is faster). ``prototype_s`` is the numpy prototype in
 :mod:`bench.proto_numpy_clear` (same Clearing, field for field: ``same_result``), with its
 split into reading the Order objects, the matching on arrays, and building the fills.
 
+``testbed_columnar_s`` is the columnar path, :func:`contracts.columnar.clear_arrays`, on the
+same book as int64 columns (energy in Wh, price in ``10**-price_decimals`` AUD/kWh, the ids'
+natural rank): best of the same number of calls. ``columnar_build_s`` is building those
+columns from the generator's integer arrays (validation included), ``columnar_from_orders_s``
+converting the ``Order`` objects instead (:func:`contracts.columnar.from_orders`, one call),
+``columnar_to_clearing_s`` turning the result into a ``Clearing`` of ``Fill`` objects
+(:func:`contracts.columnar.to_clearing`, one call), and ``columnar_same_result`` whether that
+``Clearing`` equals the object path's field for field (fills, rejected ids, price, method,
+details). ``object_over_columnar`` is ``testbed_s`` over ``testbed_columnar_s``.
+
 From 100,000 orders per side, ``testbed_gc_off_s`` is one more run of our clearing with
 Python's cyclic garbage collector off: what the collections triggered during the clearing
 cost (each full one walks every live object, the whole book included).
@@ -19,8 +29,9 @@ Growth: ``exponent`` is the least-squares slope of log(time) on log(n) over the 
 least 1,000 orders per side (1 is linear; n log n shows as a little above 1), and
 ``per_n_log_n`` the time over ``n log2 n`` per size, flat for O(n log n).
 
-The top-level ``orders_per_side``, ``testbed_s`` and ``pymarket_huang_s`` repeat the largest
-size that both mechanisms cleared (or the largest size, if pymarket ran at none).
+The top-level ``orders_per_side``, ``testbed_s``, ``testbed_columnar_s`` and
+``pymarket_huang_s`` repeat the largest size that both mechanisms cleared (or the largest
+size, if pymarket ran at none); ``target`` has both paths' times at 1,000,000 per side.
 """
 
 from __future__ import annotations
@@ -38,6 +49,14 @@ import numpy as np
 from bench import books
 from bench import proto_numpy_clear as proto
 from bench._common import best_of, emit, fit_exponent, parser, profile_top, ratio
+from contracts.columnar import (
+    ColumnBook,
+    Labels,
+    SideColumns,
+    clear_arrays,
+    from_orders,
+    to_clearing,
+)
 from contracts.dual_bidding import clear
 from contracts.orders import Order, Side
 
@@ -72,6 +91,8 @@ def row(n: int, seed: int, decimals: int, pymarket_max: int, prototype: bool) ->
             out["testbed_gc_off_s"] = best_of(lambda: clear(book), 1)
         finally:
             gc.enable()
+    out |= _columnar(n, seed, decimals, book, result)
+    out["object_over_columnar"] = ratio(out["testbed_s"], out["testbed_columnar_s"])
     if prototype:
         out |= _prototype(book, result, n)
     out["pymarket_huang_s"] = None
@@ -86,6 +107,27 @@ def row(n: int, seed: int, decimals: int, pymarket_max: int, prototype: bool) ->
                 "huang_transactions": len(trans)}
     out["huang_over_testbed"] = ratio(out["pymarket_huang_s"], out["testbed_s"])
     gc.collect()
+    return out
+
+
+def _columnar(n: int, seed: int, decimals: int, book: list[Order], result: Any) -> dict[str, Any]:
+    """The columnar path on the same book: build the columns, clear, compare."""
+    raw = books.raw_book(n, seed, decimals)
+    started = time.perf_counter()
+    cols = ColumnBook(  # ids "1", "2", ...: buys odd, sells even; natural rank = the number
+        SideColumns(raw["buy_energy"], raw["buy_price"], np.arange(1, 2 * n, 2)),
+        SideColumns(raw["sell_energy"], raw["sell_price"], np.arange(2, 2 * n + 1, 2)),
+        energy_scale=1000, price_scale=10**decimals)
+    out: dict[str, Any] = {"columnar_build_s": time.perf_counter() - started}
+    res = clear_arrays(cols)
+    out["testbed_columnar_s"] = best_of(lambda: clear_arrays(cols), _repeats(n))
+    out["columnar_from_orders_s"] = best_of(lambda: from_orders(book), 1)
+    labels = Labels([str(2 * k + 1) for k in range(n)], [str(2 * k + 2) for k in range(n)],
+                    list(range(0, 2 * n, 2)), list(range(1, 2 * n, 2)))
+    started = time.perf_counter()
+    back = to_clearing(res, labels)
+    out["columnar_to_clearing_s"] = time.perf_counter() - started
+    out["columnar_same_result"] = back == result
     return out
 
 
@@ -115,6 +157,8 @@ def growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if len(big) >= 2:
         out["exponent"] = fit_exponent([r["orders_per_side"] for r in big],
                                        [r["testbed_s"] for r in big])
+        out["columnar_exponent"] = fit_exponent([r["orders_per_side"] for r in big],
+                                                [r["testbed_columnar_s"] for r in big])
         if all("prototype_s" in r for r in big):
             out["prototype_exponent"] = fit_exponent([r["orders_per_side"] for r in big],
                                                      [r["prototype_s"] for r in big])
@@ -129,6 +173,7 @@ def run(sizes: list[int], seed: int, decimals: int, pymarket_max: int, prototype
     out: dict[str, Any] = {
         "figure": "clearing",
         "orders_per_side": head["orders_per_side"], "testbed_s": head["testbed_s"],
+        "testbed_columnar_s": head["testbed_columnar_s"],
         "pymarket_huang_s": head["pymarket_huang_s"],
         "huang_over_testbed": head["huang_over_testbed"],
         "pymarket": "installed" if _pymarket is not None else
@@ -140,6 +185,8 @@ def run(sizes: list[int], seed: int, decimals: int, pymarket_max: int, prototype
     if at_1m:
         out["target"]["testbed_s"] = at_1m[0]["testbed_s"]
         out["target"]["met"] = at_1m[0]["testbed_s"] < TARGET_1M_S
+        out["target"]["testbed_columnar_s"] = at_1m[0]["testbed_columnar_s"]
+        out["target"]["columnar_met"] = at_1m[0]["testbed_columnar_s"] < TARGET_1M_S
     if profile_orders:
         book = books.order_book(profile_orders, seed, decimals)
         _, top = profile_top(lambda: clear(book, Fraction(1, 5)), 12)

@@ -26,8 +26,8 @@ COMMANDS: dict[str, list[str]] = {
 }
 
 KEYS: dict[str, set[str]] = {
-    "clearing": {"orders_per_side", "testbed_s", "pymarket_huang_s", "huang_over_testbed",
-                 "rows", "growth", "profile"},
+    "clearing": {"orders_per_side", "testbed_s", "testbed_columnar_s", "pymarket_huang_s",
+                 "huang_over_testbed", "rows", "growth", "profile"},
     "drivers": {"modbus_tcp_overhead", "modbus_tcp_device_overhead", "scpi_query_s",
                 "rtu_wire_efficiency", "modbus_tcp", "scpi", "modbus_rtu"},
     "cycle": {"cycle_s", "slowest_single_s", "cycle_over_slowest", "cycle_over_serial",
@@ -75,6 +75,7 @@ def test_every_bench_prints_its_documented_json() -> None:
     first, second = clearing["rows"]
     assert first["orders_per_side"] == 100 and second["pymarket_huang_s"] is None
     assert first["testbed_s"] > 0 and first["prototype_same_result"] is True
+    assert first["testbed_columnar_s"] > 0 and first["columnar_same_result"] is True
     if importlib.util.find_spec("pymarket") is None:  # a benchmark-only install
         assert clearing["pymarket_huang_s"] is None and "not installed" in clearing["pymarket"]
     else:
