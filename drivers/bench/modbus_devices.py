@@ -48,6 +48,7 @@ class ModbusDevice(InstrumentDevice):
         self.instrument = instrument
         self.unit = self.resource.unit
         self.channel = int(self.spec.params.get("channel", 0))
+        self._plans: dict[tuple[str, ...], list[Block]] = {}
         if not 0 <= self.channel < instrument.channels:
             raise ValueError(f"{self.name}: channel {self.channel} outside 0.."
                              f"{instrument.channels - 1} of {instrument.model}")
@@ -56,17 +57,26 @@ class ModbusDevice(InstrumentDevice):
         """Per-channel points (coils of a relay board) move with the device's channel."""
         return self.channel if self.instrument.channels > 1 and point.table == "coil" else 0
 
+    def _plan(self, names: tuple[str, ...]) -> list[Block]:
+        """The requests for ``names``, planned once per set of names (a device reads the
+        same set every control period)."""
+        plan = self._plans.get(names)
+        if plan is None:
+            points = [self.instrument.point(n) for n in names]
+            plan = [block for offset in sorted({self._offset(p) for p in points})
+                    for block in plan_reads([p for p in points if self._offset(p) == offset],
+                                            offset)]
+            self._plans[names] = plan
+        return plan
+
     async def _read_now(self, names: list[str]) -> dict[str, float]:
-        points = [self.instrument.point(n) for n in names]
         values: dict[str, float] = {}
-        for offset in sorted({self._offset(p) for p in points}):
-            group = [p for p in points if self._offset(p) == offset]
-            for block in plan_reads(group, offset):
-                words = await self.link.read(block.table, block.address, block.count, self.unit)
-                at = 0
-                for p in block.points:
-                    values[p.name] = p.codec.decode(words[at:at + p.count])
-                    at += p.count
+        for block in self._plan(tuple(names)):
+            words = await self.link.read(block.table, block.address, block.count, self.unit)
+            at = 0
+            for p in block.points:
+                values[p.name] = p.codec.decode(words[at:at + p.count])
+                at += p.count
         return values
 
     async def read_points(self, *names: str) -> dict[str, float]:
