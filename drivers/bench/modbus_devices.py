@@ -62,12 +62,25 @@ class ModbusDevice(InstrumentDevice):
         same set every control period)."""
         plan = self._plans.get(names)
         if plan is None:
-            points = [self.instrument.point(n) for n in names]
+            points = self._with_fillers([self.instrument.point(n) for n in names])
             plan = [block for offset in sorted({self._offset(p) for p in points})
                     for block in plan_reads([p for p in points if self._offset(p) == offset],
                                             offset)]
             self._plans[names] = plan
         return plan
+
+    def _with_fillers(self, points: list[Point]) -> list[Point]:
+        """Add the declared readable registers lying between requested ones, so one request
+        spans a gap that would otherwise split it (a round trip costs more than a word)."""
+        out = list(points)
+        for table in {p.table for p in points if p.table in ("input", "holding")}:
+            mine = [p for p in points if p.table == table]
+            low = min(p.address for p in mine)
+            high = max(p.address + p.count for p in mine)
+            out += [p for p in self.instrument.points.values()
+                    if p.table == table and p.readable and p not in mine
+                    and low < p.address and p.address + p.count < high]
+        return out
 
     async def _read_now(self, names: list[str]) -> dict[str, float]:
         values: dict[str, float] = {}
@@ -77,7 +90,7 @@ class ModbusDevice(InstrumentDevice):
             for p in block.points:
                 values[p.name] = p.codec.decode(words[at:at + p.count])
                 at += p.count
-        return values
+        return {n: values[n] for n in names}
 
     async def read_points(self, *names: str) -> dict[str, float]:
         return await self._run(f"read {', '.join(names)}", lambda: self._read_now(list(names)))
