@@ -26,7 +26,11 @@ class Violation:
     allowed: str
 
     def __str__(self) -> str:
-        return f"{self.device}: {self.quantity} needs {self.required:.4g}, allowed {self.allowed}"
+        text = f"{self.device}: {self.quantity} needs {self.required:.4g}, allowed {self.allowed}"
+        if self.quantity == "soc":  # the energy does not fit: say which knob that is
+            text += " (capacity_wh too small for the scenario at the rig's time and power " \
+                    "scales, or soc_initial too near a bound)"
+        return text
 
 
 class PreflightError(InputError):

@@ -107,3 +107,4 @@ def test_coarse_preflight_finds_what_the_full_one_finds() -> None:
         [(v.device, v.quantity) for v in fine]
     for a, b in zip(coarse, fine, strict=True):
         assert a.required == pytest.approx(b.required, rel=1e-3)
+    assert any("capacity_wh too small" in str(v) for v in coarse if v.quantity == "soc")
