@@ -299,7 +299,7 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     preflight.ensure_fits(rig, [(0.0, scenario.interval_hours, plans)])
     clock = clock or (VirtualClock() if all_mock(rig) else RealClock())
     run_id = resume or run_id or uuid.uuid4().hex[:12]
-    events = EventBus(observers, context={"run": run_id})
+    events = EventBus([*(observers or []), store.safety_log(run_id)], context={"run": run_id})
     make = _resume if resume else _start
     run = make(scenario, rig, store, clock, events, run_id)
     events.emit("status", {"status": "running", "scenario": scenario.name, "rig": rig.name})

@@ -7,8 +7,9 @@ crash leaves either the whole interval on disk or none of it.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ SCHEMA: dict[str, tuple[dict[str, type], list[str]]] = {
     "keys": ({"run_id": str, "account": str, "public_key": str}, ["run_id", "account"]),
     "balances": ({"run_id": str, "account": str, "micro": int}, ["run_id", "account"]),
     "keystore": ({"run_id": str, "account": str, "private_key": str}, ["run_id", "account"]),
+    "safety": ({"run_id": str, "at": str, "event": str, "body": str}, []),
 }
 
 
@@ -84,6 +86,21 @@ class Store:
                 [run_id, b["height"]])]
             out.append({**b, "txs": txs})
         return out
+
+    def safety_log(self, run_id: str) -> Callable[[str, dict[str, Any]], None]:
+        """An event-bus observer that keeps the run's safety events (trips, e-stops, the safe
+        state) on disk, each as it happens: what a lab reads after an incident."""
+        def observe(topic: str, payload: dict[str, Any]) -> None:
+            if topic == "safety":
+                self.insert("safety", {
+                    "run_id": run_id, "event": str(payload.get("event", "")),
+                    "at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                    "body": json.dumps(payload, default=str)})
+        return observe
+
+    def safety_events(self, run_id: str) -> list[dict[str, Any]]:
+        return [{"at": r["at"], **json.loads(r["body"])} for r in self.db.query(
+            "select at, body from safety where run_id = ? order by rowid", [run_id])]
 
     def close(self) -> None:
         self.db.close()

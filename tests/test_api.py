@@ -87,6 +87,8 @@ def test_reading_endpoints_return_what_the_run_wrote(client: TestClient,
         "ok": True, "blocks": out.ledger_blocks, "head": out.ledger_head, "height": None,
         "reason": None}
 
+    assert [e["event"] for e in client.get(f"/api/runs/{rid}/safety").json()][-1] == \
+        "safe_state"
     val = client.get(f"/api/runs/{rid}/validation").json()
     assert val["total"] == len(out.checks) > 0 and val["ok"] is True
 
@@ -214,6 +216,8 @@ def test_stop_and_estop_end_a_run_in_safe_state(tmp_path: Path, how: str) -> Non
         assert any(s["event"] == "safe_state" and s["complete"] for s in safety)
         run = c.get(f"/api/runs/{rid}").json()
         assert run["status"] == "aborted" and run["live"] is False
+        logged = c.get(f"/api/runs/{rid}/safety").json()  # the same events, kept on disk
+        assert logged[-1]["event"] == "safe_state" and logged[-1]["complete"] is True
         assert c.post(f"/api/runs/{rid}/stop", headers=AUTH).status_code == 409
 
 

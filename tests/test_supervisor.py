@@ -31,6 +31,11 @@ async def test_hot_battery_trips_its_rig_only(tmp_path: Path) -> None:
     assert list(tripped) == ["7"] and "52.0 °C" in tripped["7"] and "45 °C" in tripped["7"]
     assert any(t == "safety" and p.get("event") == "rig_off_bus" and p["household"] == "7"
                for t, p in events)
+    # ... and the same events are on disk, in order, for whoever reads the run afterwards
+    logged = store.safety_events(out.run_id)
+    kinds = [e["event"] for e in logged]
+    assert "rig_off_bus" in kinds and kinds[-1] == "safe_state"
+    assert next(e for e in logged if e["event"] == "rig_off_bus")["household"] == "7"
     # household 7 sold 7.5 kWh it could not deliver: the grid supplied it, at import
     h7 = next(h for h in out.intervals[0].settlement.households if h.id == "7")
     assert float(h7.metered_kwh) < 0.1 and float(h7.grid_import_kwh) > 7.4

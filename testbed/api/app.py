@@ -367,6 +367,15 @@ def create_app(db: str | Path, token: str | None = None, *, mqtt: str | None = N
             data.get_run(store, run_id)
             return data.validation(store, run_id)
 
+    @app.get("/api/runs/{run_id}/safety", response_model=list[dict[str, Any]],
+             tags=["read"], responses={404: {"description": "no such run"}})
+    def safety(run_id: RunId) -> list[dict[str, Any]]:
+        """The run's safety events, as recorded when they happened: rigs taken off the bus,
+        emergency stops, the final safe state."""
+        with reading() as store:
+            data.get_run(store, run_id)
+            return data.safety(store, run_id)
+
     @app.get("/api/runs/{run_id}/figures", tags=["read"],
              responses={404: {"description": "no such run"}})
     def figures(run_id: RunId) -> dict[str, Any]:

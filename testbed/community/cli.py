@@ -108,7 +108,7 @@ async def run_cesdt_async(
         raise InputError("--generating", f"must be a share in [0, 1], got {generating}")
     p = params or CommunityParams()
     run_id = run_id or uuid.uuid4().hex[:12]
-    events = EventBus(observers, context={"run": run_id})
+    events = EventBus([*(observers or []), store.safety_log(run_id)], context={"run": run_id})
     with _bar(progress) as bar:
         t0 = time.perf_counter()
         book = DayBook()

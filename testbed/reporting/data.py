@@ -221,6 +221,11 @@ def verification(store: Store, run_id: str) -> dict[str, Any]:
             "reason": None if err is None else err.reason}
 
 
+def safety(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """The run's safety events as recorded when they happened (trips, stops, safe state)."""
+    return store.safety_events(run_id)
+
+
 def validation(store: Store, run_id: str) -> dict[str, Any]:
     """Cleared versus metered checks, as the run recorded them interval by interval."""
     checks = []
