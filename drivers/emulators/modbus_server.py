@@ -14,7 +14,7 @@ import struct
 from drivers.emulators.faults import Fault
 from drivers.emulators.modbus_device import EmulatedModbusDevice, crc16, rtu_request_length
 from drivers.emulators.pty_port import PtyPort
-from drivers.emulators.sessions import end_sessions
+from drivers.emulators.sessions import SessionServer
 
 
 def _faulted_reply(fault: Fault | None, pdu: bytes, device: EmulatedModbusDevice) -> bytes:
@@ -23,57 +23,35 @@ def _faulted_reply(fault: Fault | None, pdu: bytes, device: EmulatedModbusDevice
     return device.handle(pdu)
 
 
-class ModbusTcpServer:
+class ModbusTcpServer(SessionServer):
+    """Every unit id of one gateway (or one instrument) behind one TCP port, MBAP framing."""
+
     def __init__(self, devices: dict[int, EmulatedModbusDevice]) -> None:
+        super().__init__()
         self.devices = devices
-        self._server: asyncio.Server | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
-        self.port = 0
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        self._server = await asyncio.start_server(self._session, host, port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self.port
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await end_sessions(self._sessions)
-            await self._server.wait_closed()
-
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._sessions.add(task)
-        try:
-            while True:
-                tid, pid, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
-                pdu = await reader.readexactly(length - 1)
-                device = self.devices.get(unit)
-                if device is None:  # a gateway with nothing behind this unit id
-                    reply = bytes([pdu[0] | 0x80, 0x0B])
-                    writer.write(struct.pack(">HHHB", tid, pid, len(reply) + 1, unit) + reply)
-                    continue
-                fault = device.faults.take()
-                kind = fault.kind if fault else None
-                if kind == "disconnect":
-                    break
-                if kind == "no_reply":
-                    continue
-                if kind == "late_reply":
-                    await asyncio.sleep(fault.delay_s)  # type: ignore[union-attr]
-                reply = _faulted_reply(fault, pdu, device)
-                if kind == "crc_error":  # no CRC on TCP: garble the header so it is discarded
-                    tid ^= 0x5A5A
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            tid, pid, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+            pdu = await reader.readexactly(length - 1)
+            device = self.devices.get(unit)
+            if device is None:  # a gateway with nothing behind this unit id
+                reply = bytes([pdu[0] | 0x80, 0x0B])
                 writer.write(struct.pack(">HHHB", tid, pid, len(reply) + 1, unit) + reply)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass  # the client left, or the server is closing
-        finally:
-            self._sessions.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+                continue
+            fault = device.faults.take()
+            kind = fault.kind if fault else None
+            if kind == "disconnect":
+                return
+            if kind == "no_reply":
+                continue
+            if kind == "late_reply":
+                await asyncio.sleep(fault.delay_s)  # type: ignore[union-attr]
+            reply = _faulted_reply(fault, pdu, device)
+            if kind == "crc_error":  # no CRC on TCP: garble the header so it is discarded
+                tid ^= 0x5A5A
+            writer.write(struct.pack(">HHHB", tid, pid, len(reply) + 1, unit) + reply)
+            await writer.drain()
 
 
 def char_time(baud: int) -> float:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from drivers.emulators.bindings import Binding
 from drivers.emulators.faults import FaultPlan
 from drivers.emulators.pty_port import PtyPort
-from drivers.emulators.sessions import end_sessions
+from drivers.emulators.sessions import SessionServer
 from drivers.instruments.model import Command, ScpiCommandSet
 
 NO_ERROR = '0,"No error"'
@@ -136,44 +136,19 @@ async def scpi_session(device: EmulatedScpiDevice, read_line: Callable[[], Await
         await write((";".join(replies) + "\n").encode("ascii"))
 
 
-class ScpiTcpServer:
+class ScpiTcpServer(SessionServer):
     """One instrument on its own port, as a LAN instrument's raw socket (port 5025)."""
 
     def __init__(self, device: EmulatedScpiDevice) -> None:
+        super().__init__()
         self.device = device
-        self._server: asyncio.Server | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
-        self.port = 0
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        self._server = await asyncio.start_server(self._session, host, port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self.port
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await end_sessions(self._sessions)
-            await self._server.wait_closed()
-
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._sessions.add(task)
-
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def write(data: bytes) -> None:
             writer.write(data)
             await writer.drain()
 
-        try:
-            await scpi_session(self.device, reader.readline, write)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass  # the client left, or the server is closing
-        finally:
-            self._sessions.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+        await scpi_session(self.device, reader.readline, write)
 
 
 class ScpiPtyServer:

@@ -22,6 +22,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from drivers.protocol.errors import ModbusExceptionError
+from drivers.protocol.link import Link
 from drivers.resources import Resource
 from drivers.transport.base import LinkClosed, LinkError, LinkTimeout
 
@@ -43,16 +44,14 @@ _CLIENTS: dict[str, Callable[[Resource], Any]] = {
 }
 
 
-class ModbusLink:
+class ModbusLink(Link):
     """One connection (TCP socket or serial bus), shared by every unit id behind it."""
 
     def __init__(self, resource: Resource) -> None:
+        super().__init__()
         self.resource = resource
         self.description = resource.link_key
         self._client: Any = None
-        self.generation = 0
-        self.lock = asyncio.Lock()
-        self._open_lock = asyncio.Lock()  # one exchange at a time, and no reconnect mid-exchange
 
     @property
     def is_open(self) -> bool:
@@ -73,26 +72,16 @@ class ModbusLink:
         self._client = client
         self.generation += 1  # devices re-send their setup on a new connection
 
-    async def ensure_open(self) -> None:
-        """Open once, however many devices sharing this link ask at the same moment."""
-        async with self._open_lock:
-            if not self.is_open:
-                await self.open()
-
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             client.close()
 
-    async def reset(self) -> None:
-        """Drop the connection and make a fresh one (after a timeout the stream is suspect)."""
-        async with self.lock, self._open_lock:
-            await self.close()
-            if self.resource.link == "serial":
-                # RTU has no transaction ids: let a late reply land, then flush it, so it
-                # cannot pass for the answer to the next request.
-                await asyncio.sleep(self.resource.timeout_s)
-            await self.open()
+    async def _before_reopen(self) -> None:
+        if self.resource.link == "serial":
+            # RTU has no transaction ids: let a late reply land, then flush it (open does),
+            # so it cannot pass for the answer to the next request.
+            await asyncio.sleep(self.resource.timeout_s)
 
     async def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
         await self.ensure_open()

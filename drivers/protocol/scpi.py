@@ -8,30 +8,28 @@ the caller resets the link on a fresh connection before it asks again.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 
 from drivers.protocol.errors import ScpiError
+from drivers.protocol.link import Link
 from drivers.transport.base import LinkError, Transport
 
 _ERROR = re.compile(r"\s*([+-]?\d+)\s*,\s*\"?(.*?)\"?\s*$")
 MAX_ERRORS_DRAINED = 20
 
 
-class ScpiLink:
+class ScpiLink(Link):
     def __init__(self, make_transport: Callable[[], Transport], *, timeout_s: float = 2.0,
                  terminator: str = "\n", error_query: str | None = "SYST:ERR?",
                  encoding: str = "ascii") -> None:
+        super().__init__()
         self._make_transport = make_transport
         self._transport: Transport | None = None
         self.timeout_s = timeout_s
         self.terminator = terminator
         self.error_query = error_query
         self.encoding = encoding
-        self.generation = 0
-        self.lock = asyncio.Lock()
-        self._open_lock = asyncio.Lock()
         self.description = make_transport().description
 
     @property
@@ -44,22 +42,10 @@ class ScpiLink:
         self._transport = transport
         self.generation += 1  # devices re-send their setup on a new connection
 
-    async def ensure_open(self) -> None:
-        """Open once, however many devices sharing this link ask at the same moment."""
-        async with self._open_lock:
-            if not self.is_open:
-                await self.open()
-
     async def close(self) -> None:
         transport, self._transport = self._transport, None
         if transport is not None:
             await transport.close()
-
-    async def reset(self) -> None:
-        """Drop the connection and make a fresh one (after a timeout the stream is suspect)."""
-        async with self.lock, self._open_lock:
-            await self.close()
-            await self.open()
 
     async def _live(self) -> Transport:
         await self.ensure_open()
