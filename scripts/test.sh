@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Set up and pass every test, on a fresh machine or a used one.
 #   bash scripts/test.sh [extra pytest args]
-# Installs the system tools the tests talk to (socat, mbpoll, mosquitto and its clients,
-# Debian's chromium for the dashboard test) when missing, the package with its test extras,
-# then runs the linters and the whole suite on 2 cores.
+# 1. Installs the system tools the tests talk to (socat, mbpoll, mosquitto and its clients,
+#    Debian's chromium for the dashboard test) when missing.
+# 2. Makes a virtual environment .venv (kept between runs) and installs exactly the versions
+#    in requirements-test.lock (hash-checked), then the project itself without dependencies.
+# 3. Runs the linters, then the suite: in parallel on 2 cores, except the tests marked
+#    `serial` (they need wall time), which run after, one at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +24,15 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e ".[test]"
-python3 -m ruff check .
-python3 -m mypy
-python3 -m pytest -n 2 -q -p no:cacheprovider "$@"
+VENV="${TESTBED_VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PY="$VENV/bin/python"
+"$PY" -m pip install -q --disable-pip-version-check --require-hashes -r requirements-test.lock
+"$PY" -m pip install -q --disable-pip-version-check --no-deps -e .
+"$PY" -m pip check
+export PATH="$PWD/$VENV/bin:$PATH"   # tests start `testbed` as a subprocess
+
+"$PY" -m ruff check .
+"$PY" -m mypy
+"$PY" -m pytest -n 2 -q -p no:cacheprovider -m "not serial" "$@"
+"$PY" -m pytest -q -p no:cacheprovider -m serial "$@"
