@@ -146,10 +146,24 @@ class Controller:
         self.tripped[household] = reason
         h = self.bench.households[household]
         # Relay first: it isolates the rig even if a supply or the converter is unreachable.
-        await asyncio.gather(*(d.safe_state() for d in (h.relay, h.pv, h.load, h.battery)),
-                             return_exceptions=True)
+        results = await asyncio.gather(
+            *(d.safe_state() for d in (h.relay, h.pv, h.load, h.battery)),
+            return_exceptions=True)
+        errors = [f"{d.name}: {r}" for d, r in zip((h.relay, h.pv, h.load, h.battery), results,
+                                                    strict=True)
+                  if isinstance(r, BaseException)]
+        # What was commanded is read back: the relay is open only if the relay says so.
+        relay_open: bool | None
+        try:
+            relay_open = not await h.relay.read_closed()
+        except Exception as exc:
+            relay_open = None
+            errors.append(f"{h.relay.name}: read-back failed: {exc}")
+        if relay_open is False:
+            errors.insert(0, f"{h.relay.name}: relay still closed after the open command")
         self.events.emit("safety", {"event": "rig_off_bus", "household": household,
-                                    "reason": reason})
+                                    "reason": reason, "relay_open": relay_open,
+                                    "errors": errors})
 
     async def close(self) -> None:
         await asyncio.gather(*(d.close() for d in self.bench.devices()), return_exceptions=True)
