@@ -19,7 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 from bench._common import emit, parser, profile_rows
-from testbed.community import simulate_day
+from testbed.community.day import simulate_day
 from testbed.community.params import CommunityParams
 
 TARGET_1000_S = 30.0

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.bench.factories import modbus_factory, scpi_factory
 from drivers.clock import Clock
 from drivers.limits import Guarded
 from drivers.mock.devices import MOCK_ROLES
@@ -38,7 +37,19 @@ def _mock(spec: DeviceSpec, household: str | None, ctx: BuildContext) -> Any:
     return MOCK_ROLES[spec.role](ctx.mock_plant(), ctx.clock, spec.name, household)
 
 
-DRIVERS: dict[str, Factory] = {"mock": _mock, "scpi": scpi_factory, "modbus": modbus_factory}
+def _scpi(spec: DeviceSpec, household: str | None, ctx: BuildContext) -> Any:
+    from drivers.bench.factories import scpi_factory  # pyserial and sockets: only when used
+
+    return scpi_factory(spec, household, ctx)
+
+
+def _modbus(spec: DeviceSpec, household: str | None, ctx: BuildContext) -> Any:
+    from drivers.bench.factories import modbus_factory  # pymodbus: only when used
+
+    return modbus_factory(spec, household, ctx)
+
+
+DRIVERS: dict[str, Factory] = {"mock": _mock, "scpi": _scpi, "modbus": _modbus}
 
 
 class UnknownDriver(KeyError):
@@ -83,6 +94,12 @@ class Bench:
 
     def devices(self) -> list[Any]:
         return [d for h in self.households.values() for d in h.all()] + [self.grid]
+
+    @property
+    def in_process(self) -> bool:
+        """Every device is an in-process mock: no call ever waits on a wire."""
+        specs = [d for h in self.rig.households for d in h.devices.values()] + [self.rig.grid]
+        return all(s.driver == "mock" for s in specs)
 
 
 def build_bench(rig: RigSpec, clock: Clock) -> Bench:

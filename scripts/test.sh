@@ -28,7 +28,8 @@ VENV="${TESTBED_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --disable-pip-version-check --require-hashes -r requirements-test.lock
-"$PY" -m pip install -q --disable-pip-version-check --no-deps -e .
+"$PY" -m pip install -q --disable-pip-version-check --no-deps -e . \
+  --config-settings editable_mode=compat   # a path entry: no import hook on every start
 "$PY" -m pip check
 export PATH="$PWD/$VENV/bin:$PATH"   # tests start `testbed` as a subprocess
 

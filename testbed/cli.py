@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import sys
@@ -44,6 +43,8 @@ def _run_until_signal(coro_factory: Any) -> Any:
     writes are never cut short. SIGUSR1 is the emergency stop from the shell
     (``kill -USR1 PID``).
     """
+    import asyncio
+
     async def main() -> Any:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
@@ -138,8 +139,10 @@ def run(
     from testbed.runner import apply_speed, run_scenario
     from testbed.scenario import load_scenario
     from testbed.store import Store
-    from testbed.telemetry import MqttTelemetry, StopSwitch, TelemetryError, parse_broker_url
     from testbed.validation import write_junit
+
+    # MQTT (aiomqtt, paho) is loaded only for a run that publishes.
+    telemetry_errors: tuple[type[Exception], ...] = ()
 
     community = scenario == COMMUNITY
     try:
@@ -149,6 +152,9 @@ def run(
         sc = None if community else load_scenario(scenario)
         rg, clock = apply_speed(load_rig(rig), speed)
         if mqtt is not None:
+            from testbed.telemetry import TelemetryError, parse_broker_url
+
+            telemetry_errors = (TelemetryError,)
             parse_broker_url(mqtt)
     except InputError as e:
         fail(str(e))
@@ -168,6 +174,8 @@ def run(
     async def start(hook: Any) -> Any:
         if mqtt is None:
             return await launch([_safety_printer], hook)
+        from testbed.telemetry import MqttTelemetry, StopSwitch
+
         switch = StopSwitch()  # an MQTT stop that comes before the controller still counts
 
         def attach(controller: Any) -> None:
@@ -184,7 +192,7 @@ def run(
         outcome = _run_until_signal(start)
     except InputError as e:
         fail(str(e))
-    except TelemetryError as e:
+    except telemetry_errors as e:
         fail(f"--mqtt: {e}")
     except EmergencyStop as e:
         err.print(f"[red]emergency stop ({escape(str(e))}): every output off, every relay "
@@ -313,11 +321,11 @@ def scenarios() -> None:
 
 def _register_subcommands() -> None:
     from testbed import lab_cli, ledger_cli
-    from testbed.community import cli as community_cli
+    from testbed.community import commands as community_commands
 
     lab_cli.register(app)
     ledger_cli.register(app)
-    community_cli.register(app)
+    community_commands.register(app)
 
 
 _register_subcommands()

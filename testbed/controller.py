@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from drivers.clock import Clock
 from drivers.registry import Bench, HouseholdDevices
@@ -29,6 +30,8 @@ from testbed.dut import DutTracker
 from testbed.events import EventBus
 from testbed.profiles import DayProfile
 from testbed.validation import Check
+
+T = TypeVar("T")
 
 
 class EmergencyStop(Exception):
@@ -93,6 +96,26 @@ class IntervalMeasurement:
     dut_checks: list[Check] = field(default_factory=list)
 
 
+async def settle_all(aws: Iterable[Awaitable[T]], *, concurrent: bool = True,
+                     ) -> list[T | BaseException]:
+    """Await every one and return its result or its exception, in order (like
+    ``asyncio.gather(..., return_exceptions=True)``).
+
+    ``concurrent=False`` awaits them in turn, without a task each: for in-process devices,
+    which answer without ever suspending, that is the same result at a fraction of the cost
+    (the mock day's 76,000 tasks were a third of ``testbed run scenario2``).
+    """
+    if concurrent:
+        return list(await asyncio.gather(*aws, return_exceptions=True))
+    out: list[T | BaseException] = []
+    for aw in aws:
+        try:
+            out.append(await aw)
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
 class Controller:
     def __init__(self, bench: Bench, clock: Clock, events: EventBus | None = None,
                  stale_periods: int = 3) -> None:
@@ -105,6 +128,8 @@ class Controller:
         self.write_latency = 0.0  # seconds from issuing setpoints to all having landed
         self._estop = asyncio.Event()
         self._estop_reason = ""
+        # Real instruments are asked concurrently; in-process mocks in turn (see settle_all).
+        self._concurrent = not bench.in_process
 
     # -- safety -------------------------------------------------------------------------
 
@@ -186,8 +211,8 @@ class Controller:
         return [h for hid, h in self.bench.households.items() if hid not in self.tripped]
 
     async def _meters(self, ids: list[str]) -> dict[str, MeterReading | BaseException]:
-        readings = await asyncio.gather(*(self.bench.households[h].meter.read() for h in ids),
-                                        return_exceptions=True)
+        readings = await settle_all((self.bench.households[h].meter.read() for h in ids),
+                                    concurrent=self._concurrent)
         return dict(zip(ids, readings, strict=True))
 
     async def run_interval(self, plans: list[RigPlan], start_hour: float,
@@ -221,8 +246,8 @@ class Controller:
             # Every meter and BMS at once: instruments on different links answer in parallel.
             meters, batteries = await asyncio.gather(
                 self._meters([p.household for p in live]),
-                asyncio.gather(*(houses[p.household].battery.read() for p in live),
-                               return_exceptions=True))
+                settle_all((houses[p.household].battery.read() for p in live),
+                           concurrent=self._concurrent))
             now = self.clock.now()
             hour = tl.hour(start_hour, k, rig.time_scale)
             writes, rows, driven = [], [], []
@@ -268,7 +293,7 @@ class Controller:
                              "power_w": reading.power_w, "pv_w": pv_w, "load_w": load_w,
                              "battery_w": bat_w, "soc": bat.soc})
             started = self.clock.now()
-            results = await asyncio.gather(*writes, return_exceptions=True)
+            results = await settle_all(writes, concurrent=self._concurrent)
             if writes:  # smoothed write latency, for the compensation above
                 self.write_latency += 0.3 * (self.clock.now() - started - self.write_latency)
             for i, hid in enumerate(driven):

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import signal
@@ -14,22 +13,23 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from drivers.clock import RealClock
-from drivers.emulators.bench import EmulatedBench
-from drivers.emulators.faults import parse_fault
-from drivers.emulators.toml_out import dumps
-from drivers.registry import build_bench
 from drivers.roles import ROLES
 from drivers.spec import DeviceSpec, RigSpec
 from testbed.errors import InputError
 from testbed.rigfile import load_rig
+
+if TYPE_CHECKING:
+    import asyncio
+
+# asyncio, the drivers and the emulators (pymodbus, pyserial) are imported by the commands
+# that use them, so registering these commands costs `testbed --help` nothing.
 
 # -- rig check ------------------------------------------------------------------------------
 
@@ -91,6 +91,11 @@ async def _check_one(spec: DeviceSpec, dev: Any) -> CheckResult:
 
 async def check_rig(rig: RigSpec) -> list[CheckResult]:
     """Reach every instrument of ``rig``, identify it and read it once, all concurrently."""
+    import asyncio
+
+    from drivers.clock import RealClock
+    from drivers.registry import build_bench
+
     bench = build_bench(rig, RealClock())
     pairs = [(h.devices[role], getattr(bench.households[h.id], role))
              for h in rig.households for role in ROLES]
@@ -124,6 +129,12 @@ async def serve_emulated(rig: RigSpec, out: Path, *, time_scale: float | None = 
                          host: str = "127.0.0.1", console: Console | None = None,
                          stop: asyncio.Event | None = None) -> None:
     """Serve every instrument of ``rig``, write ``out``, and run until ``stop`` or a signal."""
+    import asyncio
+
+    from drivers.emulators.bench import EmulatedBench
+    from drivers.emulators.faults import parse_fault
+    from drivers.emulators.toml_out import dumps
+
     console = console or Console()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -179,6 +190,8 @@ def register(app: typer.Typer) -> None:
         except InputError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
+        import asyncio
+
         results = asyncio.run(check_rig(spec))
         if as_json:
             typer.echo(json.dumps([asdict(r) for r in results], indent=2))
@@ -210,6 +223,8 @@ def register(app: typer.Typer) -> None:
         """Serve every instrument of RIG over Modbus TCP/RTU and SCPI until Ctrl-C."""
         try:
             spec = load_rig(rig)
+            import asyncio
+
             asyncio.run(serve_emulated(
                 spec, write_rig, time_scale=time_scale, control_period_s=control_period,
                 pace_baud=pace, faults=fault, models=_pairs(model or [], "--model"),

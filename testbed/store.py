@@ -9,12 +9,35 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
+
+def _import_sqlite_utils() -> None:
+    """Import sqlite-utils without numpy and pandas.
+
+    sqlite-utils imports both whenever they are installed (pvlib brings them) only to map
+    their scalar types to SQLite column types; the store never writes one. Those imports are
+    most of the start-up of every command that opens a database, so the two are hidden while
+    sqlite-utils loads (it then falls back as if they were absent) and visible straight after.
+    """
+    hidden = [m for m in ("numpy", "pandas") if m not in sys.modules]
+    if "sqlite_utils" in sys.modules or not hidden:
+        return
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` fail
+    try:
+        import sqlite_utils  # noqa: F401
+    finally:
+        for name in hidden:
+            del sys.modules[name]
+
+
+_import_sqlite_utils()
+import sqlite_utils  # noqa: E402
 
 SCHEMA: dict[str, tuple[dict[str, type], list[str]]] = {
     "runs": ({"id": str, "scenario": str, "rig": str, "mechanism": str, "status": str,
@@ -63,9 +86,23 @@ class Store:
             yield
 
     def insert(self, table: str, rows: list[dict[str, Any]] | dict[str, Any]) -> None:
+        """Insert ``rows`` (dicts keyed by the table's columns; a missing key is NULL) in one
+        statement. Raises ``KeyError`` for a table or column the schema does not declare.
+
+        A prepared ``executemany`` rather than sqlite-utils' ``insert_all``, which inspects
+        every value for JSON: a mock day's 14,400 readings went from 0.2 s to 0.02 s.
+        """
         rows = [rows] if isinstance(rows, dict) else rows
-        if rows:
-            self.db[table].insert_all(rows)  # type: ignore[union-attr]
+        if not rows:
+            return
+        columns = list(SCHEMA[table][0])
+        unknown = {key for row in rows for key in row} - set(columns)
+        if unknown:
+            raise KeyError(f"table {table!r} has no column {sorted(unknown)[0]!r}")
+        sql = (f"insert into [{table}] ({', '.join(f'[{c}]' for c in columns)}) "
+               f"values ({', '.join('?' * len(columns))})")
+        with self.db.atomic():  # one transaction (a savepoint inside the caller's)
+            self.db.conn.executemany(sql, [tuple(row.get(c) for c in columns) for row in rows])
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         self.db["runs"].update(run_id, fields)  # type: ignore[union-attr]

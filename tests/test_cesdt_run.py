@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from contracts.numbers import aud_to_micro
 from contracts.settlement import GRID, apply
-from testbed.community.cli import register, render_cesdt, run_cesdt, run_cesdt_async
+from testbed.community.cli import render_cesdt, run_cesdt, run_cesdt_async
+from testbed.community.commands import register
 from testbed.community.day import simulate_day
 from testbed.community.records import AUD_PER_ETH, DayBook, Transfers
 from testbed.controller import Controller, EmergencyStop

@@ -1,5 +1,5 @@
-"""A CE-SDT community over one day: PV, batteries, loads, intervals, tariff, simulation."""
+"""A CE-SDT community over one day: PV, batteries, loads, intervals, tariff, simulation.
 
-from testbed.community.day import DayResult, simulate_day
-
-__all__ = ["DayResult", "simulate_day"]
+The simulation is :func:`testbed.community.day.simulate_day`; nothing is imported here, so
+that registering the `sweep` command does not load numpy and pvlib.
+"""

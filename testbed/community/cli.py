@@ -4,7 +4,7 @@
 homes' hourly energy through the rig's households (:mod:`testbed.community.rig`), seals one
 ledger block per hour with the hour's run rows (:mod:`testbed.community.records`), and
 records the run and its JSON summary in the store. The bench is left safe however it ends.
-:func:`register` adds the ``sweep`` command to the lead's typer app.
+The ``sweep`` command is registered by :mod:`testbed.community.commands`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from fractions import Fraction
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -34,7 +32,6 @@ from testbed.community.day import CLASSES, SERIES, DayResult, simulate_day
 from testbed.community.params import CommunityParams
 from testbed.community.records import DayBook, Transfers, open_ledger, seal_hour
 from testbed.community.rig import Comparison, Routing, routing
-from testbed.community.sweep import replicate_seeds, run_sweep, write
 from testbed.controller import Controller, EmergencyStop, IntervalMeasurement
 from testbed.errors import InputError
 from testbed.events import EventBus, Observer
@@ -274,70 +271,3 @@ def render_cesdt(summary: dict[str, Any], console: Console) -> None:
                   f"{b['within_tolerance']}")
     console.print(f"ledger: {led['blocks']} blocks, head {led['head'][:16]}..., "
                   f"{led['signed_orders']} signed orders; money conserved: {led['conserved']}")
-
-
-SWEEPS = ("cesdt",)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``testbed sweep cesdt --generating ... --households ... --out DIR``."""
-
-    @app.command("sweep")
-    def sweep(
-        what: Annotated[str, typer.Argument(help=f"what to sweep: {', '.join(SWEEPS)}")],
-        generating: Annotated[str, typer.Option(
-            help="comma-separated shares of generating homes")] = "0.1,0.3,0.5,0.7",
-        households: Annotated[str, typer.Option(
-            help="comma-separated community sizes")] = "15,50,100",
-        out: Annotated[Path, typer.Option(help="folder for the tables and PNGs")] = Path(
-            "sweep-cesdt"),
-        seed: Annotated[int, typer.Option(help="seed of the first replicate")] = 1,
-        replicates: Annotated[int | None, typer.Option(
-            help="communities pooled per cell (default: enough for 100 homes)")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-    ) -> None:
-        """Sweep CE-SDT community days over sizes and generating shares (Fig. 5-10)."""
-        err = Console(stderr=True, soft_wrap=True)
-        try:
-            if what not in SWEEPS:
-                raise InputError(what, f"unknown sweep (known: {', '.join(SWEEPS)})")
-            shares = _numbers("--generating", generating, float)
-            sizes = _numbers("--households", households, int)
-            if any(not 0.0 <= g <= 1.0 for g in shares) or any(n < 1 for n in sizes):
-                raise InputError("--generating/--households",
-                                 "shares must lie in [0, 1], sizes be >= 1")
-            if replicates is not None and replicates < 1:
-                raise InputError("--replicates", "must be >= 1")
-        except InputError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
-            raise typer.Exit(2) from None
-        with _bar(not as_json) as bar:
-            cells = run_sweep(sizes, shares, seed, replicates,
-                              progress=bar.stage("simulating days"))
-        meta = {"seed": seed, "households": sizes, "generating": shares,
-                "replicate_seeds": {str(c.households): replicate_seeds(seed, len(c.days))
-                                    for c in cells},
-                "params": CommunityParams().as_dict()}
-        files = write(cells, out, meta)
-        rows = [r for c in cells for r in c.classes()]
-        if as_json:
-            print(json.dumps({"out": str(out), "files": [f.name for f in files],
-                              "costs": rows}, indent=2))
-            return
-        table = Table("homes", "generating", "replicates", *CLASSES, title="cost ratio")
-        for c in cells:
-            ratio = {r["class"]: r["cost_ratio"] for r in c.classes()}
-            table.add_row(str(c.households), f"{c.generating:.0%}", str(len(c.days)),
-                          *("-" if ratio[k] is None else f"{ratio[k]:.3f}" for k in CLASSES))
-        Console().print(table)
-        Console().print(f"wrote {len(files)} files to {out}")
-
-
-def _numbers(option: str, text: str, kind: Callable[[str], Any]) -> list[Any]:
-    try:
-        values = [kind(x.strip()) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise InputError(option, f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise InputError(option, "expected at least one number")
-    return values

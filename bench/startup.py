@@ -1,0 +1,76 @@
+"""Start-up cost of the command line, as ratios to the floor of any typer + rich program.
+
+    python -m bench.startup [--repeat N] [--json]
+
+Times whole processes, best of ``--repeat`` runs each (the least disturbed by other load),
+interleaved so that a burst of load on the machine hits all three alike:
+
+* ``floor``: ``python -c "import typer, rich.console"``, what any typer + rich CLI pays;
+* ``help``: ``testbed --help``;
+* ``run``: ``testbed run scenario2 --db X`` on the built-in mock rig, a fresh database each
+  time (the README's main job, under the virtual clock).
+
+Targets (issue 11): ``help`` at most 2x the floor, ``run`` at most 8x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _entry_point() -> list[str]:
+    script = Path(sys.executable).parent / "testbed"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "testbed.cli"]
+
+
+def _time(cmd: list[str], cwd: str) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def measure(repeat: int) -> dict[str, Any]:
+    testbed = _entry_point()
+    samples: dict[str, list[float]] = {"floor": [], "help": [], "run": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeat):
+            samples["floor"].append(_time(
+                [sys.executable, "-c", "import typer, rich.console"], tmp))
+            samples["help"].append(_time([*testbed, "--help"], tmp))
+            samples["run"].append(_time(
+                [*testbed, "run", "scenario2", "--db", f"run{i}.db"], tmp))
+    best = {k: min(v) for k, v in samples.items()}
+    return {
+        "command": " ".join(testbed),
+        "repeat": repeat,
+        "best_s": {k: round(v, 4) for k, v in best.items()},
+        "median_s": {k: round(statistics.median(v), 4) for k, v in samples.items()},
+        "help_over_floor": round(best["help"] / best["floor"], 2),
+        "run_over_floor": round(best["run"] / best["floor"], 2),
+        "targets": {"help_over_floor": 2.0, "run_over_floor": 8.0},
+        "machine": {"cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
+                    "python": sys.version.split()[0]},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    result = measure(max(1, args.repeat))
+    print(json.dumps(result, indent=None if args.json else 2))
+
+
+if __name__ == "__main__":
+    main()
