@@ -13,6 +13,10 @@ from typing import Protocol
 
 
 class Clock(Protocol):
+    #: True when ``sleep_until`` really waits (so a wait must also watch for a stop);
+    #: False for virtual time, where it returns at once.
+    waits: bool
+
     def now(self) -> float:
         """Seconds of lab time since the clock started."""
         ...
@@ -22,6 +26,8 @@ class Clock(Protocol):
 
 class RealClock:
     """Wall-clock lab time from the monotonic clock (``loop.time()``-compatible)."""
+
+    waits = True
 
     def __init__(self) -> None:
         self._t0 = time.monotonic()
@@ -40,6 +46,8 @@ class RealClock:
 
 class VirtualClock:
     """Simulated time: sleeping moves time forward at once. One timeline, one sleeper."""
+
+    waits = False
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = start

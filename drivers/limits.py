@@ -1,13 +1,13 @@
 """Every write checked against the device's limits, before it reaches the instrument.
 
-The guard wraps any driver of a role; a write outside the envelope raises
+The guard wraps the driver of each role that sets a power (:class:`GuardedPV`,
+:class:`GuardedLoad`, :class:`GuardedBattery`); a write outside the envelope raises
 :class:`LimitError` naming device, quantity, requested and allowed values, and is not sent.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+from drivers.roles import Battery, BatteryReading, ElectronicLoad, PowerReading, PVSupply
 from drivers.spec import DeviceSpec
 
 
@@ -36,11 +36,15 @@ def check_power(spec: DeviceSpec, watts: float, *, bidirectional: bool = False,
             raise LimitError(spec.name, "current_a", amps, f"<= {lim.max_current_a:g} A")
 
 
-class Guarded:
-    """Wraps a role driver; checks ``set_power`` against the spec, forwards everything else."""
+class _Guarded:
+    """Checks ``set_power`` against the spec before the wire; forwards the role's other calls.
 
-    def __init__(self, inner: Any, spec: DeviceSpec, *, bidirectional: bool = False,
-                 voltage_v: float | None = None) -> None:
+    ``voltage_v`` is the bus voltage used to turn a power into the current it draws. Raises
+    :class:`LimitError` (and sends nothing) for a setpoint outside the envelope.
+    """
+
+    def __init__(self, inner: PVSupply | ElectronicLoad | Battery, spec: DeviceSpec, *,
+                 bidirectional: bool = False, voltage_v: float | None = None) -> None:
         self._inner = inner
         self.spec = spec
         self._bidirectional = bidirectional
@@ -55,5 +59,60 @@ class Guarded:
                     voltage_v=self._voltage_v)
         await self._inner.set_power(watts)
 
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self._inner, attr)
+    async def identify(self) -> str:
+        return await self._inner.identify()
+
+    async def safe_state(self) -> None:
+        await self._inner.safe_state()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class GuardedPV(_Guarded):
+    """A PV supply behind the limit guard (:class:`drivers.roles.PVSupply`)."""
+
+    _inner: PVSupply
+
+    def __init__(self, inner: PVSupply, spec: DeviceSpec, *,
+                 voltage_v: float | None = None) -> None:
+        super().__init__(inner, spec, voltage_v=voltage_v)
+
+    async def set_output(self, on: bool) -> None:
+        await self._inner.set_output(on)
+
+    async def read(self) -> PowerReading:
+        return await self._inner.read()
+
+
+class GuardedLoad(_Guarded):
+    """An electronic load behind the limit guard (:class:`drivers.roles.ElectronicLoad`)."""
+
+    _inner: ElectronicLoad
+
+    def __init__(self, inner: ElectronicLoad, spec: DeviceSpec, *,
+                 voltage_v: float | None = None) -> None:
+        super().__init__(inner, spec, voltage_v=voltage_v)
+
+    async def set_input(self, on: bool) -> None:
+        await self._inner.set_input(on)
+
+    async def read(self) -> PowerReading:
+        return await self._inner.read()
+
+
+class GuardedBattery(_Guarded):
+    """A battery converter behind the limit guard: power in both directions
+    (:class:`drivers.roles.Battery`)."""
+
+    _inner: Battery
+
+    def __init__(self, inner: Battery, spec: DeviceSpec, *,
+                 voltage_v: float | None = None) -> None:
+        super().__init__(inner, spec, bidirectional=True, voltage_v=voltage_v)
+
+    async def set_enabled(self, on: bool) -> None:
+        await self._inner.set_enabled(on)
+
+    async def read(self) -> BatteryReading:
+        return await self._inner.read()

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.clock import Clock
-from drivers.limits import Guarded
+from drivers.limits import GuardedBattery, GuardedLoad, GuardedPV
 from drivers.mock.devices import MOCK_ROLES
 from drivers.mock.plant import Plant
-from drivers.spec import DeviceSpec, RigSpec
+from drivers.roles import Device, GridNode, Meter, Relay
+from drivers.spec import DeviceSpec, HouseholdSpec, RigSpec
 
 
 @dataclass
@@ -57,29 +58,30 @@ class UnknownDriver(KeyError):
 
 
 def build_device(spec: DeviceSpec, household: str | None, ctx: BuildContext) -> Any:
+    """The unguarded driver of ``spec`` (a role driver, see :mod:`drivers.roles`).
+
+    Raises :class:`UnknownDriver` for a driver name the registry does not know."""
     try:
         factory = DRIVERS[spec.driver]
     except KeyError:
         raise UnknownDriver(
             f"{spec.name}: unknown driver {spec.driver!r} (known: {', '.join(sorted(DRIVERS))})"
         ) from None
-    device = factory(spec, household, ctx)
-    if spec.role in ("pv", "load", "battery"):
-        return Guarded(device, spec, bidirectional=spec.role == "battery",
-                       voltage_v=ctx.rig.bus_voltage_v)
-    return device
+    return factory(spec, household, ctx)
 
 
 @dataclass
 class HouseholdDevices:
-    id: str
-    pv: Any
-    battery: Any
-    load: Any
-    meter: Any
-    relay: Any
+    """One household's rig: the power-setting roles behind the limit guard."""
 
-    def all(self) -> list[Any]:
+    id: str
+    pv: GuardedPV
+    battery: GuardedBattery
+    load: GuardedLoad
+    meter: Meter
+    relay: Relay
+
+    def all(self) -> list[Device]:
         return [self.pv, self.battery, self.load, self.meter, self.relay]
 
 
@@ -89,10 +91,10 @@ class Bench:
 
     rig: RigSpec
     households: dict[str, HouseholdDevices]
-    grid: Any
+    grid: GridNode
     ctx: BuildContext
 
-    def devices(self) -> list[Any]:
+    def devices(self) -> list[Device]:
         return [d for h in self.households.values() for d in h.all()] + [self.grid]
 
     @property
@@ -102,11 +104,20 @@ class Bench:
         return all(s.driver == "mock" for s in specs)
 
 
+def build_household(h: HouseholdSpec, ctx: BuildContext) -> HouseholdDevices:
+    """Drivers for one household; every write of power passes the limit guard."""
+    d, v = h.devices, ctx.rig.bus_voltage_v
+    return HouseholdDevices(
+        h.id,
+        pv=GuardedPV(build_device(d["pv"], h.id, ctx), d["pv"], voltage_v=v),
+        battery=GuardedBattery(build_device(d["battery"], h.id, ctx), d["battery"],
+                               voltage_v=v),
+        load=GuardedLoad(build_device(d["load"], h.id, ctx), d["load"], voltage_v=v),
+        meter=build_device(d["meter"], h.id, ctx),
+        relay=build_device(d["relay"], h.id, ctx))
+
+
 def build_bench(rig: RigSpec, clock: Clock) -> Bench:
     ctx = BuildContext(rig, clock)
-    households = {
-        h.id: HouseholdDevices(h.id, **{role: build_device(h.devices[role], h.id, ctx)
-                                        for role in ("pv", "battery", "load", "meter", "relay")})
-        for h in rig.households
-    }
+    households = {h.id: build_household(h, ctx) for h in rig.households}
     return Bench(rig, households, build_device(rig.grid, None, ctx), ctx)

@@ -19,8 +19,10 @@ from contracts.orders import OrderError, parse_book
 from rigs import builtin
 from testbed.errors import InputError
 
+# Plain help and usage errors (rich_markup_mode=None): rich's help renderer loads markdown-it,
+# a third of `testbed --help` (docs/performance.md, start-up).
 app = typer.Typer(help="Hardware-in-the-loop testbed for community P2P energy trading.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 # Piped output keeps the full table rather than rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)  # an error message stays one greppable line

@@ -144,6 +144,10 @@ class Controller:
 
     async def _sleep_until(self, deadline: float) -> None:
         """Sleep to the deadline, but wake at once for an emergency stop."""
+        if not self.clock.waits:  # virtual time: nothing to race, one scheduling point
+            await self.clock.sleep_until(deadline)
+            self._check_estop()
+            return
         sleeper = asyncio.ensure_future(self.clock.sleep_until(deadline))
         stopper = asyncio.ensure_future(self._estop.wait())
         try:
@@ -239,15 +243,26 @@ class Controller:
         duts = {p.household: t for p in plans
                 if (t := DutTracker.of(rig.household(p.household))) is not None}
 
+        # Per rig, what does not change over the interval: the battery's temperature limit
+        # and the three power ceilings (inf where the rig file sets none).
+        inf = float("inf")
+        caps = {hid: (h.battery.spec.limits.max_temperature_c,
+                      h.pv.spec.limits.max_power_w or inf, h.load.spec.limits.max_power_w or inf,
+                      h.battery.spec.limits.max_power_w or inf)
+                for hid, h in houses.items()}
+        dt = tl.dt
         for k in range(tl.steps):
             self._check_estop()
-            deadline = t0 + (k + 1) * tl.dt
+            deadline = t0 + (k + 1) * dt
             live = [p for p in plans if p.household not in self.tripped]
             # Every meter and BMS at once: instruments on different links answer in parallel.
-            meters, batteries = await asyncio.gather(
-                self._meters([p.household for p in live]),
-                settle_all((houses[p.household].battery.read() for p in live),
-                           concurrent=self._concurrent))
+            reads = (self._meters([p.household for p in live]),
+                     settle_all((houses[p.household].battery.read() for p in live),
+                                concurrent=self._concurrent))
+            if self._concurrent:
+                meters, batteries = await asyncio.gather(*reads)
+            else:
+                meters, batteries = await reads[0], await reads[1]
             now = self.clock.now()
             hour = tl.hour(start_hour, k, rig.time_scale)
             writes, rows, driven = [], [], []
@@ -264,7 +279,7 @@ class Controller:
                 if isinstance(bat, BaseException):
                     await self.trip(hid, f"battery lost: {bat}")
                     continue
-                hot = houses[hid].battery.spec.limits.max_temperature_c
+                hot, pv_max, load_max, bat_max = caps[hid]
                 if hot is not None and bat.temperature_c > hot:
                     await self.trip(hid, f"battery at {bat.temperature_c:.1f} °C, above its "
                                          f"limit of {hot:g} °C")
@@ -279,12 +294,12 @@ class Controller:
                 # Dead-beat on the measured energy. On a real bench the meter was read a
                 # moment ago and the new setpoint lands only after the write's latency; the
                 # rig flows at its present power until then, and at the new one after.
-                lag = (self.clock.now() - reading.at) + self.write_latency
-                left = max(deadline - self.clock.now() - self.write_latency, tl.dt / 2)
+                t = self.clock.now()
+                lag = (t - reading.at) + self.write_latency
+                left = max(deadline - t - self.write_latency, dt / 2)
                 bus_w = (goal - done - reading.power_w * lag / 3600.0) * 3600.0 / left
-                pv_w = min(sp.pv_w, h.pv.spec.limits.max_power_w or float("inf"))
-                load_w = min(sp.load_w, h.load.spec.limits.max_power_w or float("inf"))
-                bat_max = h.battery.spec.limits.max_power_w or float("inf")
+                pv_w = min(sp.pv_w, pv_max)
+                load_w = min(sp.load_w, load_max)
                 bat_w = max(-bat_max, min(bat_max, bus_w - (pv_w - load_w)))
                 writes += [h.pv.set_power(pv_w), h.load.set_power(load_w),
                            h.battery.set_power(bat_w)]

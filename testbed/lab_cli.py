@@ -177,6 +177,7 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
 def register(app: typer.Typer) -> None:
     """Add ``emulate`` and the ``rig`` sub-app (``rig check``) to ``app``."""
     rig_app = typer.Typer(help="Check and inspect rigs of real (or emulated) instruments.",
+                          rich_markup_mode=None,
                           no_args_is_help=True)
 
     @rig_app.command("check")

@@ -16,7 +16,8 @@ from rich.table import Table
 
 from contracts.numbers import MICRO
 
-ledger_app = typer.Typer(help="Audit a run database's ledger.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Audit a run database's ledger.", no_args_is_help=True,
+                         rich_markup_mode=None)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 

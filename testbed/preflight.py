@@ -75,11 +75,12 @@ def check(rig: RigSpec, intervals: list[tuple[float, float, list[RigPlan]]]) -> 
         coarse = max(1, round(hours * PREFLIGHT_STEPS_PER_DAY / 24))
         if tl.steps > coarse:
             tl = Timeline(tl.duration_s, coarse)
+        devices = {plan.household: rig.household(plan.household).devices for plan in plans}
         for k in range(tl.steps):
             hour = tl.hour(start, k, rig.time_scale)
             bus = 0.0
             for plan in plans:
-                dev = rig.household(plan.household).devices
+                dev = devices[plan.household]
                 sp = setpoints(rig, plan, tl, hour)
                 for role, watts in (("pv", sp.pv_w), ("load", sp.load_w)):
                     lim = dev[role].limits

@@ -21,7 +21,7 @@ from contracts.mechanism import Fill
 from contracts.numbers import aud_to_micro
 from contracts.settlement import GRID, Tariff, settle
 from drivers.clock import VirtualClock
-from drivers.limits import Guarded, LimitError, check_power
+from drivers.limits import GuardedBattery, LimitError, check_power
 from drivers.registry import build_bench
 from drivers.spec import DeviceSpec, Limits
 from testbed.controller import Controller
@@ -53,9 +53,9 @@ def battery_spec(max_power_w: float = 1000.0, max_current_a: float | None = 10.0
 @pytest.mark.parametrize("watts", [1200.0, -1200.0, float("nan"), 600.0, -600.0])
 async def test_limit_guard_withholds_a_write_outside_the_envelope(watts: float) -> None:
     """Nothing outside the limits reaches the device: the guard refuses *before* the write.
-    Break: call ``inner.set_power`` before ``check_power`` in ``Guarded.set_power``."""
+    Break: call ``inner.set_power`` before ``check_power`` in ``_Guarded.set_power``."""
     spy = SpyDriver()
-    guarded = Guarded(spy, battery_spec(), bidirectional=True, voltage_v=48.0)
+    guarded = GuardedBattery(spy, battery_spec(), voltage_v=48.0)  # type: ignore[arg-type]
     with pytest.raises(LimitError):
         await guarded.set_power(watts)  # 1200 W > 1000 W; 600 W at 48 V = 12.5 A > 10 A
     assert spy.writes == []
