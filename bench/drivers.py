@@ -76,7 +76,8 @@ async def modbus_tcp(data: dict[str, Any], calls: int, n_rounds: int,
                      profile: bool = False) -> dict[str, Any]:
     rig = driver_rig(data, timeout_s=2.0)
     bench = build_bench(rig, RealClock())
-    battery = bench.households[rig.households[0].id].battery
+    guarded = bench.households[rig.households[0].id].battery
+    battery: Any = guarded.inner  # the Modbus device itself, for its read_points
     res = parse_resource(battery.spec.resource)
     raw = AsyncModbusTcpClient(res.host, port=res.port, framer=FramerType.SOCKET, timeout=2,
                                retries=0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,32 +39,43 @@ def _entry_point() -> list[str]:
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def _time(cmd: list[str], cwd: str) -> float:
+def _time(cmd: list[str], cwd: str) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system) of one run of ``cmd``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, env=ENV)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def measure(repeat: int) -> dict[str, Any]:
     testbed = _entry_point()
-    samples: dict[str, list[float]] = {"floor": [], "help": [], "run": []}
+    commands = {"floor": lambda i: [sys.executable, "-c", "import typer, rich.console"],
+                "help": lambda i: [*testbed, "--help"],
+                "run": lambda i: [*testbed, "run", "scenario2", "--db", f"run{i}.db"]}
+    wall: dict[str, list[float]] = {k: [] for k in commands}
+    cpu: dict[str, list[float]] = {k: [] for k in commands}
     with tempfile.TemporaryDirectory() as tmp:
-        _time([*testbed, "run", "scenario2", "--db", "warm.db"], tmp)  # writes the bytecode
+        _time(commands["run"](-1), tmp)  # warm-up: writes the bytecode
         for i in range(repeat):
-            samples["floor"].append(_time(
-                [sys.executable, "-c", "import typer, rich.console"], tmp))
-            samples["help"].append(_time([*testbed, "--help"], tmp))
-            samples["run"].append(_time(
-                [*testbed, "run", "scenario2", "--db", f"run{i}.db"], tmp))
-    best = {k: min(v) for k, v in samples.items()}
+            for name, command in commands.items():
+                w, c = _time(command(i), tmp)
+                wall[name].append(w)
+                cpu[name].append(c)
+    best = {k: min(v) for k, v in wall.items()}
+    best_cpu = {k: min(v) for k, v in cpu.items()}
     return {
         "command": " ".join(testbed),
         "repeat": repeat,
         "best_s": {k: round(v, 4) for k, v in best.items()},
-        "median_s": {k: round(statistics.median(v), 4) for k, v in samples.items()},
+        "median_s": {k: round(statistics.median(v), 4) for k, v in wall.items()},
+        "best_cpu_s": {k: round(v, 4) for k, v in best_cpu.items()},
         "help_over_floor": round(best["help"] / best["floor"], 2),
         "run_over_floor": round(best["run"] / best["floor"], 2),
+        "cpu_help_over_floor": round(best_cpu["help"] / best_cpu["floor"], 2),
+        "cpu_run_over_floor": round(best_cpu["run"] / best_cpu["floor"], 2),
         "targets": {"help_over_floor": 2.0, "run_over_floor": 8.0},
         "machine": {"cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
                     "python": sys.version.split()[0]},

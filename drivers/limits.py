@@ -54,6 +54,11 @@ class _Guarded:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def inner(self) -> PVSupply | ElectronicLoad | Battery:
+        """The driver behind the guard: for diagnostics and benchmarks, never for writes."""
+        return self._inner
+
     async def set_power(self, watts: float) -> None:
         check_power(self.spec, watts, bidirectional=self._bidirectional,
                     voltage_v=self._voltage_v)

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from drivers.clock import Clock
 from drivers.registry import Bench, HouseholdDevices
@@ -47,8 +47,9 @@ class RigPlan:
     profile: DayProfile
 
 
-@dataclass(frozen=True)
-class Setpoints:
+class Setpoints(NamedTuple):
+    """Lab watts for one control period (a tuple: 14,400 are made in a mock day)."""
+
     pv_w: float
     load_w: float
     feedforward_w: float  # battery power that holds the committed export at zero error

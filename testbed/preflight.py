@@ -15,7 +15,8 @@ from drivers.spec import RigSpec
 from testbed.controller import RigPlan, Timeline, setpoints
 from testbed.errors import InputError
 
-PREFLIGHT_STEPS_PER_DAY = 2880
+# The profiles' resolution (testbed.profiles: PV in 5-minute steps, load hourly).
+PREFLIGHT_STEPS_PER_DAY = 288
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,10 @@ def check(rig: RigSpec, intervals: list[tuple[float, float, list[RigPlan]]]) -> 
     v = rig.bus_voltage_v
     for start, hours, plans in intervals:
         tl = Timeline.of(rig, hours)
-        # The profiles are piecewise constant in 5-minute steps: 2,880 samples a day (every
-        # 30 market seconds, aligned) see every peak and integrate the battery exactly, so a
-        # real-time day (86,400 control periods) is checked as fast as an accelerated one.
+        # The profiles are piecewise constant in 5-minute steps, so the setpoints are too: one
+        # sample at the middle of each step sees every peak, and the state of charge, monotonic
+        # within a step, is at its extremes at the step ends, where it is checked. A real-time
+        # day (86,400 control periods) is checked as fast as an accelerated one.
         coarse = max(1, round(hours * PREFLIGHT_STEPS_PER_DAY / 24))
         if tl.steps > coarse:
             tl = Timeline(tl.duration_s, coarse)

@@ -23,6 +23,7 @@ COMMANDS: dict[str, list[str]] = {
     "cycle": ["--households", "2", "--cycles", "4", "--repeats", "1", "--turnaround-ms", "1"],
     "community": ["--households", "4", "--settlement-minutes", "0", "--no-profile"],
     "ledger": ["--households", "4", "--blocks", "2", "--profile"],
+    "startup": ["--repeat", "1"],
 }
 
 KEYS: dict[str, set[str]] = {
@@ -34,6 +35,8 @@ KEYS: dict[str, set[str]] = {
               "phase_s", "single_s", "controller"},
     "community": {"households", "day_s", "rows", "target"},
     "ledger": {"orders_verified_per_s", "verify_per_block_s", "signatures", "chain", "target"},
+    "startup": {"best_s", "best_cpu_s", "help_over_floor", "run_over_floor",
+                "cpu_help_over_floor", "cpu_run_over_floor", "targets"},
 }
 
 
@@ -99,3 +102,8 @@ def test_every_bench_prints_its_documented_json() -> None:
     assert ledger["signatures"]["orders"] == 8
 
     assert results["community"]["rows"][0]["households"] == 4
+
+    startup = results["startup"]
+    assert startup["best_s"]["run"] > startup["best_s"]["floor"] > 0
+    assert startup["run_over_floor"] == pytest.approx(
+        startup["best_s"]["run"] / startup["best_s"]["floor"], rel=0.01)
