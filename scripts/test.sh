@@ -3,10 +3,11 @@
 #   bash scripts/test.sh [extra pytest args]
 # 1. Installs the system tools the tests talk to (socat, mbpoll, mosquitto and its clients,
 #    Debian's chromium for the dashboard test) when missing.
-# 2. Makes a virtual environment .venv (kept between runs) and installs exactly the versions
-#    in requirements-test.lock (hash-checked), then the project itself without dependencies.
-# 3. Runs the linters, then the suite: in parallel on 2 cores, except the tests marked
-#    `serial` (they need wall time), which run after, one at a time.
+# 2. Makes a virtual environment .venv with exactly the versions in requirements-test.lock
+#    (hash-checked; made anew when the lock changes), then installs the project itself
+#    without dependencies.
+# 3. Runs the linters, then the suite (scripts/run-suite.sh): in parallel on 2 cores, except
+#    the tests marked `serial` (they need wall time), which run after, one at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,15 +26,17 @@ if ((${#missing[@]})); then
 fi
 
 VENV="${TESTBED_VENV:-.venv}"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
-"$PY" -m pip install -q --disable-pip-version-check --require-hashes -r requirements-test.lock
+# The environment holds exactly the lock: made anew whenever the lock changed since.
+want="$(sha256sum requirements-test.lock | cut -d' ' -f1)"
+if [ ! -x "$PY" ] || [ "$(cat "$VENV/.lock-sha256" 2>/dev/null)" != "$want" ]; then
+  echo "installing requirements-test.lock into $VENV"
+  python3 -m venv --clear "$VENV"
+  "$PY" -m pip install -q --disable-pip-version-check --require-hashes -r requirements-test.lock
+  echo "$want" > "$VENV/.lock-sha256"
+fi
 "$PY" -m pip install -q --disable-pip-version-check --no-deps -e . \
   --config-settings editable_mode=compat   # a path entry: no import hook on every start
 "$PY" -m pip check
-export PATH="$PWD/$VENV/bin:$PATH"   # tests start `testbed` as a subprocess
-
-"$PY" -m ruff check .
-"$PY" -m mypy
-"$PY" -m pytest -n 2 -q -p no:cacheprovider -m "not serial" "$@"
-"$PY" -m pytest -q -p no:cacheprovider -m serial "$@"
+"$PY" scripts/check-lock.py requirements-test.lock
+bash scripts/run-suite.sh "$VENV" "$@"

@@ -148,9 +148,12 @@ async def serve_emulated(rig: RigSpec, out: Path, *, time_scale: float | None = 
                 raise InputError("--fault", f"no device {device!r} in rig {rig.name}")
             emu.device(device).faults.inject(fault.kind, fault.count)
         data = emu.rig_dict(time_scale=time_scale, control_period_s=control_period_s)
-        out.write_text(dumps(data, f"Written by `testbed emulate {rig.name}`: valid while it "
-                                   "runs.\nEvery device points at its protocol emulator."),
-                       "utf-8")
+        # Written whole or not at all: whoever waits for the file never reads half of it.
+        partial = out.with_name(out.name + ".partial")
+        partial.write_text(dumps(data, f"Written by `testbed emulate {rig.name}`: valid while "
+                                       "it runs.\nEvery device points at its protocol emulator."),
+                           "utf-8")
+        partial.replace(out)
         table = Table(title=f"emulating {rig.name} -> {out}")
         for column in ("device", "model", "resource"):
             table.add_column(column)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +114,28 @@ def test_coarse_preflight_finds_what_the_full_one_finds() -> None:
     for a, b in zip(coarse, fine, strict=True):
         assert a.required == pytest.approx(b.required, rel=1e-3)
     assert any("capacity_wh too small" in str(v) for v in coarse if v.quantity == "soc")
+
+
+async def test_lost_meter_trips_only_its_rig_and_the_others_track_on_virtual_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real-time version (tests/test_realtime.py) cannot judge tracking on a loaded
+    machine; on the virtual clock every other rig must stay within the rig's tolerance."""
+    from drivers.mock import devices
+
+    real_read = devices.MockMeter.read
+
+    async def read(self: devices.MockMeter) -> Any:
+        if self.name == "household 3 meter" and self.clock.now() > 400.0:
+            raise ConnectionError("no reply")  # silent from a third of the day on
+        return await real_read(self)
+
+    monkeypatch.setattr(devices.MockMeter, "read", read)
+    store = Store(tmp_path / "lost.db")
+    out = await run_scenario(load_scenario("scenario2"), load_rig("mock"), store)
+    iv = out.intervals[0]
+    assert list(iv.measurement.tripped) == ["3"] and "meter lost" in iv.measurement.tripped["3"]
+    others = [c for c in iv.checks if not c.name.endswith(" 3")
+              and "->3 " not in c.name and "household 3 " not in c.name]
+    assert others and all(c.passed for c in others), [c for c in others if not c.passed]
+    assert verify_run(store, out.run_id) is None
+    assert sum(out.balances.values()) == sum(out.opening.values())

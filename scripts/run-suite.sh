@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The linters and the suite in an environment already set up (scripts/test.sh does that from
+# the lock, scripts/test-latest.sh from the newest releases).
+#   bash scripts/run-suite.sh VENV [extra pytest args]
+# The tests marked `serial` need wall time: they run after the parallel part, one at a time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="$1"; shift
+PY="$VENV/bin/python"
+export PATH="$PWD/$VENV/bin:$PATH"   # tests start `testbed` as a subprocess
+
+"$PY" -m ruff check .
+"$PY" -m mypy
+"$PY" -m pytest -n 2 -q -p no:cacheprovider -m "not serial" "$@"
+"$PY" -m pytest -q -p no:cacheprovider -m serial "$@"
