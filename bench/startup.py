@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 
-def _entry_point() -> list[str]:
+def _entry_point(tree: Path | None) -> list[str]:
+    if tree is not None:  # another checkout of the project, e.g. an earlier commit
+        return [sys.executable, "-m", "testbed.cli"]
     script = Path(sys.executable).parent / "testbed"
     return [str(script)] if script.exists() else [sys.executable, "-m", "testbed.cli"]
 
@@ -50,8 +52,12 @@ def _time(cmd: list[str], cwd: str) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def measure(repeat: int) -> dict[str, Any]:
-    testbed = _entry_point()
+def measure(repeat: int, tree: Path | None = None) -> dict[str, Any]:
+    """Best and median wall seconds, best CPU seconds, and the ratios to the floor; ``tree``
+    measures the ``testbed`` of another checkout (``python -m testbed.cli`` from there)."""
+    if tree is not None:
+        ENV["PYTHONPATH"] = str(tree.resolve())
+    testbed = _entry_point(tree)
     commands = {"floor": lambda i: [sys.executable, "-c", "import typer, rich.console"],
                 "help": lambda i: [*testbed, "--help"],
                 "run": lambda i: [*testbed, "run", "scenario2", "--db", f"run{i}.db"]}
@@ -68,6 +74,7 @@ def measure(repeat: int) -> dict[str, Any]:
     best_cpu = {k: min(v) for k, v in cpu.items()}
     return {
         "command": " ".join(testbed),
+        "tree": None if tree is None else str(tree),
         "repeat": repeat,
         "best_s": {k: round(v, 4) for k, v in best.items()},
         "median_s": {k: round(statistics.median(v), 4) for k, v in wall.items()},
@@ -85,9 +92,11 @@ def measure(repeat: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--tree", type=Path, default=None,
+                        help="measure the testbed of this checkout instead (a baseline)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = measure(max(1, args.repeat))
+    result = measure(max(1, args.repeat), args.tree)
     print(json.dumps(result, indent=None if args.json else 2))
 
 

@@ -61,6 +61,7 @@ class Clearing:
 class Mechanism(Protocol):
     """A market mechanism: a name, and a pure clearing function."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def clear(self, orders: Sequence[Order]) -> Clearing: ...

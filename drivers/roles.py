@@ -50,7 +50,8 @@ class MeterReading:
 
 @runtime_checkable
 class Device(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def identify(self) -> str: ...
 

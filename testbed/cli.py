@@ -280,11 +280,12 @@ def clear(
     except OrderError as e:
         fail(f"{orders}: {e}")
     c = clear_book(book, a)
-    out = {"method": c.method, "price": None if c.price is None else float(c.price),
-           "volume_kwh": float(c.volume),
-           "fills": [{"seller": f.seller, "buyer": f.buyer, "energy_kwh": float(f.energy)}
-                     for f in c.fills],
-           "rejected": list(c.rejected)}
+    out: dict[str, Any] = {
+        "method": c.method, "price": None if c.price is None else float(c.price),
+        "volume_kwh": float(c.volume),
+        "fills": [{"seller": f.seller, "buyer": f.buyer, "energy_kwh": float(f.energy)}
+                  for f in c.fills],
+        "rejected": list(c.rejected)}
     if as_json:
         print(json.dumps(out, indent=2))
         return

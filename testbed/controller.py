@@ -295,9 +295,9 @@ class Controller:
                 # Dead-beat on the measured energy. On a real bench the meter was read a
                 # moment ago and the new setpoint lands only after the write's latency; the
                 # rig flows at its present power until then, and at the new one after.
-                t = self.clock.now()
-                lag = (t - reading.at) + self.write_latency
-                left = max(deadline - t - self.write_latency, dt / 2)
+                now_s = self.clock.now()
+                lag = (now_s - reading.at) + self.write_latency
+                left = max(deadline - now_s - self.write_latency, dt / 2)
                 bus_w = (goal - done - reading.power_w * lag / 3600.0) * 3600.0 / left
                 pv_w = min(sp.pv_w, pv_max)
                 load_w = min(sp.load_w, load_max)

@@ -20,6 +20,14 @@ def _f(x: Fraction | float | None, places: int = 6) -> float | None:
     return None if x is None else round(float(x), places)
 
 
+def _difference(ours: object, paper: object) -> float | None:
+    """``ours - paper`` to 6 places, or None where either is not a number."""
+    numbers = (int, float)
+    if isinstance(ours, numbers) and isinstance(paper, numbers) and not isinstance(ours, bool):
+        return round(float(ours) - float(paper), 6)
+    return None
+
+
 def summarise(run: RunOutcome) -> dict[str, Any]:
     """The run as one JSON-ready object (the ``--json`` output)."""
     sc, rig = run.scenario, run.rig
@@ -82,9 +90,7 @@ def summarise(run: RunOutcome) -> dict[str, Any]:
             "method": first.method if first else None,
             "volume_kwh": _f(volume), "self_sufficiency": _f(self_suff),
             "community_net_aud": _f(community)}
-    paper = {k: {"ours": ours.get(k), "paper": v,
-                 "difference": (None if ours.get(k) is None or not isinstance(v, int | float)
-                                else round(ours[k] - v, 6))}
+    paper = {k: {"ours": ours.get(k), "paper": v, "difference": _difference(ours.get(k), v)}
              for k, v in sc.paper.items() if k in ours}
     if "households_net_aud" in sc.paper:
         for row in households:

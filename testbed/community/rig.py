@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-import numpy as np
-
 from contracts.numbers import MICRO
 from drivers.spec import RigSpec
 from testbed.community.day import DayResult
@@ -44,7 +42,7 @@ class HourlyProfile(DayProfile):
 
 def hourly_profile(pv: Sequence[float], load: Sequence[float]) -> HourlyProfile:
     pv_t, load_t = tuple(float(x) for x in pv), tuple(float(x) for x in load)
-    return HourlyProfile(sum(pv_t), sum(load_t), np.full(24, 1 / 24), pv_t, load_t)
+    return HourlyProfile(sum(pv_t), sum(load_t), (1 / 24,) * 24, pv_t, load_t)
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,8 @@ def community_day(run: Mapping[str, Any]) -> CommunityDay | None:
         summary["hourly"], f"{where}.hourly")
     classes = {} if summary.get("classes") is None else _classes(
         summary["classes"], f"{where}.classes")
-    params = run.get("params") if isinstance(run.get("params"), Mapping) else {}
+    raw_params = run.get("params")
+    params: Mapping[str, Any] = raw_params if isinstance(raw_params, Mapping) else {}
     share = summary.get("generating", params.get("generating"))
     return CommunityDay(hours, series, classes, _number(share, f"{where}.generating"),
                         _paper(summary.get("paper_fig10"), f"{where}.paper_fig10"),
