@@ -14,7 +14,7 @@ from drivers.clock import Clock
 from drivers.limits import GuardedBattery, GuardedLoad, GuardedPV
 from drivers.mock.devices import MOCK_ROLES
 from drivers.mock.plant import Plant
-from drivers.roles import Device, GridNode, Meter, Relay
+from drivers.roles import Battery, Device, ElectronicLoad, GridNode, Meter, PVSupply, Relay
 from drivers.spec import DeviceSpec, HouseholdSpec, RigSpec
 
 
@@ -75,9 +75,9 @@ class HouseholdDevices:
     """One household's rig: the power-setting roles behind the limit guard."""
 
     id: str
-    pv: GuardedPV
-    battery: GuardedBattery
-    load: GuardedLoad
+    pv: PVSupply  # each of the three behind its limit guard (drivers.limits)
+    battery: Battery
+    load: ElectronicLoad
     meter: Meter
     relay: Relay
 

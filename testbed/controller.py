@@ -247,10 +247,11 @@ class Controller:
         # Per rig, what does not change over the interval: the battery's temperature limit
         # and the three power ceilings (inf where the rig file sets none).
         inf = float("inf")
-        caps = {hid: (h.battery.spec.limits.max_temperature_c,
-                      h.pv.spec.limits.max_power_w or inf, h.load.spec.limits.max_power_w or inf,
-                      h.battery.spec.limits.max_power_w or inf)
-                for hid, h in houses.items()}
+        limits = {h.id: {role: d.limits for role, d in h.devices.items()}
+                  for h in rig.households}
+        caps = {hid: (lim["battery"].max_temperature_c, lim["pv"].max_power_w or inf,
+                      lim["load"].max_power_w or inf, lim["battery"].max_power_w or inf)
+                for hid, lim in limits.items()}
         dt = tl.dt
         for k in range(tl.steps):
             self._check_estop()
