@@ -36,7 +36,6 @@ SCHEMA: dict[str, tuple[dict[str, type], list[str]]] = {
             ["run_id", "height", "seq"]),
     "keys": ({"run_id": str, "account": str, "public_key": str}, ["run_id", "account"]),
     "balances": ({"run_id": str, "account": str, "micro": int}, ["run_id", "account"]),
-    "keystore": ({"run_id": str, "account": str, "private_key": str}, ["run_id", "account"]),
     "safety": ({"run_id": str, "at": str, "event": str, "body": str}, []),
 }
 
@@ -44,6 +43,8 @@ SCHEMA: dict[str, tuple[dict[str, type], list[str]]] = {
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._depth = 0
+        self._after: list[Callable[[], None]] = []
         self.db = sqlite_utils.Database(self.path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -58,9 +59,30 @@ class Store:
 
         sqlite-utils 4 runs in autocommit mode, so ``with conn:`` alone would commit every
         insert on its own: ``atomic()`` opens a real transaction (savepoints when nested).
+        Callbacks given to :meth:`on_commit` inside run once the outermost one committed.
         """
-        with self.db.atomic():
-            yield
+        self._depth += 1
+        try:
+            with self.db.atomic():
+                yield
+        except BaseException:
+            self._depth -= 1
+            if not self._depth:
+                self._after.clear()
+            raise
+        self._depth -= 1
+        if not self._depth:
+            after, self._after = self._after, []
+            for fn in after:
+                fn()
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the current transaction has committed (now if there is none):
+        what is recorded outside the database (the operator's head) never runs ahead of it."""
+        if self._depth:
+            self._after.append(fn)
+        else:
+            fn()
 
     def insert(self, table: str, rows: list[dict[str, Any]] | dict[str, Any]) -> None:
         rows = [rows] if isinstance(rows, dict) else rows
