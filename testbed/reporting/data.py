@@ -335,4 +335,6 @@ def figures(store: Store, run_id: str) -> dict[str, Any]:
             **ours, "oversell_shortfall_kwh": f6(shortfall), "total_demand_kwh": f6(demand),
             "grid_import_kwh": f6(gi), "grid_export_kwh": f6(ge), "households": rows,
             "paper": paper, "trades": len(trades(store, run_id)),
+            "funding": {h: why for iv in ivs
+                        for h, why in (iv["details"].get("funding") or {}).items()},
             "ledger": {"blocks": len(blocks(store, run_id))}}
