@@ -27,7 +27,7 @@ from contracts.numbers import MICRO, to_micro
 from contracts.orders import Order, Side
 from contracts.settlement import GRID, Funding, Settlement, fund, settle
 from drivers.clock import Clock, RealClock, VirtualClock
-from drivers.registry import build_bench
+from drivers.registry import Bench, build_bench
 from drivers.spec import RigSpec
 from testbed import preflight
 from testbed.controller import Controller, EmergencyStop, IntervalMeasurement, RigPlan
@@ -296,6 +296,22 @@ def _resume(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
     return Run(scenario, rig, store, clock, events, run_id, ledger, opening, done)
 
 
+async def require_a_meter(bench: Bench, rig: RigSpec) -> None:
+    """Refuse to start (InputError naming the rig, the bench closed, nothing written) when
+    not one household's meter answers: a run settles on meters, and without any it would
+    only drive the bench blind. A meter that fails while others answer takes its rig off
+    the bus at the start (controller)."""
+    houses = bench.households
+    readings = await asyncio.gather(*(h.meter.read() for h in houses.values()),
+                                    return_exceptions=True)
+    errors = [f"{hid}: {r}" for hid, r in zip(houses, readings, strict=True)
+              if isinstance(r, BaseException)]
+    if len(errors) == len(houses):
+        await asyncio.gather(*(d.close() for d in bench.devices()), return_exceptions=True)
+        raise InputError(rig.source, "no meter is reachable, refusing to start (" +
+                         "; ".join(errors[:3]) + (" ..." if len(errors) > 3 else "") + ")")
+
+
 async def until_done(coro: Any) -> None:
     """Await ``coro`` to its end even if cancelled meanwhile (the safe state must land);
     a cancellation received on the way is raised again afterwards."""
@@ -323,6 +339,8 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     clock = clock or (VirtualClock() if all_mock(rig) else RealClock())
     run_id = resume or run_id or uuid.uuid4().hex[:12]
     events = EventBus([*(observers or []), store.safety_log(run_id)], context={"run": run_id})
+    bench = build_bench(rig, clock)
+    await require_a_meter(bench, rig)
     make = _resume if resume else _start
     run = make(scenario, rig, store, clock, events, run_id)
     events.emit("status", {"status": "running", "scenario": scenario.name, "rig": rig.name})
@@ -331,7 +349,6 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     controller: Controller | None = None
     outcomes: list[IntervalOutcome] = []
     try:
-        bench = build_bench(rig, clock)
         controller = Controller(bench, clock, events)
         if on_controller:
             on_controller(controller)
