@@ -31,12 +31,15 @@ KeyOpt = Annotated[str | None, typer.Option(
 
 
 def _open(db: Path) -> Any:
-    from testbed.store import Store
+    """The database opened read-only after a full integrity check; exit 2 with one message
+    when it is missing, empty, foreign or damaged (nothing is written to it)."""
+    from testbed.store import DamagedDatabase, Store
 
-    if not db.is_file():
-        err.print(f"[red]error:[/red] {db}: no such database", highlight=False)
-        raise typer.Exit(2)
-    return Store(db)
+    try:
+        return Store(db, readonly=True, check="full")
+    except DamagedDatabase as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _run_ids(store: Any, run: str | None) -> list[str]:

@@ -70,23 +70,25 @@ def register(app: typer.Typer) -> None:
         db: Annotated[Path, typer.Option(help="SQLite database of runs and ledgers")] = DB_DEFAULT,
     ) -> None:
         """Write a self-contained HTML report of a run, with PNG plots, into --out."""
+        from testbed.errors import InputError
         from testbed.reporting import SummaryError, write_report
         from testbed.reporting.data import NotFound, list_runs
         from testbed.store import Store
 
-        if not db.exists():
-            _fail(f"{db}: no such database")
-        if run == "latest":
-            store = Store(db)
-            try:
-                runs = list_runs(store)
-            finally:
-                store.close()
-            if not runs:
-                _fail(f"{db}: no runs yet")
-            run = runs[0]["id"]
         try:
+            Store(db, readonly=True, check="full").close()
+            if run == "latest":
+                store = Store(db, readonly=True)
+                try:
+                    runs = list_runs(store)
+                finally:
+                    store.close()
+                if not runs:
+                    _fail(f"{db}: no runs yet")
+                run = runs[0]["id"]
             path = write_report(db, run, out)
+        except InputError as e:  # a damaged database, or a row that does not parse
+            _fail(str(e))
         except (NotFound, SummaryError) as e:
             _fail(f"{db}: {e}")
         except OSError as e:

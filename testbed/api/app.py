@@ -37,7 +37,7 @@ from testbed.api.runs import Busy, RunManager
 from testbed.errors import InputError
 from testbed.reporting import data
 from testbed.runner import SPEED_RANGE
-from testbed.store import Store
+from testbed.store import DamagedDatabase, Store
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -167,7 +167,7 @@ def create_app(db: str | Path, token: str | None = None, *, mqtt: str | None = N
     """The API over database ``db``; control needs ``token`` (or ``TESTBED_TOKEN``); with
     ``mqtt`` (a broker URL) runs of other processes are followed and stopped there too."""
     db_path = Path(db)
-    Store(db_path).close()  # create the schema once, so reads never race to create it
+    Store(db_path, check="full").close()  # sound, and the schema made once before reads
     token = token if token is not None else (os.environ.get("TESTBED_TOKEN") or None)
     hub = LiveHub()
     manager = RunManager(db_path, hub)
@@ -211,7 +211,7 @@ def create_app(db: str | Path, token: str | None = None, *, mqtt: str | None = N
 
     @contextlib.contextmanager
     def reading() -> Iterator[Store]:
-        store = Store(db_path)
+        store = Store(db_path, readonly=True)
         try:
             yield store
         finally:
@@ -220,6 +220,12 @@ def create_app(db: str | Path, token: str | None = None, *, mqtt: str | None = N
     @app.exception_handler(data.NotFound)
     async def not_found(request: Request, exc: data.NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(DamagedDatabase)
+    async def damaged(request: Request, exc: DamagedDatabase) -> JSONResponse:
+        """A database that went bad under the server, or a row that does not parse: one
+        message, and no figure computed from it."""
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     def _run(store: Store, run_id: str) -> dict[str, Any]:
         row = data.get_run(store, run_id)

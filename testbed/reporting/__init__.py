@@ -218,7 +218,7 @@ def build_report(store: Store, run_id: str) -> tuple[str, dict[str, bytes]]:
 def write_report(db: str | Path, run_id: str, out_dir: str | Path) -> Path:
     """Write ``report.html`` and its PNGs into ``out_dir``; the HTML's path."""
     out = Path(out_dir)
-    store = Store(db)
+    store = Store(db, readonly=True)
     try:
         page, images = build_report(store, run_id)
     finally:
