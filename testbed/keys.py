@@ -29,6 +29,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,29 @@ class Keyring:
         except (KeyError, ValueError, TypeError):
             raise InputError(str(path), "damaged keystore: its encryption header does not "
                              "parse") from None
+
+
+# -- signed status messages (``testbed run --mqtt`` -> ``testbed serve --mqtt``) -----------
+
+
+def status_message(topic: str, payload: Mapping[str, Any]) -> bytes:
+    """What the operator signs for a status message: its topic and its payload without the
+    signature, as sorted compact JSON (so the topic, i.e. the run, cannot be swapped)."""
+    body = {k: v for k, v in payload.items() if k != "signature"}
+    return json.dumps({"topic": topic, "payload": body}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign_status(key: Ed25519PrivateKey, topic: str, payload: Mapping[str, Any],
+                ) -> dict[str, Any]:
+    """``payload`` with the operator's ``signature`` (hex) over :func:`status_message`."""
+    return {**payload, "signature": key.sign(status_message(topic, payload)).hex()}
+
+
+def status_is_signed(anchor: str, topic: str, payload: Mapping[str, Any]) -> bool:
+    """Whether ``payload`` on ``topic`` carries the operator's valid signature."""
+    from contracts.ledger import verify_signature
+
+    sig = payload.get("signature")
+    return isinstance(sig, str) and len(sig) == 128 and verify_signature(
+        anchor, sig, status_message(topic, payload))

@@ -84,7 +84,7 @@ def _exact(t: Table, key: str, default: Any = ...) -> Fraction:
     """An exact number within ``BOUNDS[key]``; its text bounded (``contracts.numbers``)
     before any arithmetic. InputError naming the file, table and key."""
     value = t.raw(key, default)
-    if value is None or value is default:
+    if value is default and default is not ...:
         return value  # type: ignore[no-any-return]
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise InputError(t.where(key), f"expected a number, got {value!r}")

@@ -85,7 +85,7 @@ class Table:
         """A finite number of magnitude below 1e15 (``MAX_MAGNITUDE``), > 0 when
         ``positive``, within [low, high] when given; else InputError naming the key."""
         value = self.raw(key, default)
-        if value is None:
+        if value is None and default is None:
             return value  # type: ignore[no-any-return]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputError(self.where(key), f"expected a number, got {value!r}")

@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
             envvar="TESTBED_MQTT_PASSWORD", show_envvar=True, help="MQTT password")] = None,
         mqtt_ca: Annotated[Path | None, typer.Option(
             exists=True, dir_okay=False, help="CA certificate (PEM) of the broker")] = None,
+        allowed_host: Annotated[list[str] | None, typer.Option(
+            help="a Host name the server answers (repeat; default: $TESTBED_ALLOWED_HOSTS "
+                 "or the loopback names): others get 400, against DNS rebinding")] = None,
     ) -> None:
         """Serve the HTTP API, the live WebSocket and the dashboard (at /)."""
         import uvicorn
@@ -58,7 +61,8 @@ def register(app: typer.Typer) -> None:
         try:
             app = create_app(db, token=token, mqtt=mqtt, mqtt_user=mqtt_user,
                              mqtt_password=mqtt_password,
-                             mqtt_ca=None if mqtt_ca is None else str(mqtt_ca))
+                             mqtt_ca=None if mqtt_ca is None else str(mqtt_ca),
+                             hosts=allowed_host)
         except InputError as e:
             _fail(str(e))
         uvicorn.run(app, host=host, port=port, log_level="info")

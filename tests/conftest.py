@@ -14,3 +14,6 @@ if str(ROOT) not in sys.path:
 # subprocess (which inherits the environment).
 os.environ["TESTBED_HOME"] = tempfile.mkdtemp(prefix="testbed-home-")
 os.environ.pop("TESTBED_KEY_PASSPHRASE", None)
+# The API answers only its trusted Host names (loopback by default): the test client's
+# "testserver" is one more (tests/test_hostile.py checks the default without it).
+os.environ["TESTBED_ALLOWED_HOSTS"] = "127.0.0.1,localhost,::1,[::1],testserver"
