@@ -304,10 +304,10 @@ def test_api_over_a_database_damaged_after_start_never_answers_500(
 
 
 def test_verify_on_an_empty_file_exits_non_zero_and_writes_nothing(tmp_path: Path) -> None:
-    db = tmp_path / "empty.db"
+    db = tmp_path / "blank.db"
     db.write_bytes(b"")
     code, output, _ = cli("ledger", "verify", str(db))
-    assert code == 2 and "empty" in output
+    assert code == 2 and "empty: not a testbed run database" in output
     assert db.read_bytes() == b"" and not Path(f"{db}-wal").exists()
 
 
@@ -504,3 +504,19 @@ def test_generated_start_bodies_are_4xx_never_5xx(body: dict[str, Any], api: Tes
 
 def test_builtins_still_load() -> None:
     assert load_rig("mock").households and load_scenario("scenario2").households
+
+
+def test_serve_mqtt_drops_messages_with_unbounded_numbers() -> None:
+    from testbed.api.bridge import MqttBridge
+
+    hub = LiveHub()
+    bridge = MqttBridge("mqtt://127.0.0.1:1", hub)
+    topic = "testbed/r1/status"
+    signed = sign_status(Keyring().operator(), topic, {"run": "r1", "status": "running"})
+    bridge.handle(topic, json.dumps(signed).encode())
+    assert hub.run["id"] == "r1"
+    for body in (b'{"interval": 0, "price": 1e999}', b'{"price": NaN}',
+                 b'{"price": Infinity}', b"[" * 100_000, b'{"x": "' + b"a" * (1 << 21) + b'"}'):
+        before = dict(hub.snapshot())
+        bridge.handle("testbed/r1/clearing", body)
+        assert hub.snapshot() == before

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import uuid
 from typing import Any
 
@@ -35,6 +36,19 @@ from testbed.telemetry import GLOBAL_ESTOP, PREFIX, QOS_EVENTS, make_client, par
 
 log = logging.getLogger(__name__)
 STARTED = ("running", "resumed")
+MAX_MESSAGE = 1 << 20  # bytes: a status, block or reading is a few kB
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float, refused when it overflows (1e999) or is absurdly long."""
+    value = float(text)
+    if len(text) > 64 or not math.isfinite(value) or abs(value) >= 1e15:
+        raise ValueError(f"number {text[:20]!r} out of bounds")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not a number JSON allows")
 
 
 class MqttBridge:
@@ -46,12 +60,7 @@ class MqttBridge:
                                    username if username is not None else addr.username,
                                    password if password is not None else addr.password)
         self.ca = ca
-        if anchor is None:
-            try:
-                anchor = load_anchor()[0]
-            except InputError as e:
-                log.warning("MQTT bridge: %s; no run's status will be accepted", e)
-        self.anchor = anchor
+        self.anchor = anchor or self._anchor()
         self.hub = hub
         self.connect_timeout = connect_timeout
         self.identifier = f"testbed-serve-{uuid.uuid4().hex[:8]}"
@@ -60,6 +69,14 @@ class MqttBridge:
         self._client: aiomqtt.Client | None = None
         self._period: tuple[str, Any, Any, list[dict[str, Any]]] | None = None
         self._width: dict[str, int] = {}  # run -> households seen in its last full period
+
+    @staticmethod
+    def _anchor() -> str | None:
+        try:
+            return load_anchor()[0]
+        except InputError as e:
+            log.warning("MQTT bridge: %s; no run's status is accepted until it exists", e)
+            return None
 
     # -- messages in --------------------------------------------------------------------
 
@@ -72,15 +89,21 @@ class MqttBridge:
         if kind not in TOPICS:
             log.warning("MQTT %s: unknown kind %r; ignored", topic, kind)
             return
+        if len(body) > MAX_MESSAGE:
+            log.warning("MQTT %s: %d bytes, more than %d; ignored", topic, len(body),
+                        MAX_MESSAGE)
+            return
         try:
-            data = json.loads(body)
-        except ValueError as e:
+            data = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as e:
             log.warning("MQTT %s: not JSON (%s); ignored", topic, e)
             return
         if not isinstance(data, dict):
             log.warning("MQTT %s: expected a JSON object, got %s; ignored", topic,
                         type(data).__name__)
             return
+        if kind == "status" and self.anchor is None:
+            self.anchor = self._anchor()  # the operator's key may appear after we started
         if kind == "status" and (self.anchor is None
                                  or not status_is_signed(self.anchor, topic, data)):
             log.warning("MQTT %s: status not signed by the operator; ignored", topic)
