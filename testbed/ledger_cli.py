@@ -63,12 +63,13 @@ def verify(db: DbArg, run: RunOpt = None, operator_key: KeyOpt = None,
     from testbed.keys import load_anchor
     from testbed.ledger import verify_run
 
+    store = _open(db)
     try:
         anchor, _source = load_anchor(operator_key)
     except InputError as e:
+        store.close()
         err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
-    store = _open(db)
     try:
         results = []
         for rid in _run_ids(store, run):
