@@ -246,3 +246,26 @@ def test_passphrase_encrypts_the_keystore_and_a_loose_key_file_is_refused(
     with pytest.raises(InputError, match="must be mode 0600"):
         Keyring(folder, b"correct horse").load_run("r1", led.genesis)
     store.close()
+
+
+def test_a_fresh_machine_runs_scenario2_and_verifies_with_no_configuration(
+        tmp_path: Path) -> None:
+    """No TESTBED_HOME, no XDG_CONFIG_HOME, an empty home: the first run creates the
+    operator's key folder in ~/.config/testbed, and verify finds the anchor there."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TESTBED_HOME", "XDG_CONFIG_HOME", "TESTBED_KEY_PASSPHRASE")}
+    env["HOME"] = str(tmp_path / "home")
+    main = "from testbed.cli import main; main()"
+    ran = subprocess.run([sys.executable, "-c", main, "run", "scenario2", "--json"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    folder = tmp_path / "home" / ".config" / "testbed"
+    assert stat.S_IMODE((folder / "operator.key").stat().st_mode) == 0o600
+    assert len(list((folder / "runs").glob("*.json"))) == 1
+    verified = subprocess.run([sys.executable, "-c", main, "ledger", "verify", "testbed.db"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert verified.returncode == 0 and "ok" in verified.stdout, verified.stderr
