@@ -78,7 +78,7 @@ def rig_from_dict(source: str, data: dict[str, Any]) -> RigSpec:
         grid=_device(top.table("grid"), "grid", "grid"),
         time_scale=top.number("time_scale", positive=True, low=1e-3, high=1e6),
         power_scale=top.number("power_scale", positive=True, high=1e6),
-        control_period_s=top.number("control_period_s", 1.0, positive=True, low=0.01,
+        control_period_s=top.number("control_period_s", 1.0, positive=True, low=1e-3,
                                     high=3600),
         bus_voltage_v=top.number("bus_voltage_v", 48.0, positive=True, high=1500),
         tolerance_pct=top.number("tolerance_pct", 0.5, positive=True, high=100),
