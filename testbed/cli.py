@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from contracts.dual_bidding import clear as clear_book
+from contracts.ledger import TxError
 from contracts.numbers import exact
 from contracts.orders import OrderError, parse_book
 from rigs import builtin
@@ -189,6 +190,8 @@ def run(
         fail(str(e))
     except TelemetryError as e:
         fail(f"--mqtt: {e}")
+    except TxError as e:  # no credit: a community day whose bills outgrow its deposits
+        fail(f"the ledger refused a block (run {run_id}, data up to it on disk): {e}", 1)
     except EmergencyStop as e:
         err.print(f"[red]emergency stop ({escape(str(e))}): every output off, every relay "
                   f"open; the run's data is on disk (run {run_id})[/red]")
