@@ -20,7 +20,11 @@ controller wrote is valid exactly when replaying it gives the same state. Transa
                  ceil(energy x price / rate) micro-units from its available balance.
 ``rejected``     an order refused, with the reason; replay re-derives the same reason.
 ``fill``         a trade the contract cleared (informational: money moves by transfers).
-``transfer``     micro-units from one account to another (settlement).
+``transfer``     micro-units from one account to another (settlement). No credit: a
+                 transfer may not take a household's (certified) balance below zero. The
+                 ``grid`` account (``open``, no key) stands for the utility outside the
+                 community: its balance is the community's net with the grid and may be
+                 negative.
 ``release``      an escrow returned whole; every escrow opened in a block is released in it.
 """
 
@@ -291,6 +295,9 @@ class LedgerState:
         src, dst, amount = str(tx["from"]), str(tx["to"]), _amount(tx)
         if src not in self.balances or dst not in self.balances:
             raise TxError(f"transfer between unknown accounts {src!r} -> {dst!r}")
+        if src in self.keys and self.balances[src] < amount:
+            raise TxError(f"no credit: {src!r} pays {amount} µ from a balance of "
+                          f"{self.balances[src]} µ")
         self.balances[src] -= amount
         self.balances[dst] += amount
 

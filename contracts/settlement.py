@@ -12,6 +12,12 @@ difference ``metered - cleared`` settles with the grid:
 
 Money moves as transfers of integer micro-units, each from one account to another, so the
 sum of all balances (households and the grid) is conserved exactly by construction.
+
+No credit (the ledger refuses a transfer that takes a household below zero): before an
+interval :func:`fund` limits each household's position to what its balance can pay in the
+worst case, and :func:`settle` given the balances charges a household for grid energy at
+most what it holds after its market transfers; what a fault left unpaid (a seller taken off
+the bus, say) is reported as ``unfunded_micro``, never owed as a negative balance.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from contracts.mechanism import Fill
-from contracts.numbers import aud_to_micro
+from contracts.numbers import MICRO, aud_to_micro, fmt
 
 GRID = "grid"
 
@@ -51,6 +57,7 @@ class HouseholdSettlement:
     grid_export_kwh: Fraction
     market_aud: Fraction  # + received from the community, - paid to it
     grid_aud: Fraction  # + feed-in income, - import cost
+    unfunded_micro: int = 0  # grid import its balance could not pay (the grid's loss)
 
     @property
     def net_aud(self) -> Fraction:
@@ -81,8 +88,13 @@ def settle(
     metered_kwh: Mapping[str, Fraction],
     tariff: Tariff,
     aud_per_token: Fraction,
+    funds: Mapping[str, int] | None = None,
 ) -> Settlement:
-    """Settle one interval. ``metered_kwh`` must name every household (fills use its ids)."""
+    """Settle one interval. ``metered_kwh`` must name every household (fills use its ids).
+
+    ``funds``: each household's balance (micro-units) before the interval; when given, its
+    grid import is charged only up to what it holds after its market transfers, and the
+    rest is its ``unfunded_micro`` (no balance goes below zero)."""
     transfers: list[Transfer] = []
     market: dict[str, Fraction] = {h: Fraction(0) for h in metered_kwh}
     cleared: dict[str, Fraction] = {h: Fraction(0) for h in metered_kwh}
@@ -110,16 +122,23 @@ def settle(
         else:
             export, imported = Fraction(0), -deviation
         grid_aud = export * tariff.feed_in_aud_per_kwh - imported * tariff.import_aud_per_kwh
+        unfunded = 0
         if imported:
-            transfers.append(Transfer(h, GRID, aud_to_micro(
-                imported * tariff.import_aud_per_kwh, aud_per_token),
-                f"grid import {imported} kWh"))
+            charge = aud_to_micro(imported * tariff.import_aud_per_kwh, aud_per_token)
+            if funds is not None:
+                held = funds.get(h, 0) + sum(t.amount for t in transfers if t.target == h) \
+                    - sum(t.amount for t in transfers if t.source == h)
+                unfunded = max(charge - max(held, 0), 0)
+                charge -= unfunded
+                grid_aud += Fraction(unfunded, MICRO) * aud_per_token
+            transfers.append(Transfer(h, GRID, charge, f"grid import {imported} kWh"
+                                      + (f" ({unfunded} µ unfunded)" if unfunded else "")))
         if export:
             transfers.append(Transfer(GRID, h, aud_to_micro(
                 export * tariff.feed_in_aud_per_kwh, aud_per_token),
                 f"grid feed-in {export} kWh"))
         rows.append(HouseholdSettlement(h, cleared[h], metered, imported, export,
-                                        market[h], grid_aud))
+                                        market[h], grid_aud, unfunded))
     return Settlement(tuple(rows), tuple(t for t in transfers if t.amount))
 
 
@@ -133,3 +152,65 @@ def apply(balances: Mapping[str, int], transfers: Sequence[Transfer]) -> dict[st
         out[t.source] -= t.amount
         out[t.target] += t.amount
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Funding:
+    """The position a household may take with its balance (see :func:`fund`)."""
+
+    net_kwh: Fraction  # + surplus, - draw from the bus over the interval
+    offer_kwh: Fraction | None  # a seller's offer, None = its surplus
+    reason: str | None  # None: funded as asked; else why it was refused or limited
+
+    @property
+    def refused(self) -> bool:
+        return self.reason is not None and self.net_kwh == 0
+
+
+def _floor_micro_kwh(x: Fraction) -> Fraction:
+    return Fraction(int(x * MICRO // 1), MICRO)
+
+
+def fund(net_kwh: Fraction, offer_kwh: Fraction | None, price: Fraction | None,
+         tariff: Tariff, funds_micro: int, aud_per_token: Fraction, margin: Fraction,
+         ) -> Funding:
+    """No credit at the gate: limit a household's interval position to what ``funds_micro``
+    can pay in the worst case.
+
+    A buyer (``net_kwh < 0``) may be charged for every kWh it draws at ``max(import tariff,
+    its bid)`` (nothing clears and the grid supplies it, or it clears at its bid), on a meter
+    that may read ``margin`` (a fraction, the rig's tolerance) above its target: its draw is
+    limited to what its balance pays at that rate (to the micro-kWh), and refused when that
+    is nothing. A seller whose offer exceeds what it will deliver (``net_kwh`` less the
+    margin) pays the shortfall at the import tariff and is paid at least its ask: its offer
+    is limited so that the worst case is covered. Returns the allowed position and, when it
+    differs from the one asked, the reason (kWh and AUD named).
+    """
+    funds_aud = Fraction(max(funds_micro, 0), MICRO) * aud_per_token
+    if net_kwh < 0:
+        unit = max(tariff.import_aud_per_kwh, price or Fraction(0)) * (1 + margin)
+        need = -net_kwh * unit
+        if need <= funds_aud:
+            return Funding(net_kwh, offer_kwh, None)
+        allowed = _floor_micro_kwh(funds_aud / unit) if unit else -net_kwh
+        what = (f"drawing {fmt(-net_kwh)} kWh may cost {fmt(need)} AUD at {fmt(unit)} "
+                f"AUD/kWh (import or bid, with the {fmt(margin * 100)} % meter margin); its "
+                f"balance holds {fmt(funds_aud)} AUD")
+        if allowed <= 0:
+            return Funding(Fraction(0), None, f"refused at the gate (no credit): {what}")
+        return Funding(-allowed, None, f"draw limited to {fmt(allowed)} kWh (no credit): {what}")
+    if net_kwh <= 0 or offer_kwh is None or price is None:
+        return Funding(net_kwh, offer_kwh, None)
+    delivered = net_kwh * (1 - margin)
+    gap = tariff.import_aud_per_kwh - price
+    if offer_kwh <= delivered or gap <= 0:
+        return Funding(net_kwh, offer_kwh, None)
+    worst = offer_kwh * gap - delivered * tariff.import_aud_per_kwh
+    if worst <= funds_aud:
+        return Funding(net_kwh, offer_kwh, None)
+    allowed = max(_floor_micro_kwh((funds_aud + delivered * tariff.import_aud_per_kwh) / gap),
+                  Fraction(0))
+    return Funding(net_kwh, allowed,
+                   f"offer limited to {fmt(allowed)} kWh (no credit): offering {fmt(offer_kwh)} "
+                   f"kWh against {fmt(delivered)} kWh delivered may cost {fmt(worst)} AUD; its "
+                   f"balance holds {fmt(funds_aud)} AUD")

@@ -48,7 +48,7 @@ BREAKS = [
           "    return round(x)\n",
           "    import math\n    return math.floor(x + Fraction(1, 2))\n", "half"),
     Break("an interval rolls back whole", "testbed/store.py",
-          "        with self.db.atomic():\n            yield", "        yield",
+          "            with self.db.atomic():\n                yield", "            yield",
           "fails_half_way"),
     Break("genesis names the operator", "contracts/ledger.py",
           "if h == 0 and draft.operator != operator_public:", "if False:", "genesis"),

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from contracts.dual_bidding import clear as clear_book
+from contracts.ledger import TxError
 from contracts.numbers import exact
 from contracts.orders import OrderError, parse_book
 from rigs import builtin
@@ -189,13 +190,18 @@ def run(
                                  else str(mqtt_ca), on_estop=switch.trip) as tm:
             return await launch([_safety_printer, tm.observer], attach)
 
-    store = Store(db)
+    try:
+        store = Store(db)
+    except InputError as e:
+        fail(str(e))
     try:
         outcome = _run_until_signal(start)
     except InputError as e:
         fail(str(e))
     except telemetry_errors as e:
         fail(f"--mqtt: {e}")
+    except TxError as e:  # no credit: a community day whose bills outgrow its deposits
+        fail(f"the ledger refused a block (run {run_id}, data up to it on disk): {e}", 1)
     except EmergencyStop as e:
         err.print(f"[red]emergency stop ({escape(str(e))}): every output off, every relay "
                   f"open; the run's data is on disk (run {run_id})[/red]")
@@ -237,9 +243,10 @@ def runs(
     """List the runs in a database (running, finished, aborted or failed)."""
     from testbed.store import Store
 
-    if not db.exists():
-        fail(f"{db}: no such database")
-    store = Store(db)
+    try:
+        store = Store(db, readonly=True, check="full")
+    except InputError as e:
+        fail(str(e))
     try:
         rows = [{"id": r["id"], "scenario": r["scenario"], "rig": r["rig"],
                  "status": r["status"], "started_at": r["started_at"],
@@ -263,11 +270,17 @@ def clear(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Clear one order book with the dual-bidding contract."""
+    from testbed.tomlfile import read_text
+
     try:
-        raw = json.loads(orders.read_text("utf-8"))
-    except OSError as e:
-        fail(f"{orders}: {e.strerror}")
+        raw = json.loads(read_text(orders))
+    except InputError as e:
+        fail(str(e))
     except json.JSONDecodeError as e:
+        fail(f"{orders}: not valid JSON: {e}")
+    except RecursionError:
+        fail(f"{orders}: JSON nested too deeply")
+    except ValueError as e:  # an integer of thousands of digits
         fail(f"{orders}: not valid JSON: {e}")
     try:
         a = exact(alpha)

@@ -5,11 +5,12 @@ The rules (encoding, hashes, Merkle roots, what a transaction may do) are
 through the same :class:`~contracts.ledger.LedgerState` a verifier replays, and writes
 them to the store inside the caller's transaction.
 
-Tables: ``blocks`` and ``txs`` (the chain), ``keys`` (each account's public key, the
-operator's being the trust anchor), ``balances`` (the state after the head, for
-auditors), ``runs.ledger_height``/``ledger_head`` (so a deleted last block is noticed).
-``keystore`` holds the private keys of the operator and of the mock HEMS, so a run can be
-resumed; it is not part of the ledger and a lab with real HEMS devices keeps only theirs.
+Tables: ``blocks`` and ``txs`` (the chain), ``keys`` (each account's public key, a copy
+checked against the certificates), ``balances`` (the state after the head, for auditors),
+``runs.ledger_height``/``ledger_head``. No private key and no trust anchor is in the
+database: the operator's key, its public half (the anchor ``verify_run`` checks genesis
+and every block against) and each run's keystore with the sealed head (so a block cut from
+the end is noticed) live in the operator's key folder, :mod:`testbed.keys`.
 """
 
 from __future__ import annotations
@@ -20,25 +21,17 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contracts import ledger as rules
 from contracts.settlement import GRID, Transfer
+from testbed.errors import InputError
+from testbed.keys import Keyring, load_anchor
+from testbed.keys import public_hex as _public_hex
 from testbed.store import Store
 
 OPERATOR = "operator"
 AUD_PER_TOKEN = Fraction(370)
-
-
-def _public_hex(key: Ed25519PrivateKey) -> str:
-    return key.public_key().public_bytes(serialization.Encoding.Raw,
-                                         serialization.PublicFormat.Raw).hex()
-
-
-def _private_hex(key: Ed25519PrivateKey) -> str:
-    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                             serialization.NoEncryption()).hex()
 
 
 @dataclass
@@ -74,9 +67,11 @@ class BlockDraft:
 class Ledger:
     store: Store
     run_id: str
+    keyring: Keyring = field(default_factory=Keyring)
     keys: dict[str, Ed25519PrivateKey] = field(default_factory=dict)
     state: rules.LedgerState = field(default_factory=rules.LedgerState)
     head: str = rules.GENESIS_PREV
+    genesis: str = ""
     _issued: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -89,29 +84,31 @@ class Ledger:
 
     @classmethod
     def create(cls, store: Store, run_id: str, accounts: list[str], opening: dict[str, int],
-               aud_per_token: Fraction = AUD_PER_TOKEN) -> Ledger:
-        """Keys for the operator and every account, and the genesis block (inside the
-        caller's transaction)."""
-        led = cls(store, run_id)
+               aud_per_token: Fraction = AUD_PER_TOKEN, keyring: Keyring | None = None,
+               ) -> Ledger:
+        """A key for every account, signed by the operator's key from ``keyring`` (default:
+        the operator's key folder, created on first use), and the genesis block (inside the
+        caller's transaction). The households' keys go to the run's keystore file."""
+        led = cls(store, run_id, keyring or Keyring())
         led.new_keys(accounts)
         led.append(None, led.genesis_txs(opening, aud_per_token))
         return led
 
     @classmethod
-    def load(cls, store: Store, run_id: str) -> Ledger:
-        """Re-open a run's ledger after verifying the whole chain from genesis."""
-        from testbed.errors import InputError
-
-        err = verify_run(store, run_id)
+    def load(cls, store: Store, run_id: str, keyring: Keyring | None = None) -> Ledger:
+        """Re-open a run's ledger after verifying the whole chain from genesis against the
+        operator's key; the households' keys come from the run's keystore file."""
+        ring = keyring or Keyring()
+        err = verify_run(store, run_id, ring.anchor(), ring)
         if err is not None:
             raise InputError(f"ledger of run {run_id}", f"block {err.height}: {err.reason}")
-        led = cls(store, run_id)
-        for row in store.db.query("select * from keystore where run_id = ?", [run_id]):
-            led.keys[row["account"]] = Ed25519PrivateKey.from_private_bytes(
-                bytes.fromhex(row["private_key"]))
+        led = cls(store, run_id, ring)
         blocks = store.blocks(run_id)
+        led.keys = {OPERATOR: ring.operator(),
+                    **ring.load_run(run_id, blocks[0]["hash"]).keys}
         led.state, _ = rules.replay(blocks, led.public(OPERATOR))
         led.head = blocks[-1]["hash"] if blocks else rules.GENESIS_PREV
+        led.genesis = blocks[0]["hash"]
         return led
 
     def opening(self) -> dict[str, int]:
@@ -122,18 +119,15 @@ class Ledger:
         return _public_hex(self.keys[account])
 
     def new_keys(self, accounts: list[str]) -> list[dict[str, Any]]:
-        """An Ed25519 key per account and the operator's; writes the keystore and the
-        public keys, and returns the public rows."""
-        rows, secrets = [], []
-        for account in [OPERATOR, *accounts]:
-            key = Ed25519PrivateKey.generate()
-            self.keys[account] = key
-            rows.append({"run_id": self.run_id, "account": account,
-                         "public_key": _public_hex(key)})
-            secrets.append({"run_id": self.run_id, "account": account,
-                            "private_key": _private_hex(key)})
+        """An Ed25519 key per account beside the operator's; writes the public keys to the
+        ``keys`` table (the private ones reach the keystore file with genesis) and returns
+        the public rows."""
+        self.keys[OPERATOR] = self.keyring.operator()
+        for account in accounts:
+            self.keys[account] = Ed25519PrivateKey.generate()
+        rows = [{"run_id": self.run_id, "account": a, "public_key": _public_hex(k)}
+                for a, k in self.keys.items()]
         self.store.insert("keys", rows)
-        self.store.insert("keystore", secrets)
         return rows
 
     def genesis_txs(self, opening: Mapping[str, int],
@@ -208,18 +202,36 @@ class Ledger:
         store.db["runs"].update(self.run_id, {  # type: ignore[union-attr]
             "ledger_height": height + 1, "ledger_head": digest})
         self.state, self.head = state, digest
+        ring, run_id = self.keyring, self.run_id
+        if height == 0:
+            self.genesis = digest
+            households = {a: k for a, k in self.keys.items() if a != OPERATOR}
+            store.on_commit(lambda: ring.save_run(run_id, digest, households, 1, digest))
+        else:
+            genesis = self.genesis
+            store.on_commit(lambda: ring.record_head(run_id, genesis, height + 1, digest))
         return block
 
 
-def verify_run(store: Store, run_id: str) -> rules.ChainError | None:
-    """Verify one run's ledger rows from genesis: every signature, hash, link and balance,
-    the rows' own form, the keys table and the head the run recorded."""
+def verify_run(store: Store, run_id: str, anchor: str | None = None,
+               keyring: Keyring | None = None) -> rules.ChainError | None:
+    """Verify one run's ledger rows from genesis against the operator's public key
+    ``anchor`` (64 hex digits; default: ``operator.pub`` in the operator's key folder, never
+    the database): every signature, hash, link and balance, the rows' own form, the keys
+    table, the head the run recorded, and the head the operator's keystore recorded (a block
+    cut from the end). Returns the first error (height, reason) or None."""
+    ring = keyring or Keyring()
+    if anchor is None:
+        try:
+            anchor = load_anchor(ring.directory / "operator.pub")[0]
+        except InputError as e:
+            return rules.ChainError(0, f"no trust anchor: {e}")
     keys = {r["account"]: r["public_key"]
             for r in store.db.query("select * from keys where run_id = ?", [run_id])}
-    if OPERATOR not in keys:
-        return rules.ChainError(0, "the operator's public key is missing from the keys table")
     heights = [r["height"] for r in store.db.query(
         "select height from blocks where run_id = ? order by height", [run_id])]
+    if not heights:
+        return rules.ChainError(0, "the run has no genesis block")
     blocks = []
     for h in heights:
         rows = list(store.db.query("select seq, body from txs where run_id = ? and height = ? "
@@ -234,13 +246,36 @@ def verify_run(store: Store, run_id: str) -> rules.ChainError | None:
                 return rules.ChainError(h, f"tx row {row['seq']} where {i} is due")
             try:
                 tx = json.loads(row["body"])
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, TypeError, RecursionError):
                 return rules.ChainError(h, f"tx {i} is not JSON")
-            if rules.canonical(tx).decode() != row["body"]:
+            try:
+                form = rules.canonical(tx).decode()
+            except TypeError:
+                form = None
+            if form != row["body"]:
                 return rules.ChainError(h, f"tx {i} is not in canonical form")
             txs.append(tx)
         blocks.append({**block, "txs": txs})
-    state, err = rules.replay(blocks, keys[OPERATOR])
+    first = blocks[0]["txs"][:1]
+    named = first[0].get("public_key") if first and isinstance(first[0], dict) else None
+    if named != anchor:
+        return rules.ChainError(0, f"genesis names operator key {str(named)[:16]}…, not the "
+                                   f"operator's key {anchor[:16]}… (the trust anchor)")
+    try:
+        recorded_head = ring.head(run_id, str(blocks[0]["hash"]))
+    except InputError as e:
+        return rules.ChainError(0, f"the operator's record of this run: {e}")
+    if recorded_head is not None:
+        n, digest = recorded_head
+        if n < 1:
+            return rules.ChainError(0, f"the operator's record of run {run_id} is damaged")
+        if len(blocks) < n:
+            return rules.ChainError(len(blocks), f"block {len(blocks)} is missing: the "
+                                    f"operator sealed {n} blocks (keystore of run {run_id})")
+        if blocks[n - 1]["hash"] != digest:
+            return rules.ChainError(n - 1, f"block {n - 1} is not the block the operator "
+                                           "sealed there (keystore's head)")
+    state, err = rules.replay(blocks, anchor)
     if err is not None:
         return err
     orphans = store.db.execute("select min(height) from txs where run_id = ? and height "
@@ -262,6 +297,8 @@ def verify_run(store: Store, run_id: str) -> rules.ChainError | None:
                                               f"{head}, not this chain's head")
     certified = dict(state.keys)
     certified[OPERATOR] = state.operator
+    if OPERATOR not in keys:
+        return rules.ChainError(0, "the operator's public key is missing from the keys table")
     if keys != certified:
         bad = sorted(set(keys.items()) ^ set(certified.items()))[0][0]
         return rules.ChainError(0, f"keys table entry for {bad!r} does not match the chain")

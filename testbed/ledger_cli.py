@@ -1,7 +1,10 @@
 """``testbed ledger verify DB`` and ``testbed ledger show DB``: auditing a run database.
 
-Verification needs nothing but the database: every signature, hash, Merkle root, link,
-escrow and balance is recomputed from genesis (``testbed.ledger.verify_run``).
+Verification needs the database and the operator's public key, which never comes from the
+database it checks: ``--operator-key FILE|HEX``, else ``operator.pub`` in the operator's key
+folder (``testbed.keys.home``). Every signature, hash, Merkle root, link, escrow and balance
+is recomputed from genesis (``testbed.ledger.verify_run``); a genesis naming another
+operator key fails.
 """
 
 from __future__ import annotations
@@ -23,15 +26,21 @@ err = Console(stderr=True, soft_wrap=True)
 
 DbArg = Annotated[Path, typer.Argument(help="SQLite run database")]
 RunOpt = Annotated[str | None, typer.Option("--run", help="one run id (default: every run)")]
+KeyOpt = Annotated[str | None, typer.Option(
+    "--operator-key", help="the operator's public key: a file (operator.pub, or PEM) or 64 "
+    "hex digits (default: operator.pub in $TESTBED_HOME, ~/.config/testbed)")]
 
 
 def _open(db: Path) -> Any:
-    from testbed.store import Store
+    """The database opened read-only after a full integrity check; exit 2 with one message
+    when it is missing, empty, foreign or damaged (nothing is written to it)."""
+    from testbed.store import DamagedDatabase, Store
 
-    if not db.is_file():
-        err.print(f"[red]error:[/red] {db}: no such database", highlight=False)
-        raise typer.Exit(2)
-    return Store(db)
+    try:
+        return Store(db, readonly=True, check="full")
+    except DamagedDatabase as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _run_ids(store: Any, run: str | None) -> list[str]:
@@ -45,18 +54,27 @@ def _run_ids(store: Any, run: str | None) -> list[str]:
 
 
 @ledger_app.command()
-def verify(db: DbArg, run: RunOpt = None,
+def verify(db: DbArg, run: RunOpt = None, operator_key: KeyOpt = None,
            as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False,
            ) -> None:
-    """Recompute every signature, hash and balance from genesis; exit 1 naming the first bad
-    block of any run that fails."""
+    """Recompute every signature, hash and balance from genesis against the operator's key
+    (kept outside the database); exit 1 naming the first bad block of any run that fails,
+    2 when there is no operator key or no database."""
+    from testbed.errors import InputError
+    from testbed.keys import load_anchor
     from testbed.ledger import verify_run
 
     store = _open(db)
     try:
+        anchor, _source = load_anchor(operator_key)
+    except InputError as e:
+        store.close()
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
         results = []
         for rid in _run_ids(store, run):
-            e = verify_run(store, rid)
+            e = verify_run(store, rid, anchor)
             blocks = store.db.execute("select count(*) from blocks where run_id = ?",
                                       [rid]).fetchone()[0]
             results.append({"run_id": rid, "ok": e is None, "blocks": blocks,

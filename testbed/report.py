@@ -55,6 +55,8 @@ def summarise(run: RunOutcome) -> dict[str, Any]:
 
     by_id = {h.id: h for h in sc.households}
     last = run.intervals[-1] if run.intervals else None
+    funding = {h: why for iv in run.intervals for h, why in iv.funding.items()}
+    rejected = {h: why for iv in run.intervals for h, why in iv.rejected_orders.items()}
     tol = rig.tolerance_pct / 100
     if last is not None:
         for h in last.settlement.households:
@@ -82,6 +84,9 @@ def summarise(run: RunOutcome) -> dict[str, Any]:
                 "balance_after_eth": run.balances[h.id] / MICRO,
                 "balance_change_aud": _f(Fraction(run.balances[h.id] - run.opening[h.id],
                                                   MICRO) * rate),
+                "funding": funding.get(h.id),
+                "order_rejected": rejected.get(h.id),
+                "unfunded_micro": h.unfunded_micro,
             })
 
     self_suff = (volume - shortfall) / demand if demand else Fraction(0)
@@ -120,6 +125,8 @@ def summarise(run: RunOutcome) -> dict[str, Any]:
                        "failed": [c.name for c in run.checks if not c.passed],
                        "tolerance_pct": rig.tolerance_pct},
         "tripped": {h: why for iv in run.intervals for h, why in iv.measurement.tripped.items()},
+        "funding": funding,
+        "orders_rejected": rejected,
         "resumed_from_interval": run.resumed_from,
         "ledger": {"blocks": run.ledger_blocks, "head": run.ledger_head,
                    "total_micro": sum(run.balances.values()),
@@ -160,6 +167,11 @@ def render(summary: dict[str, Any], console: Console) -> None:
         s.add_row(key.replace("_", " "), _num(ours, spec), _num(p.get("paper"), spec),
                   "" if diff is None else _num(diff, "+.4f" if spec != ".2%" else "+.3%"))
     console.print(s)
+    for hid, why in summary.get("funding", {}).items():
+        console.print(f"[yellow]household {hid}:[/yellow] {why}", highlight=False)
+    for hid, why in summary.get("orders_rejected", {}).items():
+        console.print(f"[yellow]household {hid}'s order refused:[/yellow] {why}",
+                      highlight=False)
     led = summary["ledger"]
     console.print(f"ledger: {led['blocks']} blocks, head {led['head'][:16]}…, "
                   f"money conserved: {led['total_micro']} µ{summary['token']['symbol']} in all "

@@ -8,12 +8,33 @@ else is a device parameter (a battery's capacity and efficiencies, say).
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from drivers.roles import ROLES
 from drivers.spec import DeviceSpec, HouseholdSpec, Limits, RigSpec
 from testbed.errors import InputError
 from testbed.tomlfile import Table, parse, resolve
+
+# Device parameters the drivers and models read, with their bounds: (kind, low, high,
+# low_open). Checked when the rig file is read, so a bad value names its key.
+PARAM_BOUNDS: dict[str, tuple[type, float, float, bool]] = {
+    "capacity_wh": (float, 0, 1e7, True),
+    "soc_initial": (float, 0, 1, False),
+    "eta_charge": (float, 0, 1, True),
+    "eta_discharge": (float, 0, 1, True),
+    "self_discharge_per_h": (float, 0, 1, False),
+    "temperature_c": (float, -50, 150, False),
+    "firmware_energy_gain": (float, 0, 10, True),
+    "watchdog_s": (float, 0, 3600, True),
+    "timeout_s": (float, 0, 600, True),
+    "baud": (int, 300, 4_000_000, False),
+    "channel": (int, 0, 255, False),
+}
+# An instrument model is a built-in's plain name, or a path written as one (./x.toml,
+# /lab/x.toml): never a name that walks out of the instrument folder.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 LIMIT_KEYS = ("max_power_w", "max_voltage_v", "max_current_a", "soc_min", "soc_max",
               "max_temperature_c")
@@ -55,12 +76,13 @@ def rig_from_dict(source: str, data: dict[str, Any]) -> RigSpec:
         description=top.text("description", ""),
         households=tuple(households),
         grid=_device(top.table("grid"), "grid", "grid"),
-        time_scale=top.number("time_scale", positive=True),
-        power_scale=top.number("power_scale", positive=True),
-        control_period_s=top.number("control_period_s", 1.0, positive=True),
-        bus_voltage_v=top.number("bus_voltage_v", 48.0, positive=True),
-        tolerance_pct=top.number("tolerance_pct", 0.5, positive=True),
-        dut_tolerance_pct=top.number("dut_tolerance_pct", 1.0, positive=True),
+        time_scale=top.number("time_scale", positive=True, low=1e-3, high=1e6),
+        power_scale=top.number("power_scale", positive=True, high=1e6),
+        control_period_s=top.number("control_period_s", 1.0, positive=True, low=1e-3,
+                                    high=3600),
+        bus_voltage_v=top.number("bus_voltage_v", 48.0, positive=True, high=1500),
+        tolerance_pct=top.number("tolerance_pct", 0.5, positive=True, high=100),
+        dut_tolerance_pct=top.number("dut_tolerance_pct", 1.0, positive=True, high=100),
         source=source,
     )
     top.reject_unknown()
@@ -92,4 +114,43 @@ def _device(t: Table, name: str, role: str) -> DeviceSpec:
     for key, value in spec.params.items():
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise InputError(t.where(key), f"expected a number or string, got {value!r}")
+        if key in PARAM_BOUNDS:
+            _param(t, key, value)
+    if spec.resource is not None:
+        from drivers.resources import parse_resource
+
+        try:
+            parse_resource(spec.resource)
+        except ValueError as err:
+            raise InputError(t.where("resource"), str(err)) from None
+    if spec.model is not None:
+        _model(t, spec.model)
     return spec
+
+
+def _param(t: Table, key: str, value: object) -> None:
+    kind, low, high, low_open = PARAM_BOUNDS[key]
+    ok_type = isinstance(value, int) if kind is int else isinstance(value, int | float)
+    if not ok_type or isinstance(value, bool):
+        raise InputError(t.where(key), f"expected {'an integer' if kind is int else 'a number'}"
+                         f", got {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    if not (low < number if low_open else low <= number) or not number <= high:
+        raise InputError(t.where(key), f"must lie in {'(' if low_open else '['}{low:g}, "
+                         f"{high:g}], got {value!r}")
+
+
+def _model(t: Table, model: str) -> None:
+    from drivers.instruments.model import available_instruments
+
+    if PLAIN_NAME.fullmatch(model) and ".." not in model:
+        if model not in available_instruments():
+            raise InputError(t.where("model"), f"no built-in instrument {model!r} (built-in: "
+                             f"{', '.join(available_instruments())}; a file of your own is "
+                             "written as a path, ./NAME.toml)")
+        return
+    explicit = model.startswith(("./", "../", "/"))
+    if not explicit or not model.endswith(".toml") or not Path(model).is_file():
+        raise InputError(t.where("model"), f"{model!r} is neither a built-in instrument's "
+                         "plain name nor an instrument file written as a path (./NAME.toml "
+                         "or /PATH/NAME.toml) that exists")

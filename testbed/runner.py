@@ -25,9 +25,9 @@ from typing import Any
 from contracts.mechanism import Clearing, Mechanism
 from contracts.numbers import MICRO, to_micro
 from contracts.orders import Order, Side
-from contracts.settlement import GRID, Settlement, settle
+from contracts.settlement import GRID, Funding, Settlement, fund, settle
 from drivers.clock import Clock, RealClock, VirtualClock
-from drivers.registry import build_bench
+from drivers.registry import Bench, build_bench
 from drivers.spec import RigSpec
 from testbed import preflight
 from testbed.controller import Controller, EmergencyStop, IntervalMeasurement, RigPlan
@@ -51,6 +51,7 @@ class IntervalOutcome:
     rejected_orders: dict[str, str]
     block: dict[str, Any]
     checks: list[Check]
+    funding: dict[str, str] = field(default_factory=dict)  # household -> refused/limited why
 
 
 @dataclass
@@ -149,8 +150,25 @@ class Run:
             outcomes.append(await self.interval(index, controller))
         return outcomes
 
+    def gate(self) -> tuple[Scenario, dict[str, str]]:
+        """No credit: each household's position limited to what its balance can pay in the
+        worst case (``contracts.settlement.fund``); the scenario as it will run, and the
+        reason for every household refused or limited."""
+        sc, margin = self.scenario, Fraction(self.rig.tolerance_pct) / 100
+        funded: dict[str, Funding] = {
+            h.id: fund(h.net_kwh, h.offer_kwh, h.price, sc.tariff,
+                       self.ledger.balances.get(h.id, 0), sc.aud_per_token, margin)
+            for h in sc.households}
+        households = tuple(dataclasses.replace(h, net_kwh=funded[h.id].net_kwh,
+                                               offer_kwh=funded[h.id].offer_kwh)
+                           for h in sc.households)
+        reasons = {h: f.reason for h, f in funded.items() if f.reason is not None}
+        return dataclasses.replace(sc, households=households), reasons
+
     async def interval(self, index: int, controller: Controller) -> IntervalOutcome:
-        sc, run_id, ledger, events = self.scenario, self.run_id, self.ledger, self.events
+        run_id, ledger, events = self.run_id, self.ledger, self.events
+        # 0. The gate: no household may take a position its balance cannot pay.
+        sc, funding = self.gate()
         # 1. Each household's HEMS signs its order (with a fresh nonce); the ledger admits
         #    it (certified key, signature, nonce, escrow for buyers) or records why not.
         draft = ledger.draft()
@@ -165,7 +183,8 @@ class Run:
                                   Fraction(o["price"])))
             else:
                 rejected[o["household"]] = reason
-        events.emit("orderbook", {"interval": index, "orders": signed, "rejected": rejected})
+        events.emit("orderbook", {"interval": index, "orders": signed, "rejected": rejected,
+                                  "funding": funding})
 
         # 2. Clear.
         clearing = self.mechanism.clear(book)
@@ -184,7 +203,8 @@ class Run:
         ids = [h.id for h in sc.households]
         metered = {h: _metered_kwh(measured.metered_wh[h], self.rig.energy_scale) for h in ids}
         routed = {h.id: h.net_kwh for h in sc.households}
-        settlement = settle(clearing.fills, metered, sc.tariff, sc.aud_per_token)
+        settlement = settle(clearing.fills, metered, sc.tariff, sc.aud_per_token,
+                            funds=dict(ledger.balances))
         checks = interval_checks(index, clearing, routed, metered, self.rig.tolerance_pct,
                                  measured.tripped)
         checks += [dataclasses.replace(c, suite=f"interval {index} DUT")
@@ -199,25 +219,27 @@ class Run:
         txs = draft.txs
         with self.store.transaction():
             block = ledger.seal(index, draft)
-            self._write_interval(index, clearing, settlement, measured, rejected, checks)
+            self._write_interval(index, clearing, settlement, measured, rejected, checks,
+                                 funding)
         for i, f in enumerate(clearing.fills):
             events.emit("trade", {"interval": index, "seq": i, "seller": f.seller,
                                   "buyer": f.buyer, "energy_kwh": float(f.energy),
                                   "price": float(f.price)})
         events.emit("block", {**block, "txs": len(txs)})
         return IntervalOutcome(index, clearing, settlement, measured, routed, rejected, block,
-                               checks)
+                               checks, funding)
 
     def _write_interval(self, index: int, clearing: Clearing, settlement: Settlement,
                         measured: IntervalMeasurement, rejected: dict[str, str],
-                        checks: list[Check]) -> None:
+                        checks: list[Check], funding: dict[str, str]) -> None:
         run_id, store = self.run_id, self.store
         store.insert("intervals", {
             "run_id": run_id, "idx": index,
             "clearing_price": None if clearing.price is None else str(clearing.price),
             "method": clearing.method, "volume_kwh": str(clearing.volume),
             "details": json.dumps({**clearing.details, "rejected": list(clearing.rejected),
-                                   "rejected_orders": rejected, "tripped": measured.tripped,
+                                   "rejected_orders": rejected, "funding": funding,
+                                   "tripped": measured.tripped,
                                    "checks": [dataclasses.asdict(c) for c in checks]}),
             "lab_start_s": measured.start_s, "lab_end_s": measured.end_s})
         store.insert("trades", [{"run_id": run_id, "interval": index, "seq": i,
@@ -231,7 +253,8 @@ class Run:
                                       "grid_import_kwh": str(s.grid_import_kwh),
                                       "grid_export_kwh": str(s.grid_export_kwh),
                                       "market_aud": str(s.market_aud),
-                                      "grid_aud": str(s.grid_aud)})}
+                                      "grid_aud": str(s.grid_aud),
+                                      "unfunded_micro": s.unfunded_micro})}
                                  for s in settlement.households])
         store.insert("readings", [{"run_id": run_id, **r} for r in measured.readings])
 
@@ -273,6 +296,22 @@ def _resume(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
     return Run(scenario, rig, store, clock, events, run_id, ledger, opening, done)
 
 
+async def require_a_meter(bench: Bench, rig: RigSpec) -> None:
+    """Refuse to start (InputError naming the rig, the bench closed, nothing written) when
+    not one household's meter answers: a run settles on meters, and without any it would
+    only drive the bench blind. A meter that fails while others answer takes its rig off
+    the bus at the start (controller)."""
+    houses = bench.households
+    readings = await asyncio.gather(*(h.meter.read() for h in houses.values()),
+                                    return_exceptions=True)
+    errors = [f"{hid}: {r}" for hid, r in zip(houses, readings, strict=True)
+              if isinstance(r, BaseException)]
+    if len(errors) == len(houses):
+        await asyncio.gather(*(d.close() for d in bench.devices()), return_exceptions=True)
+        raise InputError(rig.source, "no meter is reachable, refusing to start (" +
+                         "; ".join(errors[:3]) + (" ..." if len(errors) > 3 else "") + ")")
+
+
 async def until_done(coro: Any) -> None:
     """Await ``coro`` to its end even if cancelled meanwhile (the safe state must land);
     a cancellation received on the way is raised again afterwards."""
@@ -300,6 +339,8 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     clock = clock or (VirtualClock() if all_mock(rig) else RealClock())
     run_id = resume or run_id or uuid.uuid4().hex[:12]
     events = EventBus([*(observers or []), store.safety_log(run_id)], context={"run": run_id})
+    bench = build_bench(rig, clock)
+    await require_a_meter(bench, rig)
     make = _resume if resume else _start
     run = make(scenario, rig, store, clock, events, run_id)
     events.emit("status", {"status": "running", "scenario": scenario.name, "rig": rig.name})
@@ -308,7 +349,6 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     controller: Controller | None = None
     outcomes: list[IntervalOutcome] = []
     try:
-        bench = build_bench(rig, clock)
         controller = Controller(bench, clock, events)
         if on_controller:
             on_controller(controller)

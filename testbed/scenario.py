@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from contracts.numbers import exact
+from contracts.numbers import exact, fmt
 from contracts.settlement import Tariff
 from testbed.errors import InputError
 from testbed.tomlfile import Table, parse, resolve
@@ -66,16 +66,36 @@ def load_scenario(name_or_path: str) -> Scenario:
     return scenario_from_dict(source, parse(source, text))
 
 
+# Bounds of the exact figures a scenario gives: key -> (low, high), both inclusive.
+BOUNDS: dict[str, tuple[Fraction, Fraction]] = {
+    "net_kwh": (Fraction(-10_000), Fraction(10_000)),
+    "price": (Fraction(0), Fraction(1_000)),
+    "offer_kwh": (Fraction(1, 10**6), Fraction(10_000)),
+    "alpha": (Fraction(0), Fraction(1)),
+    "import_aud_per_kwh": (Fraction(0), Fraction(1_000)),
+    "feed_in_aud_per_kwh": (Fraction(0), Fraction(1_000)),
+    "aud_per_token": (Fraction(1, 10**6), Fraction(10**9)),
+    "opening_buyer": (Fraction(0), Fraction(10**6)),
+    "opening_seller": (Fraction(0), Fraction(10**6)),
+}
+
+
 def _exact(t: Table, key: str, default: Any = ...) -> Fraction:
+    """An exact number within ``BOUNDS[key]``; its text bounded (``contracts.numbers``)
+    before any arithmetic. InputError naming the file, table and key."""
     value = t.raw(key, default)
-    if value is None:
+    if value is default and default is not ...:
         return value  # type: ignore[no-any-return]
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise InputError(t.where(key), f"expected a number, got {value!r}")
     try:
-        return exact(value)
+        x = exact(value)
     except ValueError as err:
         raise InputError(t.where(key), str(err)) from None
+    low, high = BOUNDS[key]
+    if not low <= x <= high:
+        raise InputError(t.where(key), f"must lie in [{fmt(low)}, {fmt(high)}], got {value!r}")
+    return x
 
 
 def scenario_from_dict(source: str, data: dict[str, Any]) -> Scenario:
@@ -92,6 +112,8 @@ def scenario_from_dict(source: str, data: dict[str, Any]) -> Scenario:
         households.append(ScenarioHousehold(h.text("id"), _exact(h, "net_kwh"), price, offer))
         h.reject_unknown()
     ids = [h.id for h in households]
+    if not households:
+        raise InputError(top.where("households"), "a scenario needs at least one household")
     if len(set(ids)) != len(ids):
         raise InputError(top.where("households"), "household ids must be unique")
     alpha = _exact(top, "alpha", Fraction(1, 5))
@@ -101,7 +123,7 @@ def scenario_from_dict(source: str, data: dict[str, Any]) -> Scenario:
         name=top.text("name"),
         title=top.text("title", ""),
         mechanism=top.text("mechanism"),
-        interval_hours=top.number("interval_hours", positive=True),
+        interval_hours=top.number("interval_hours", positive=True, low=1 / 60, high=24),
         alpha=alpha,
         tariff=Tariff(_exact(tariff_t, "import_aud_per_kwh"),
                       _exact(tariff_t, "feed_in_aud_per_kwh")),
@@ -111,10 +133,10 @@ def scenario_from_dict(source: str, data: dict[str, Any]) -> Scenario:
         opening_seller=_exact(token_t, "opening_seller"),
         households=tuple(households),
         profiles=Profiles(
-            daily_load_kwh=prof_t.number("daily_load_kwh", positive=True),
+            daily_load_kwh=prof_t.number("daily_load_kwh", positive=True, high=10_000),
             latitude=prof_t.number("latitude", low=-90, high=90),
             longitude=prof_t.number("longitude", low=-180, high=180),
-            date=prof_t.text("date"),
+            date=_date(prof_t),
             site=prof_t.text("site", ""),
             timezone=_timezone(prof_t),
         ),
@@ -126,6 +148,18 @@ def scenario_from_dict(source: str, data: dict[str, Any]) -> Scenario:
     for t in (top, tariff_t, token_t, prof_t):
         t.reject_unknown()
     return scenario
+
+
+def _date(table: Table) -> str:
+    """The day the profiles are drawn for, an ISO date (YYYY-MM-DD) that exists."""
+    import datetime as dt
+
+    text = table.text("date")
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError as err:
+        raise InputError(table.where("date"), f"expected a date YYYY-MM-DD: {err}") from None
+    return text
 
 
 def _timezone(table: Table) -> str:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from testbed.errors import InputError
 
 
 def _import_sqlite_utils() -> None:
@@ -39,6 +42,14 @@ def _import_sqlite_utils() -> None:
 _import_sqlite_utils()
 import sqlite_utils  # noqa: E402
 
+SCHEMA_VERSION = 1  # PRAGMA user_version of a database this code writes
+
+
+class DamagedDatabase(InputError):
+    """A run database that cannot be trusted: not SQLite, truncated or corrupted, of a
+    foreign schema or a newer version, or holding a row that does not parse. The message
+    names the file (and the table, run and key of a bad row)."""
+
 SCHEMA: dict[str, tuple[dict[str, type], list[str]]] = {
     "runs": ({"id": str, "scenario": str, "rig": str, "mechanism": str, "status": str,
               "started_at": str, "finished_at": str, "params": str, "summary": str,
@@ -59,21 +70,82 @@ SCHEMA: dict[str, tuple[dict[str, type], list[str]]] = {
             ["run_id", "height", "seq"]),
     "keys": ({"run_id": str, "account": str, "public_key": str}, ["run_id", "account"]),
     "balances": ({"run_id": str, "account": str, "micro": int}, ["run_id", "account"]),
-    "keystore": ({"run_id": str, "account": str, "private_key": str}, ["run_id", "account"]),
     "safety": ({"run_id": str, "at": str, "event": str, "body": str}, []),
 }
 
 
 class Store:
-    def __init__(self, path: str | Path) -> None:
+    """A run database. ``readonly``: the file must exist and is opened read-only (SQLite
+    ``mode=ro``), nothing is created or written; else the schema is created on a new or
+    empty file. ``check``: ``"full"`` runs SQLite's ``quick_check`` over every page as well
+    as the schema check (``"schema"``, cheap: done on every open). Raises
+    :class:`DamagedDatabase` with one message for anything that is not a sound testbed
+    database."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False,
+                 check: str = "schema") -> None:
         self.path = Path(path)
-        self.db = sqlite_utils.Database(self.path)
+        self.readonly = readonly
+        self._depth = 0
+        self._after: list[Callable[[], None]] = []
+        where = str(self.path)
+        if self.path.exists() and not self.path.is_file():
+            raise DamagedDatabase(where, "not a database file (a directory?)")
+        if readonly and not self.path.is_file():
+            raise DamagedDatabase(where, "no such database")
+        try:
+            if readonly:
+                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                       check_same_thread=False)
+            else:
+                conn = sqlite3.connect(self.path, check_same_thread=False)
+            self.db = sqlite_utils.Database(conn)
+            self._open(check)
+        except DamagedDatabase:
+            self.close()
+            raise
+        except (sqlite3.DatabaseError, OSError) as e:
+            self.close()
+            raise DamagedDatabase(where, f"not a sound SQLite database ({e})") from None
+
+    def _open(self, check: str) -> None:
+        where = str(self.path)
+        tables = {r[0] for r in self.db.execute(
+            "select name from sqlite_master where type = 'table'").fetchall()}
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise DamagedDatabase(where, f"schema version {version} is newer than this "
+                                         f"testbed's {SCHEMA_VERSION}")
+        if tables and "runs" not in tables:
+            raise DamagedDatabase(where, "not a testbed run database (no 'runs' table; "
+                                         f"tables: {', '.join(sorted(tables)[:5])})")
+        if check == "full":
+            bad = self.db.execute("PRAGMA quick_check").fetchall()
+            if bad != [("ok",)]:
+                raise DamagedDatabase(where, f"corrupted: {bad[0][0]}")
+        for name, (columns, _pk) in SCHEMA.items():
+            if name not in tables:
+                continue
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({name})").fetchall()}
+            missing = sorted(set(columns) - have)
+            if missing:
+                raise DamagedDatabase(where, f"table {name!r} lacks column {missing[0]!r}: "
+                                             "not this testbed's schema")
+        if self.readonly:
+            if not tables:
+                raise DamagedDatabase(where, "empty: not a testbed run database")
+            if set(SCHEMA) - tables:
+                raise DamagedDatabase(where, "not a testbed run database (no table "
+                                      f"{sorted(set(SCHEMA) - tables)[0]!r})")
+            return
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         for name, (columns, pk) in SCHEMA.items():
-            if not self.db[name].exists():
+            if name not in tables:
                 self.db[name].create(columns, pk=pk or None)  # type: ignore[union-attr]
         self.db["readings"].create_index(["run_id", "household", "t"], if_not_exists=True)  # type: ignore[union-attr]
+        if version < SCHEMA_VERSION:
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -81,9 +153,30 @@ class Store:
 
         sqlite-utils 4 runs in autocommit mode, so ``with conn:`` alone would commit every
         insert on its own: ``atomic()`` opens a real transaction (savepoints when nested).
+        Callbacks given to :meth:`on_commit` inside run once the outermost one committed.
         """
-        with self.db.atomic():
-            yield
+        self._depth += 1
+        try:
+            with self.db.atomic():
+                yield
+        except BaseException:
+            self._depth -= 1
+            if not self._depth:
+                self._after.clear()
+            raise
+        self._depth -= 1
+        if not self._depth:
+            after, self._after = self._after, []
+            for fn in after:
+                fn()
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the current transaction has committed (now if there is none):
+        what is recorded outside the database (the operator's head) never runs ahead of it."""
+        if self._depth:
+            self._after.append(fn)
+        else:
+            fn()
 
     def insert(self, table: str, rows: list[dict[str, Any]] | dict[str, Any]) -> None:
         """Insert ``rows`` (dicts keyed by the table's columns; a missing key is NULL) in one
@@ -118,9 +211,13 @@ class Store:
         out = []
         for b in self.db.query("select * from blocks where run_id = ? order by height",
                                [run_id]):
-            txs = [json.loads(r["body"]) for r in self.db.query(
-                "select body from txs where run_id = ? and height = ? order by seq",
-                [run_id, b["height"]])]
+            try:
+                txs = [json.loads(r["body"]) for r in self.db.query(
+                    "select body from txs where run_id = ? and height = ? order by seq",
+                    [run_id, b["height"]])]
+            except (TypeError, ValueError, RecursionError):
+                raise DamagedDatabase(f"{self.path} table txs, run {run_id}, block "
+                                      f"{b['height']}", "a transaction is not JSON") from None
             out.append({**b, "txs": txs})
         return out
 
@@ -140,4 +237,6 @@ class Store:
             "select at, body from safety where run_id = ? order by rowid", [run_id])]
 
     def close(self) -> None:
-        self.db.close()
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.close()

@@ -29,8 +29,10 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from testbed.errors import InputError
+from testbed.keys import Keyring, sign_status
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +145,8 @@ class MqttTelemetry:
                  password: str | None = None, tls: bool = False, ca: str | None = None,
                  on_estop: Callable[[str], Any] | None = None, client_id: str | None = None,
                  max_backlog: int = 100_000, drain_timeout: float = 30.0,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, operator: Ed25519PrivateKey | None = None,
+                 ) -> None:
         addr = parse_broker_url(url)
         self.host, self.port = addr.host, addr.port
         self.username = username if username is not None else addr.username
@@ -151,6 +154,9 @@ class MqttTelemetry:
         self.tls = tls or addr.tls or ca is not None
         self.ca = ca
         self.run_id = run_id
+        # Status messages are signed with the operator's key: ``serve --mqtt`` lists a run
+        # as live only on a status that verifies against the operator's public key.
+        self.operator = operator if operator is not None else Keyring().operator()
         self.base = f"{PREFIX}/{topic_part(run_id)}"
         self.estop_topics = (f"{self.base}/estop", GLOBAL_ESTOP)
         self.on_estop = on_estop
@@ -182,7 +188,8 @@ class MqttTelemetry:
                 msg = {"run": self.run_id, **row, "period_t": t, "hour": hour}
                 self._put(f"readings/{topic_part(row.get('household'))}", msg, QOS_READINGS)
         elif topic == "status":
-            self._put("status", payload, QOS_EVENTS, retain=True)
+            self._put("status", sign_status(self.operator, f"{self.base}/status", payload),
+                      QOS_EVENTS, retain=True)
         else:
             self._put(topic, payload, QOS_EVENTS)
 
@@ -194,8 +201,9 @@ class MqttTelemetry:
     # -- connection ---------------------------------------------------------------------
 
     def _client(self) -> aiomqtt.Client:
-        will = aiomqtt.Will(f"{self.base}/status",
-                            _json({"run": self.run_id, "status": "offline"}),
+        topic = f"{self.base}/status"
+        will = aiomqtt.Will(topic, _json(sign_status(self.operator, topic, {
+                                "run": self.run_id, "status": "offline"})),
                             qos=QOS_EVENTS, retain=True)
         return make_client(BrokerAddress(self.host, self.port, self.tls, self.username,
                                          self.password), self.ca, self.client_id,

@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
             envvar="TESTBED_MQTT_PASSWORD", show_envvar=True, help="MQTT password")] = None,
         mqtt_ca: Annotated[Path | None, typer.Option(
             exists=True, dir_okay=False, help="CA certificate (PEM) of the broker")] = None,
+        allowed_host: Annotated[list[str] | None, typer.Option(
+            help="a Host name the server answers (repeat; default: $TESTBED_ALLOWED_HOSTS "
+                 "or the loopback names): others get 400, against DNS rebinding")] = None,
     ) -> None:
         """Serve the HTTP API, the live WebSocket and the dashboard (at /)."""
         import uvicorn
@@ -58,7 +61,8 @@ def register(app: typer.Typer) -> None:
         try:
             app = create_app(db, token=token, mqtt=mqtt, mqtt_user=mqtt_user,
                              mqtt_password=mqtt_password,
-                             mqtt_ca=None if mqtt_ca is None else str(mqtt_ca))
+                             mqtt_ca=None if mqtt_ca is None else str(mqtt_ca),
+                             hosts=allowed_host)
         except InputError as e:
             _fail(str(e))
         uvicorn.run(app, host=host, port=port, log_level="info")
@@ -70,23 +74,25 @@ def register(app: typer.Typer) -> None:
         db: Annotated[Path, typer.Option(help="SQLite database of runs and ledgers")] = DB_DEFAULT,
     ) -> None:
         """Write a self-contained HTML report of a run, with PNG plots, into --out."""
+        from testbed.errors import InputError
         from testbed.reporting import SummaryError, write_report
         from testbed.reporting.data import NotFound, list_runs
         from testbed.store import Store
 
-        if not db.exists():
-            _fail(f"{db}: no such database")
-        if run == "latest":
-            store = Store(db)
-            try:
-                runs = list_runs(store)
-            finally:
-                store.close()
-            if not runs:
-                _fail(f"{db}: no runs yet")
-            run = runs[0]["id"]
         try:
+            Store(db, readonly=True, check="full").close()
+            if run == "latest":
+                store = Store(db, readonly=True)
+                try:
+                    runs = list_runs(store)
+                finally:
+                    store.close()
+                if not runs:
+                    _fail(f"{db}: no runs yet")
+                run = runs[0]["id"]
             path = write_report(db, run, out)
+        except InputError as e:  # a damaged database, or a row that does not parse
+            _fail(str(e))
         except (NotFound, SummaryError) as e:
             _fail(f"{db}: {e}")
         except OSError as e:

@@ -227,11 +227,16 @@ def test_random_flows_conserve_money_release_escrow_and_never_replay(
                                                   "reason": reason})
             if reason is None:
                 executed.append(rules.tx_hash(o))
-        # settle: a buyer pays the grid (balances may go negative: escrow is not a limit on
-        # settlement), then every escrow is released whole
+        # settle: a buyer pays the grid, never beyond its balance (no credit), then every
+        # escrow is released whole
         if pay:
-            draft.apply({"type": "transfer", "from": "h0", "to": "grid", "amount": pay,
-                         "memo": "import"})
+            imported = {"type": "transfer", "from": "h0", "to": "grid", "amount": pay,
+                        "memo": "import"}
+            if draft.balances["h0"] >= pay:
+                draft.apply(imported)
+            else:
+                with pytest.raises(rules.TxError, match="no credit"):
+                    draft.copy().apply(imported)
         for digest, (owner, amount) in sorted(draft.holds.items()):
             draft.apply({"type": "release", "order": digest, "account": owner,
                          "amount": amount})
@@ -239,4 +244,5 @@ def test_random_flows_conserve_money_release_escrow_and_never_replay(
         state = draft
         assert not state.holds  # escrow always released
         assert sum(state.balances.values()) == sum(deposits)  # conserved to the micro-unit
+        assert min(state.balances[h] for h in ("h0", "h1", "h2")) >= 0  # no credit
     assert len(executed) == len(set(executed))  # no order executed twice

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from testbed.controller import EmergencyStop
+from testbed.keys import Keyring, status_is_signed
 from testbed.rigfile import load_rig
 from testbed.runner import run_scenario
 from testbed.scenario import load_scenario
@@ -113,7 +114,10 @@ def test_cli_run_scenario2_publishes_readings_clearing_trades_block_and_status(
         # A subscriber arriving after the run still learns how it ended: retained status.
         got = retained(b.port, f"{base}/status")
         assert got is not None and got[0] is True
-        assert json.loads(got[1]) == {"run": rid, "status": "finished"}
+        final = json.loads(got[1])
+        assert status_is_signed(Keyring().anchor(), f"{base}/status", final)  # operator's
+        assert {k: v for k, v in final.items() if k != "signature"} == {
+            "run": rid, "status": "finished"}
 
 
 def test_cli_tls_credentials_and_mqtt_estop(tmp_path: Path) -> None:
@@ -260,8 +264,9 @@ def test_last_will_says_offline_when_the_process_dies(tmp_path: Path) -> None:
             got = retained(b.port, f"testbed/{rid}/status")
             if got and json.loads(got[1])["status"] == "offline":
                 break
-        assert got is not None and got[0] and json.loads(got[1]) == {"run": rid,
-                                                                      "status": "offline"}
+        will = json.loads(got[1]) if got else {}
+        assert got is not None and got[0] and will.pop("signature") and will == {
+            "run": rid, "status": "offline"}
 
 
 async def test_tls_and_credentials(tmp_path: Path) -> None:

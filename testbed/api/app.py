@@ -17,27 +17,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from rigs import builtin
 from testbed.api.bridge import MqttBridge
+from testbed.api.guard import FailedAuthLimiter, allowed_hosts
 from testbed.api.live import LiveHub
 from testbed.api.runs import Busy, RunManager
 from testbed.errors import InputError
 from testbed.reporting import data
 from testbed.runner import SPEED_RANGE
-from testbed.store import Store
+from testbed.store import DamagedDatabase, Store
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -163,11 +167,14 @@ class EstopOut(BaseModel):
 
 def create_app(db: str | Path, token: str | None = None, *, mqtt: str | None = None,
                mqtt_user: str | None = None, mqtt_password: str | None = None,
-               mqtt_ca: str | None = None) -> FastAPI:
+               mqtt_ca: str | None = None, hosts: Sequence[str] | None = None,
+               limiter: FailedAuthLimiter | None = None) -> FastAPI:
     """The API over database ``db``; control needs ``token`` (or ``TESTBED_TOKEN``); with
-    ``mqtt`` (a broker URL) runs of other processes are followed and stopped there too."""
+    ``mqtt`` (a broker URL) runs of other processes are followed and stopped there too.
+    ``hosts``: the Host names answered (:func:`testbed.api.guard.allowed_hosts`, default
+    loopback); ``limiter``: wrong tokens allowed per client (default 10 a minute)."""
     db_path = Path(db)
-    Store(db_path).close()  # create the schema once, so reads never race to create it
+    Store(db_path, check="full").close()  # sound, and the schema made once before reads
     token = token if token is not None else (os.environ.get("TESTBED_TOKEN") or None)
     hub = LiveHub()
     manager = RunManager(db_path, hub)
@@ -194,24 +201,52 @@ def create_app(db: str | Path, token: str | None = None, *, mqtt: str | None = N
                 await task
 
     app = FastAPI(title="testbed", version="1", lifespan=lifespan,
+                  responses={409: {"description": "the run database is damaged, or a row "
+                                                  "does not parse (named in detail)"}},
                   description="Runs, market, ledger and live telemetry of the P2P energy "
                               "trading testbed. Control endpoints need a bearer token.")
     app.state.hub, app.state.manager, app.state.db = hub, manager, db_path
     app.state.bridge = bridge
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(hosts))
+    guard = limiter or FailedAuthLimiter()
+    app.state.limiter = guard
 
-    def require_token(creds: Annotated[HTTPAuthorizationCredentials | None,
+    def require_token(request: Request,
+                      creds: Annotated[HTTPAuthorizationCredentials | None,
                                        Depends(BEARER)]) -> None:
         if token is None:
             raise HTTPException(403, "control is disabled: start the server with --token "
                                      "or TESTBED_TOKEN")
-        if creds is None or not secrets.compare_digest(creds.credentials.encode(),
-                                                       token.encode()):
+        if creds is None:
+            raise HTTPException(401, "a valid bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})
+        client = request.client.host if request.client else "?"
+        wait = guard.retry_after(client)
+        if wait is not None:
+            raise HTTPException(429, f"too many wrong tokens from {client}: retry in "
+                                     f"{wait} s", headers={"Retry-After": str(wait)})
+        if not secrets.compare_digest(creds.credentials.encode(), token.encode()):
+            guard.failed(client)
             raise HTTPException(401, "a valid bearer token is required",
                                 headers={"WWW-Authenticate": "Bearer"})
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 naming each field at fault; the offending input is echoed only when JSON can
+        carry it (``1e999`` parses to infinity, which JSON cannot)."""
+        detail = []
+        for e in exc.errors():
+            item = {k: e[k] for k in ("type", "loc", "msg") if k in e}
+            value = e.get("input")
+            if value is None or isinstance(value, str | bool | int) or (
+                    isinstance(value, float) and math.isfinite(value)):
+                item["input"] = value if not isinstance(value, str) else value[:200]
+            detail.append(item)
+        return JSONResponse({"detail": detail}, status_code=422)
+
     @contextlib.contextmanager
     def reading() -> Iterator[Store]:
-        store = Store(db_path)
+        store = Store(db_path, readonly=True)
         try:
             yield store
         finally:
@@ -220,6 +255,12 @@ def create_app(db: str | Path, token: str | None = None, *, mqtt: str | None = N
     @app.exception_handler(data.NotFound)
     async def not_found(request: Request, exc: data.NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(DamagedDatabase)
+    async def damaged(request: Request, exc: DamagedDatabase) -> JSONResponse:
+        """A database that went bad under the server, or a row that does not parse: one
+        message, and no figure computed from it."""
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     def _run(store: Store, run_id: str) -> dict[str, Any]:
         row = data.get_run(store, run_id)
@@ -231,6 +272,7 @@ def create_app(db: str | Path, token: str | None = None, *, mqtt: str | None = N
               dependencies=[Depends(require_token)],
               responses={400: {"description": "the body cannot be read (not UTF-8)"},
                          401: {"description": "no or wrong token"},
+                         429: {"description": "too many wrong tokens from this client"},
                          403: {"description": "control disabled (no token configured)"},
                          409: {"description": "a run is in progress"},
                          422: {"description": "the scenario does not fit the rig"}})
@@ -249,6 +291,7 @@ def create_app(db: str | Path, token: str | None = None, *, mqtt: str | None = N
     @app.post("/api/runs/{run_id}/stop", response_model=StopOut, status_code=202,
               tags=["control"], dependencies=[Depends(require_token)],
               responses={401: {"description": "no or wrong token"},
+                         429: {"description": "too many wrong tokens from this client"},
                          403: {"description": "control disabled (no token configured)"},
                          404: {"description": "no such run"},
                          409: {"description": "the run is not in progress in this server"}})
@@ -264,6 +307,7 @@ def create_app(db: str | Path, token: str | None = None, *, mqtt: str | None = N
               dependencies=[Depends(require_token)],
               responses={400: {"description": "the body cannot be read (not UTF-8)"},
                          401: {"description": "no or wrong token"},
+                         429: {"description": "too many wrong tokens from this client"},
                          403: {"description": "control disabled (no token configured)"}})
     async def estop(body: EstopIn | None = None) -> dict[str, Any]:
         """Emergency stop: every run in this server, and with ``--mqtt`` every run on the

@@ -6,8 +6,13 @@ so the dashboard follows that run as it follows its own. The API's emergency sto
 other way, onto ``testbed/estop``, which every run connected to the broker obeys.
 
 The hub follows one run at a time: a ``running`` status switches it to that run, and other
-runs' events are left out. Readings arrive one household per message; the bridge puts the
-rows of one control period together, as the hub expects. A malformed message is logged,
+runs' events are left out. A status counts only when the operator signed it (its
+``signature`` verifies against the operator's public key, ``operator.pub`` in the key
+folder, :mod:`testbed.keys`): anyone who can publish on an open broker could otherwise list
+a fake run as live. An unsigned or forged status is logged and dropped.
+
+Readings arrive one household per message; the bridge puts the rows of one control period
+together, as the hub expects. A malformed message is logged,
 naming its topic, and dropped: another process's bug must not take the server down.
 """
 
@@ -17,28 +22,45 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import uuid
 from typing import Any
 
 import aiomqtt
 
 from testbed.api.live import LiveHub
+from testbed.errors import InputError
 from testbed.events import TOPICS
+from testbed.keys import load_anchor, status_is_signed
 from testbed.telemetry import GLOBAL_ESTOP, PREFIX, QOS_EVENTS, make_client, parse_broker_url
 
 log = logging.getLogger(__name__)
 STARTED = ("running", "resumed")
+MAX_MESSAGE = 1 << 20  # bytes: a status, block or reading is a few kB
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float, refused when it overflows (1e999) or is absurdly long."""
+    value = float(text)
+    if len(text) > 64 or not math.isfinite(value) or abs(value) >= 1e15:
+        raise ValueError(f"number {text[:20]!r} out of bounds")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not a number JSON allows")
 
 
 class MqttBridge:
     def __init__(self, url: str, hub: LiveHub, *, username: str | None = None,
                  password: str | None = None, ca: str | None = None,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, anchor: str | None = None) -> None:
         addr = parse_broker_url(url)  # InputError on a bad URL, before the server starts
         self.addr = addr.__class__(addr.host, addr.port, addr.tls or ca is not None,
                                    username if username is not None else addr.username,
                                    password if password is not None else addr.password)
         self.ca = ca
+        self.anchor = anchor or self._anchor()
         self.hub = hub
         self.connect_timeout = connect_timeout
         self.identifier = f"testbed-serve-{uuid.uuid4().hex[:8]}"
@@ -47,6 +69,14 @@ class MqttBridge:
         self._client: aiomqtt.Client | None = None
         self._period: tuple[str, Any, Any, list[dict[str, Any]]] | None = None
         self._width: dict[str, int] = {}  # run -> households seen in its last full period
+
+    @staticmethod
+    def _anchor() -> str | None:
+        try:
+            return load_anchor()[0]
+        except InputError as e:
+            log.warning("MQTT bridge: %s; no run's status is accepted until it exists", e)
+            return None
 
     # -- messages in --------------------------------------------------------------------
 
@@ -59,15 +89,26 @@ class MqttBridge:
         if kind not in TOPICS:
             log.warning("MQTT %s: unknown kind %r; ignored", topic, kind)
             return
+        if len(body) > MAX_MESSAGE:
+            log.warning("MQTT %s: %d bytes, more than %d; ignored", topic, len(body),
+                        MAX_MESSAGE)
+            return
         try:
-            data = json.loads(body)
-        except ValueError as e:
+            data = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as e:
             log.warning("MQTT %s: not JSON (%s); ignored", topic, e)
             return
         if not isinstance(data, dict):
             log.warning("MQTT %s: expected a JSON object, got %s; ignored", topic,
                         type(data).__name__)
             return
+        if kind == "status" and self.anchor is None:
+            self.anchor = self._anchor()  # the operator's key may appear after we started
+        if kind == "status" and (self.anchor is None
+                                 or not status_is_signed(self.anchor, topic, data)):
+            log.warning("MQTT %s: status not signed by the operator; ignored", topic)
+            return
+        data.pop("signature", None)
         data["run"] = run  # the topic names the run; a payload cannot claim another
         if kind == "status":
             status = data.get("status")

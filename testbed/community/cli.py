@@ -28,6 +28,7 @@ from drivers.clock import Clock, RealClock, VirtualClock
 from drivers.registry import build_bench
 from drivers.spec import RigSpec
 from testbed import preflight
+from testbed.community.commands import MAX_HOUSEHOLDS
 from testbed.community.day import CLASSES, SERIES, DayResult, simulate_day
 from testbed.community.params import CommunityParams
 from testbed.community.records import DayBook, Transfers, open_ledger, seal_hour
@@ -99,8 +100,9 @@ async def run_cesdt_async(
 ) -> dict[str, Any]:
     """:func:`run_cesdt` as a coroutine; ``on_controller`` receives the controller (for an
     emergency stop). A cancellation or an emergency stop records the run as aborted."""
-    if households < 1:
-        raise InputError("--households", f"must be >= 1, got {households}")
+    if not 1 <= households <= MAX_HOUSEHOLDS:
+        raise InputError("--households", f"must lie in [1, {MAX_HOUSEHOLDS}], got "
+                                         f"{households}")
     if not 0.0 <= generating <= 1.0:
         raise InputError("--generating", f"must be a share in [0, 1], got {generating}")
     p = params or CommunityParams()

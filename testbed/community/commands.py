@@ -18,6 +18,7 @@ from rich.table import Table
 from testbed.errors import InputError
 
 SWEEPS = ("cesdt",)
+MAX_HOUSEHOLDS = 10_000  # the paper simulates 15 to 100; memory grows with homes x ticks
 
 
 def register(app: typer.Typer) -> None:
@@ -44,11 +45,12 @@ def register(app: typer.Typer) -> None:
                 raise InputError(what, f"unknown sweep (known: {', '.join(SWEEPS)})")
             shares = _numbers("--generating", generating, float)
             sizes = _numbers("--households", households, int)
-            if any(not 0.0 <= g <= 1.0 for g in shares) or any(n < 1 for n in sizes):
-                raise InputError("--generating/--households",
-                                 "shares must lie in [0, 1], sizes be >= 1")
-            if replicates is not None and replicates < 1:
-                raise InputError("--replicates", "must be >= 1")
+            if any(not 0.0 <= g <= 1.0 for g in shares) or any(
+                    not 1 <= n <= MAX_HOUSEHOLDS for n in sizes):
+                raise InputError("--generating/--households", "shares must lie in [0, 1], "
+                                 f"sizes in [1, {MAX_HOUSEHOLDS}]")
+            if replicates is not None and not 1 <= replicates <= 1000:
+                raise InputError("--replicates", "must lie in [1, 1000]")
         except InputError as e:
             err.print(f"[red]error:[/red] {e}", highlight=False)
             raise typer.Exit(2) from None
@@ -80,6 +82,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _numbers(option: str, text: str, kind: Callable[[str], Any]) -> list[Any]:
+    if len(text) > 1000:
+        raise InputError(option, "a list of at most 1000 characters")
     try:
         values = [kind(x.strip()) for x in text.split(",") if x.strip()]
     except ValueError:

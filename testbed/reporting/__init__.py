@@ -98,6 +98,10 @@ def _market(store: Store, run_id: str, images: dict[str, bytes]) -> list[str]:
         table(["household", "cleared kWh", "metered kWh", "grid import kWh",
                "grid export kWh", "market AUD", "grid AUD", "net AUD", "paper net AUD",
                "difference"], hh_rows),
+        *(["<h3>Refused or limited (no credit)</h3>",
+            table(["household", "why"], [[esc(h), esc(why)]
+                                         for h, why in figs["funding"].items()])]
+          if figs["funding"] else []),
         "<h3>Trades</h3>",
         table(["interval", "#", "seller", "buyer", "cleared kWh", "metered kWh",
                "price AUD/kWh"], trade_rows) if trade_rows else "<p>No trades cleared.</p>",
@@ -214,7 +218,7 @@ def build_report(store: Store, run_id: str) -> tuple[str, dict[str, bytes]]:
 def write_report(db: str | Path, run_id: str, out_dir: str | Path) -> Path:
     """Write ``report.html`` and its PNGs into ``out_dir``; the HTML's path."""
     out = Path(out_dir)
-    store = Store(db)
+    store = Store(db, readonly=True)
     try:
         page, images = build_report(store, run_id)
     finally:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from testbed.store import Store
+from contracts.numbers import exact
+from testbed.store import DamagedDatabase, Store
 
 _SOURCE = re.compile(r"^built-in (rig|scenario) '(.+)'$")
 READING_FIELDS = ("power_w", "pv_w", "load_w", "battery_w", "soc", "meter_net_wh")
@@ -25,8 +26,24 @@ class NotFound(LookupError):
     """No such run (or block) in this database."""
 
 
-def frac(value: Any) -> Fraction | None:
-    return None if value is None or value == "" else Fraction(str(value))
+_FRACTION = re.compile(r"(-?\d{1,40})/(\d{1,40})")
+
+
+def frac(value: Any, where: str = "a stored number") -> Fraction | None:
+    """A stored exact value (``"21/10"``, ``"2.1"``, an int) or None for NULL/empty.
+    Bounded like every number read from outside (``contracts.numbers.exact``); anything
+    else raises :class:`~testbed.store.DamagedDatabase` naming ``where``: no figure is
+    ever computed from a row that does not parse."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    m = _FRACTION.fullmatch(text)
+    try:
+        if m:
+            return Fraction(int(m[1]), int(m[2]))
+        return exact(value if isinstance(value, int | float) else text)
+    except (ValueError, ZeroDivisionError):
+        raise DamagedDatabase(where, f"not a number: {text[:40]!r}") from None
 
 
 def f6(value: Fraction | float | None) -> float | None:
@@ -125,11 +142,17 @@ def scales_of(run: dict[str, Any]) -> Scales:
 def intervals(store: Store, run_id: str) -> list[dict[str, Any]]:
     out = []
     for r in store.db.query("select * from intervals where run_id = ? order by idx", [run_id]):
+        where = f"{store.path} table intervals, run {run_id}, interval {r['idx']}"
         details = _loads(r["details"]) or {}
+        if not isinstance(details, dict):
+            raise DamagedDatabase(f"{where}, key 'details'", "not a JSON object")
         details.pop("checks", None)  # served by validation()
-        out.append({"index": r["idx"], "clearing_price": f6(frac(r["clearing_price"])),
+        out.append({"index": r["idx"],
+                    "clearing_price": f6(frac(r["clearing_price"], f"{where}, key "
+                                                                   "'clearing_price'")),
                     "clearing_price_exact": r["clearing_price"], "method": r["method"],
-                    "volume_kwh": f6(frac(r["volume_kwh"])), "lab_start_s": r["lab_start_s"],
+                    "volume_kwh": f6(frac(r["volume_kwh"], f"{where}, key 'volume_kwh'")),
+                    "lab_start_s": r["lab_start_s"],
                     "lab_end_s": r["lab_end_s"], "details": details})
     return out
 
@@ -142,9 +165,18 @@ def _results(store: Store, run_id: str) -> list[tuple[int, str, dict[str, Fracti
     out = []
     for r in store.db.query("select * from results where run_id = ? order by interval",
                             [run_id]):
-        body = _loads(r["body"]) or {}
-        out.append((r["interval"], r["household"],
-                    {k: frac(body.get(k)) or Fraction(0) for k in RESULT_KEYS}))
+        where = (f"{store.path} table results, run {run_id}, interval {r['interval']}, "
+                 f"household {r['household']}")
+        body = _loads(r["body"])
+        if not isinstance(body, dict):
+            raise DamagedDatabase(where, "the row's body is not a JSON object")
+        values = {}
+        for k in RESULT_KEYS:
+            x = frac(body.get(k), f"{where}, key {k!r}")
+            if x is None:
+                raise DamagedDatabase(f"{where}, key {k!r}", "missing")
+            values[k] = x
+        out.append((r["interval"], r["household"], values))
     return out
 
 
@@ -161,8 +193,11 @@ def households(store: Store, run_id: str) -> list[dict[str, Any]]:
 
 def trades(store: Store, run_id: str) -> list[dict[str, Any]]:
     return [{"interval": r["interval"], "seq": r["seq"], "seller": r["seller"],
-             "buyer": r["buyer"], "energy_kwh": f6(frac(r["energy_kwh"])),
-             "price": f6(frac(r["price"]))}
+             "buyer": r["buyer"],
+             "energy_kwh": f6(frac(r["energy_kwh"], f"{store.path} table trades, run "
+                                   f"{run_id}, interval {r['interval']}, seq {r['seq']}")),
+             "price": f6(frac(r["price"], f"{store.path} table trades, run {run_id}, "
+                              f"interval {r['interval']}, seq {r['seq']}"))}
             for r in store.db.query("select * from trades where run_id = ? "
                                     "order by interval, seq", [run_id])]
 
@@ -196,15 +231,22 @@ def orderbook(store: Store, run_id: str, interval: int | None = None) -> dict[st
     chain = [b for b in store.blocks(run_id) if b["interval"] is not None]
     if interval is not None:
         chain = [b for b in chain if b["interval"] == interval]
+        if not chain:
+            raise NotFound(f"run {run_id!r} has no interval {interval}")
     if not chain:
         return {"interval": interval, "orders": []}
     b = chain[-1]
     orders = []
+    where = f"{store.path} table txs, run {run_id}, block {b['height']}"
     for tx in b["txs"]:
-        if tx.get("type") == "order":
-            orders.append({"household": tx["household"], "side": tx["side"],
-                           "energy_kwh": f6(frac(tx["energy_kwh"])),
-                           "price": f6(frac(tx["price"])), "signature": tx.get("signature")})
+        if isinstance(tx, dict) and tx.get("type") == "order":
+            try:
+                orders.append({"household": str(tx["household"]), "side": str(tx["side"]),
+                               "energy_kwh": f6(frac(tx["energy_kwh"], where)),
+                               "price": f6(frac(tx["price"], where)),
+                               "signature": tx.get("signature")})
+            except KeyError as missing:
+                raise DamagedDatabase(where, f"an order lacks {missing}") from None
     return {"interval": b["interval"], "block": b["height"], "orders": orders}
 
 
@@ -290,8 +332,11 @@ def figures(store: Store, run_id: str) -> dict[str, Any]:
     run = get_run(store, run_id)
     ivs = intervals(store, run_id)
     res = _results(store, run_id)
-    volume = sum((frac(r["volume_kwh"]) or Fraction(0) for r in store.db.query(
-        "select volume_kwh from intervals where run_id = ?", [run_id])), Fraction(0))
+    volume = sum((frac(r["volume_kwh"], f"{store.path} table intervals, run {run_id}, "
+                                        f"interval {r['idx']}, key 'volume_kwh'")
+                  or Fraction(0) for r in store.db.query(
+                      "select idx, volume_kwh from intervals where run_id = ?", [run_id])),
+                 Fraction(0))
     shortfall = demand = community = gi = ge = Fraction(0)
     per: dict[str, dict[str, Fraction]] = {}
     for _, hid, v in res:
@@ -335,4 +380,6 @@ def figures(store: Store, run_id: str) -> dict[str, Any]:
             **ours, "oversell_shortfall_kwh": f6(shortfall), "total_demand_kwh": f6(demand),
             "grid_import_kwh": f6(gi), "grid_export_kwh": f6(ge), "households": rows,
             "paper": paper, "trades": len(trades(store, run_id)),
+            "funding": {h: why for iv in ivs
+                        for h, why in (iv["details"].get("funding") or {}).items()},
             "ledger": {"blocks": len(blocks(store, run_id))}}
