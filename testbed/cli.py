@@ -18,6 +18,7 @@ from contracts.dual_bidding import clear as clear_book
 from contracts.numbers import exact
 from contracts.orders import OrderError, parse_book
 from rigs import builtin
+from drivers.bench.health import DeviceUnavailable
 from testbed.errors import InputError
 
 app = typer.Typer(help="Hardware-in-the-loop testbed for community P2P energy trading.",
@@ -186,6 +187,8 @@ def run(
         fail(str(e))
     except TelemetryError as e:
         fail(f"--mqtt: {e}")
+    except DeviceUnavailable as e:  # a device failed where the run cannot go on without it
+        fail(f"{e} (the bench was put in its safe state; run {run_id})", code=1)
     except EmergencyStop as e:
         err.print(f"[red]emergency stop ({escape(str(e))}): every output off, every relay "
                   f"open; the run's data is on disk (run {run_id})[/red]")

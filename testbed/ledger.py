@@ -89,12 +89,13 @@ class Ledger:
 
     @classmethod
     def create(cls, store: Store, run_id: str, accounts: list[str], opening: dict[str, int],
-               aud_per_token: Fraction = AUD_PER_TOKEN) -> Ledger:
+               aud_per_token: Fraction = AUD_PER_TOKEN,
+               ratings: Mapping[str, Fraction] | None = None) -> Ledger:
         """Keys for the operator and every account, and the genesis block (inside the
-        caller's transaction)."""
+        caller's transaction); ``ratings``: account -> rated market kW of its rig."""
         led = cls(store, run_id)
         led.new_keys(accounts)
-        led.append(None, led.genesis_txs(opening, aud_per_token))
+        led.append(None, led.genesis_txs(opening, aud_per_token, ratings))
         return led
 
     @classmethod
@@ -137,9 +138,10 @@ class Ledger:
         return rows
 
     def genesis_txs(self, opening: Mapping[str, int],
-                    aud_per_token: Fraction = AUD_PER_TOKEN) -> list[dict[str, Any]]:
+                    aud_per_token: Fraction = AUD_PER_TOKEN,
+                    ratings: Mapping[str, Fraction] | None = None) -> list[dict[str, Any]]:
         """The operator (trust anchor), a certificate per household key, the grid's
-        account, and the opening deposits."""
+        account, the opening deposits and the rigs' ratings."""
         op = self.keys[OPERATOR]
         txs: list[dict[str, Any]] = [{"type": "operator", "public_key": self.public(OPERATOR),
                                       "aud_per_token": str(aud_per_token)}]
@@ -152,6 +154,8 @@ class Ledger:
         txs.append({"type": "open", "account": GRID})
         txs += [{"type": "deposit", "account": a, "amount": amount}
                 for a, amount in opening.items() if amount]
+        txs += [{"type": "rating", "account": a, "max_kw": str(kw)}
+                for a, kw in sorted((ratings or {}).items())]
         return txs
 
     def next_nonce(self, household: str) -> int:

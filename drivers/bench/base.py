@@ -2,8 +2,16 @@
 
 Each exchange runs under a deadline. A broken link (timeout, disconnect, garbled frame) gets
 one retry on a fresh connection; a second failure, or an instrument that answers with an
-error, marks the device defective and raises :class:`DeviceUnavailable`. While defective,
-calls fail at once until the back-off has passed; ``safe_state`` always tries.
+error, marks the device defective and raises :class:`DeviceUnavailable`. A *transient*
+answer (Modbus exception 5 or 6, an SCPI ``busy_errors`` code) is asked again after a short
+pause, as long as the retries fit in half a control period: one busy answer never costs a
+reading. While defective, calls fail at once until the back-off (which scales with the
+control period) has passed.
+
+The safe state never waits behind set-up: ``always`` exchanges (safe state, read-backs)
+skip the per-connection set-up writes, so a device whose watchdog write fails can still
+be switched off. A failed set-up raises :class:`SetupFailed`, naming the device and the
+request that failed.
 """
 
 from __future__ import annotations
@@ -23,29 +31,54 @@ from drivers.transport.base import LinkError
 
 T = TypeVar("T")
 
+TRANSIENT_PAUSE_S = 0.02  # between asking again after a busy answer (at most period / 10)
+
+
+class SetupFailed(DeviceUnavailable):
+    """A set-up write (init line, watchdog) failed: names the device and that request."""
+
+
+class ReadbackMismatch(DeviceUnavailable):
+    """A state read back after a command is not the state commanded."""
+
 
 class InstrumentDevice:
-    """A device behind a (possibly shared) link; subclasses add the role methods."""
+    """A device behind a (possibly shared) link; subclasses add the role methods.
+
+    ``period_s`` is the rig's control period: the budget for retrying transient answers.
+    """
 
     def __init__(self, spec: DeviceSpec, resource: Resource, clock: Clock, pool: LinkPool,
-                 make_link: Callable[[], Any], defects: DefectiveDevices) -> None:
+                 make_link: Callable[[], Any], defects: DefectiveDevices,
+                 period_s: float = 1.0) -> None:
         self.spec = spec
         self.name = spec.name
         self.resource = resource
         self.clock = clock
+        self.period_s = period_s
         self._pool = pool
         self._link_key = resource.link_key
         self.link = pool.acquire(self._link_key, make_link)
         self.defects = defects
         self._setup_generation = -1
         self._closed = False
+        self.transient_retries = 0  # busy answers absorbed (reports, tests)
 
     async def _setup(self) -> None:
-        """Sent once per connection before the first exchange (init lines, watchdog...)."""
+        """Sent once per connection before the first exchange (init lines, watchdog...).
+        Raise :class:`SetupFailed` (see :meth:`_setup_step`) naming what failed."""
 
-    async def _ready(self) -> None:
+    async def _setup_step(self, request: str, exchange: Callable[[], Awaitable[Any]]) -> None:
+        """One set-up request; its failure names this device and ``request``."""
+        try:
+            await exchange()
+        except (InstrumentError, ValueError) as err:
+            raise SetupFailed(self.name, str(self.resource),
+                              f"set-up request {request} failed: {err}") from err
+
+    async def _ready(self, *, setup: bool = True) -> None:
         await self.link.ensure_open()
-        if self._setup_generation != self.link.generation:
+        if setup and self._setup_generation != self.link.generation:
             await self._setup()
             self._setup_generation = self.link.generation
 
@@ -54,23 +87,41 @@ class InstrumentDevice:
 
     async def _run(self, what: str, exchange: Callable[[], Awaitable[T]],
                    *, always: bool = False) -> T:
+        """``exchange`` under the failure policy; ``always`` (safe state, read-backs) runs
+        even while defective and without the set-up writes."""
         if not always and not self.defects.is_due_for_retry(self.name):
             raise self._unavailable(
                 f"defective ({self.defects.reason(self.name)}); next try in "
                 f"{self.defects.seconds_to_retry(self.name):.1f} s")
         deadline = self.resource.timeout_s * 4 + 1.0
         last: Exception | None = None
-        for attempt in range(2):
+        attempt = 0
+        # Busy answers are real-time events on a real link: budget them on the loop's clock.
+        loop = asyncio.get_running_loop()
+        busy_until = loop.time() + self.period_s / 2
+        pause = min(TRANSIENT_PAUSE_S, self.period_s / 10)
+        while attempt < 2:
             try:
                 if attempt:
                     await self.link.reset()
                 async with asyncio.timeout(deadline):
-                    await self._ready()
+                    await self._ready(setup=not always)
                     result = await exchange()
             except (LinkError, TimeoutError) as err:
                 last = err
+                attempt += 1
                 continue
-            except (InstrumentError, ValueError) as err:
+            except SetupFailed as err:
+                self.defects.add(self.name, err.problem)
+                raise
+            except InstrumentError as err:
+                if err.transient and loop.time() + pause < busy_until:
+                    self.transient_retries += 1
+                    await asyncio.sleep(pause)  # busy: ask again within the period
+                    continue
+                self.defects.add(self.name, f"{what}: {err}")
+                raise self._unavailable(f"{what}: {err}") from err
+            except ValueError as err:
                 self.defects.add(self.name, f"{what}: {err}")
                 raise self._unavailable(f"{what}: {err}") from err
             self.defects.remove(self.name)

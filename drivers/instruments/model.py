@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import string
 import tomllib
@@ -51,6 +52,13 @@ class Point:
     access: str = "r"
     bits: tuple[str, ...] = ()
     doc: str = ""
+    rollover: float | None = None  # an energy counter wraps to 0 here (point units)
+    valid: tuple[float, float] | None = None  # readings outside are invalid
+
+    @property
+    def resolution(self) -> float:
+        """The smallest step of the value: one count of an integer type, 0 for floats."""
+        return abs(self.codec.scale) if TYPES[self.codec.type][2] is not None else 0.0
 
     @property
     def count(self) -> int:
@@ -81,6 +89,15 @@ class ModbusMap:
     channels: int = 1
     source: str = ""
     protocol: str = "modbus"
+    write_function: int = 6  # one holding register: 06 (write single) or 16 (write multiple)
+    coil_write_function: int = 5  # one coil: 05 or 15
+    max_read_registers: int = 125  # the most registers (or 16x bits) one read may span
+    timeout_s: float | None = None  # this device's reply timeout (else the link's)
+    numbering: str = "zero-based"
+
+    def write_function_for(self, table: str) -> int:
+        """The function code that writes one value of ``table``."""
+        return self.write_function if table == "holding" else self.coil_write_function
 
     def point(self, name: str) -> Point:
         try:
@@ -157,6 +174,13 @@ class ScpiCommandSet:
     error_query: str | None = "SYST:ERR?"
     source: str = ""
     protocol: str = "scpi"
+    remote: tuple[str, ...] = ()  # sent first on every connection (e.g. "SYST:REM")
+    settle_s: float = 0.0  # the instrument ignores lines sent this soon after a setting
+    opc: bool = False  # follow every setting with *OPC? and wait for its 1
+    echo: bool = False  # the instrument echoes each line before its answer
+    read_terminator: str | None = None  # replies end with this (default: terminator)
+    busy_errors: tuple[int, ...] = ()  # error-queue codes that mean "busy, ask again"
+    timeout_s: float | None = None
 
     def command(self, name: str) -> Command:
         try:
@@ -214,22 +238,28 @@ def _table(source: str, data: dict[str, Any], key: str) -> dict[str, Any]:
 
 def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
                   roles: tuple[str, ...]) -> ModbusMap:
+    _known_keys(source, head, MODBUS_HEAD_KEYS)
     default_order = head.get("word_order", "big")
+    numbering = head.get("numbering", "zero-based")
+    if numbering not in NUMBERINGS:
+        raise InstrumentFileError(source, "[instrument] numbering",
+                                  f"expected one of {list(NUMBERINGS)}, got {numbering!r}")
+    quirks = _modbus_quirks(source, head)
     points: dict[str, Point] = {}
     for name, p in _table(source, data, "points").items():
         where = f"[points] {name}"
         if not isinstance(p, dict):
             raise InstrumentFileError(source, where, "expected an inline table")
         unknown = set(p) - {"table", "address", "type", "scale", "unit", "access", "bits",
-                            "doc", "word_order"}
+                            "doc", "word_order", "rollover", "min", "max"}
         if unknown:
             raise InstrumentFileError(source, where, f"unknown key {sorted(unknown)[0]!r}")
         table, kind = p.get("table"), p.get("type")
         access, order = p.get("access", "r"), p.get("word_order", default_order)
         checks = [
             (table in TABLES, f"table must be one of {TABLES}"),
-            (isinstance(p.get("address"), int) and 0 <= p["address"] <= 0xFFFF,
-             "address must be an integer in 0..0xFFFF"),
+            (isinstance(p.get("address"), int) and not isinstance(p["address"], bool)
+             and p["address"] >= 0, "address must be a non-negative integer"),
             (kind in TYPES, f"type must be one of {sorted(TYPES)}"),
             ((kind == "bit") == (table in ("coil", "discrete")),
              "coils and discrete inputs have type bit, registers a numeric type"),
@@ -243,9 +273,14 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
         for ok, problem in checks:
             if not ok:
                 raise InstrumentFileError(source, where, problem)
+        address = _protocol_address(source, where, table, p["address"], numbering)
+        if address > 0xFFFF:
+            raise InstrumentFileError(source, where, "address must be in 0..0xFFFF")
         codec = Codec(kind, order, float(p.get("scale", 1)))
-        points[name] = Point(name, table, p["address"], codec, p.get("unit", ""), access,
-                             tuple(p.get("bits", ())), p.get("doc", ""))
+        points[name] = Point(name, table, address, codec, p.get("unit", ""), access,
+                             tuple(p.get("bits", ())), p.get("doc", ""),
+                             _rollover(source, where, p.get("rollover"), codec),
+                             _valid_range(source, where, p))
     _check_overlaps(source, points)
     for role in roles:
         if role not in ROLE_POINTS:
@@ -261,7 +296,99 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
         if name not in points:
             raise InstrumentFileError(source, "[instrument] identify", f"no point {name!r}")
     return ModbusMap(head["model"], head["title"], head["follows"], roles, points, identify,
-                     int(head.get("channels", 1)), source)
+                     int(head.get("channels", 1)), source, numbering=numbering, **quirks)
+
+
+COMMON_HEAD_KEYS = frozenset({"protocol", "model", "roles", "title", "follows", "doc"})
+MODBUS_HEAD_KEYS = COMMON_HEAD_KEYS | {"word_order", "identify", "channels", "numbering",
+                                       "write_function", "coil_write_function",
+                                       "max_read_registers", "timeout_s"}
+NUMBERINGS = ("zero-based", "one-based")
+# Datasheet ("Modicon") numbering: table -> the reference of protocol address 0.
+DATASHEET_BASE = {"coil": 1, "discrete": 10001, "input": 30001, "holding": 40001}
+
+
+def _known_keys(source: str, head: dict[str, Any], known: frozenset[str]) -> None:
+    unknown = sorted(set(head) - known)
+    if unknown:
+        raise InstrumentFileError(source, f"[instrument] {unknown[0]}",
+                                  f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _protocol_address(source: str, where: str, table: str, address: int,
+                      numbering: str) -> int:
+    """The protocol (0-based) address of a point. Datasheet numbers (30001, 40001...) are
+    refused unless the file declares ``numbering = "one-based"``, where they are converted."""
+    base = DATASHEET_BASE[table]
+    if numbering == "one-based":
+        # 5-digit references (30001..39999), 6-digit ones (300001..365536), coils 1..65536
+        firsts = (base,) if base == 1 else (base, (base - 1) * 10 + 1)
+        spans = (0x10000,) if base == 1 else (9999, 0x10000)
+        for first, span in zip(firsts, spans, strict=True):
+            if first <= address < first + span:
+                return address - first
+        raise InstrumentFileError(source, where, f"address {address} is not a one-based "
+                                  f"{table} reference (from {base})")
+    if base > 1 and base <= address < base + 9999:
+        raise InstrumentFileError(
+            source, where, f"address {address} looks like datasheet numbering ({table} "
+            f"{base} is protocol address 0): give {address - base}, or declare "
+            'numbering = "one-based" in [instrument]')
+    return address
+
+
+def _modbus_quirks(source: str, head: dict[str, Any]) -> dict[str, Any]:
+    """The [instrument] keys that say how this device departs from the usual (defaults are
+    the Modbus specification's)."""
+    out: dict[str, Any] = {}
+    for key, allowed in (("write_function", (6, 16)), ("coil_write_function", (5, 15))):
+        if key in head:
+            if head[key] not in allowed:
+                raise InstrumentFileError(source, f"[instrument] {key}",
+                                          f"expected {allowed[0]} or {allowed[1]}, "
+                                          f"got {head[key]!r}")
+            out[key] = head[key]
+    if "max_read_registers" in head:
+        n = head["max_read_registers"]
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 125:
+            raise InstrumentFileError(source, "[instrument] max_read_registers",
+                                      "an integer in 1..125")
+        out["max_read_registers"] = n
+    if "timeout_s" in head:
+        t = head["timeout_s"]
+        if not isinstance(t, int | float) or isinstance(t, bool) or not 0 < t <= 60:
+            raise InstrumentFileError(source, "[instrument] timeout_s",
+                                      "seconds, a number in (0, 60]")
+        out["timeout_s"] = float(t)
+    return out
+
+
+def _rollover(source: str, where: str, value: Any, codec: Codec) -> float | None:
+    """``rollover = N`` (point units) or ``"width"`` (the integer type's range x scale)."""
+    if value is None:
+        return None
+    span = TYPES[codec.type][2]
+    if value == "width":
+        if span is None or span[0] < 0:
+            raise InstrumentFileError(source, where, 'rollover = "width" needs an unsigned '
+                                      "integer type")
+        return (span[1] + 1) * abs(codec.scale)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise InstrumentFileError(source, where, 'rollover must be a positive number (the '
+                                  'value the counter wraps at) or "width"')
+    return float(value)
+
+
+def _valid_range(source: str, where: str, p: dict[str, Any]) -> tuple[float, float] | None:
+    if "min" not in p and "max" not in p:
+        return None
+    low, high = p.get("min", -math.inf), p.get("max", math.inf)
+    for v in (low, high):
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            raise InstrumentFileError(source, where, "min and max must be numbers")
+    if not low < high:
+        raise InstrumentFileError(source, where, "min must be below max")
+    return float(low), float(high)
 
 
 def _check_overlaps(source: str, points: dict[str, Point]) -> None:
@@ -309,7 +436,42 @@ def _parse_scpi(source: str, data: dict[str, Any], head: dict[str, Any],
         head["model"], head["title"], head["follows"], roles, commands,
         tuple(head.get("init", ())), setpoint, float(head.get("voltage_headroom", 1.05)),
         int(head.get("channel", 1)), head.get("terminator", "\n"),
-        head.get("error_query", "SYST:ERR?") or None, source)
+        head.get("error_query", "SYST:ERR?") or None, source, **_scpi_quirks(source, head))
+
+
+SCPI_HEAD_KEYS = COMMON_HEAD_KEYS | {"setpoint", "init", "voltage_headroom", "channel",
+                                     "terminator", "error_query", "remote", "settle_s", "opc",
+                                     "echo", "read_terminator", "busy_errors", "timeout_s"}
+# key -> (accepts, what it must be)
+_SCPI_QUIRKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "remote": (lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v),
+               "a list of command lines"),
+    "settle_s": (lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+                 and 0 <= v <= 5, "seconds, a number in [0, 5]"),
+    "opc": (lambda v: isinstance(v, bool), "true or false"),
+    "echo": (lambda v: isinstance(v, bool), "true or false"),
+    "read_terminator": (lambda v: isinstance(v, str) and v != "", "a non-empty text"),
+    "busy_errors": (lambda v: isinstance(v, list) and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in v), "a list of error codes"),
+    "timeout_s": (lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+                  and 0 < v <= 60, "seconds, a number in (0, 60]"),
+}
+
+
+def _scpi_quirks(source: str, head: dict[str, Any]) -> dict[str, Any]:
+    _known_keys(source, head, SCPI_HEAD_KEYS)
+    out: dict[str, Any] = {}
+    for key, (ok, expected) in _SCPI_QUIRKS.items():
+        if key in head:
+            if not ok(head[key]):
+                raise InstrumentFileError(source, f"[instrument] {key}",
+                                          f"expected {expected}, got {head[key]!r}")
+            value = head[key]
+            out[key] = tuple(value) if isinstance(value, list) else value
+    for key in ("settle_s", "timeout_s"):
+        if key in out:
+            out[key] = float(out[key])
+    return out
 
 
 _PARSERS: dict[str, Callable[[str, dict[str, Any], dict[str, Any], tuple[str, ...]],

@@ -113,16 +113,23 @@ class ModbusLink(Link):
             raise LinkError(f"{self.description}: {what}: short reply ({len(values)} values)")
         return [int(v) for v in values[:count]]
 
-    async def write(self, table: str, address: int, values: list[int], unit: int) -> None:
-        what = f"write {table} {address}={values} unit {unit}"
-        single, multiple = _WRITES[table]
+    async def write(self, table: str, address: int, values: list[int], unit: int, *,
+                    function: int | None = None) -> None:
+        """Write ``values`` from ``address``: one register or coil with the single-write
+        function (06, 05) unless ``function`` says the multiple-write one (16, 15), which
+        a run of several always uses. Raises :class:`ModbusExceptionError` naming the
+        request and its function code, or :class:`LinkError`."""
+        single, multiple = WRITE_FUNCTIONS[table]
+        fc = function if function is not None else (single if len(values) == 1 else multiple)
+        if fc not in (single, multiple) or (fc == single and len(values) != 1):
+            raise ValueError(f"function {fc} cannot write {len(values)} {table} value(s)")
+        what = f"write {table} {address}={values} unit {unit} (function {fc:02d})"
+        items: list[Any] = [bool(v) for v in values] if table == "coil" else list(values)
         async with self.lock:
-            if len(values) == 1:
-                value: Any = bool(values[0]) if table == "coil" else values[0]
-                await self._call(what, single, address, value, device_id=unit)
+            if fc == single:
+                await self._call(what, _METHODS[fc], address, items[0], device_id=unit)
             else:
-                items: list[Any] = [bool(v) for v in values] if table == "coil" else values
-                await self._call(what, multiple, address, items, device_id=unit)
+                await self._call(what, _METHODS[fc], address, items, device_id=unit)
 
 
 def flush_serial_input(device: str) -> None:
@@ -137,5 +144,6 @@ def flush_serial_input(device: str) -> None:
 
 _READS = {"holding": "read_holding_registers", "input": "read_input_registers",
           "coil": "read_coils", "discrete": "read_discrete_inputs"}
-_WRITES = {"holding": ("write_register", "write_registers"),
-           "coil": ("write_coil", "write_coils")}
+# table -> (single-write function, multiple-write function), as the spec numbers them
+WRITE_FUNCTIONS = {"holding": (6, 16), "coil": (5, 15)}
+_METHODS = {5: "write_coil", 6: "write_register", 15: "write_coils", 16: "write_registers"}
