@@ -17,8 +17,8 @@ from rich.table import Table
 from contracts.dual_bidding import clear as clear_book
 from contracts.numbers import exact
 from contracts.orders import OrderError, parse_book
-from rigs import builtin
 from drivers.bench.health import DeviceUnavailable
+from rigs import builtin
 from testbed.errors import InputError
 
 app = typer.Typer(help="Hardware-in-the-loop testbed for community P2P energy trading.",

@@ -9,7 +9,7 @@ Each fault lasts ``count`` requests, or until cleared when ``count`` is None.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 FAULT_KINDS = ("no_reply", "late_reply", "crc_error", "exception", "scpi_error", "disconnect")
 
@@ -61,3 +61,28 @@ def parse_fault(text: str) -> tuple[str, Fault]:
         raise ValueError(f"expected DEVICE=KIND[:COUNT], KIND one of {', '.join(FAULT_KINDS)};"
                          f" got {text!r}")
     return device.strip(), Fault(kind, int(count) if count else None)
+
+
+@dataclass
+class Quirks:
+    """Lasting habits of a real instrument, switched on per emulated instrument (the faults
+    above are events; these are how a device always behaves).
+
+    ``busy_every``        every Nth request is answered "busy" (Modbus exception 6).
+    ``refuse_functions``  function codes answered with exception 1 (e.g. {6}: a device that
+                          only accepts function 16, even for one register).
+    ``counter_offset``    point name -> Wh added to an energy counter (its reading at the
+                          plant's zero; change it mid-run for a counter that jumps).
+    ``counter_rollover``  point name -> the value the counter wraps to 0 at.
+    """
+
+    busy_every: int = 0
+    refuse_functions: set[int] = field(default_factory=set)
+    counter_offset: dict[str, float] = field(default_factory=dict)
+    counter_rollover: dict[str, float] = field(default_factory=dict)
+
+    def counter(self, name: str, value: float) -> float:
+        """What the instrument's register shows for a true counter ``value``."""
+        shown = value + self.counter_offset.get(name, 0.0)
+        rollover = self.counter_rollover.get(name)
+        return shown % rollover if rollover else shown

@@ -9,10 +9,11 @@ coil value exception 3, any other function exception 1.
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from collections.abc import Callable
 
 from drivers.emulators.bindings import Binding
-from drivers.emulators.faults import FaultPlan
+from drivers.emulators.faults import FaultPlan, Quirks
 from drivers.instruments.model import ModbusMap, Point
 
 READ_TABLES = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
@@ -34,7 +35,9 @@ class EmulatedModbusDevice:
     def __init__(self, instrument: ModbusMap, binding: Binding, unit: int = 1) -> None:
         self.instrument, self.binding, self.unit = instrument, binding, unit
         self.faults = FaultPlan()
+        self.quirks = Quirks()
         self.requests = 0
+        self.functions: Counter[int] = Counter()  # requests served, by function code
         self._cells: dict[tuple[str, int], Cell] = {}
         for p in instrument.points.values():
             channels = instrument.channels if instrument.channels > 1 and p.table == "coil" else 1
@@ -47,8 +50,10 @@ class EmulatedModbusDevice:
         return self.binding.name
 
     def _words(self, point: Point, channel: int) -> list[int]:
-        value = self.binding.get(point.name, channel)
-        return point.codec.encode(float(value))
+        value = float(self.binding.get(point.name, channel))
+        if point.name in self.quirks.counter_offset or point.name in self.quirks.counter_rollover:
+            value = self.quirks.counter(point.name, value)
+        return point.codec.encode(value)
 
     def read(self, table: str, address: int, count: int) -> list[int]:
         if not 1 <= count <= MAX_QUANTITY[table]:
@@ -87,6 +92,12 @@ class EmulatedModbusDevice:
         """One request PDU -> its response PDU (normal or exception)."""
         self.requests += 1
         fc = pdu[0] if pdu else 0
+        self.functions[fc] += 1
+        busy = self.quirks.busy_every
+        if busy and self.requests % busy == 0:
+            return bytes([fc | 0x80, 6])
+        if fc in self.quirks.refuse_functions:
+            return bytes([fc | 0x80, 1])
         try:
             handler = _HANDLERS.get(fc)
             if handler is None:
