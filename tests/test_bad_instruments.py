@@ -230,7 +230,7 @@ async def test_testbed_run_on_that_converter_exits_1_with_one_line(tmp_path: Pat
                          'model = "testbed-bms-converter"\ntimeout_s = 0.5\n', 1))
         proc = await _cli("run", "scenario2", "--rig", "lab.toml", "--db", "r.db",
                           cwd=tmp_path)
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 120)
         enabled = served.registers.get(0x100)
     err = stderr.decode()
     assert proc.returncode == 1, err
