@@ -16,7 +16,7 @@ from drivers.bench.links import LinkPool
 from drivers.bench.modbus_devices import MODBUS_ROLES
 from drivers.bench.scpi_devices import SCPI_ROLES
 from drivers.instruments.model import ModbusMap, ScpiCommandSet, load_instrument
-from drivers.protocol.modbus import ModbusLink
+from drivers.protocol.modbus import ModbusLink, silent_interval
 from drivers.protocol.scpi import ScpiLink, ScpiQuirks
 from drivers.resources import Resource, parse_resource
 from drivers.spec import DeviceSpec
@@ -96,9 +96,14 @@ def modbus_factory(spec: DeviceSpec, household: str | None,
     instrument: ModbusMap = _instrument(spec, ModbusMap)
     resource = _resource(spec, "modbus", instrument.timeout_s)
     pool, defects = _shared(ctx)
-    return MODBUS_ROLES[spec.role](spec, resource, ctx.clock, pool,
-                                   lambda: ModbusLink(resource), defects,
-                                   ctx.rig.control_period_s, instrument=instrument)
+    device = MODBUS_ROLES[spec.role](spec, resource, ctx.clock, pool,
+                                     lambda: ModbusLink(resource), defects,
+                                     ctx.rig.control_period_s, instrument=instrument)
+    if resource.link == "serial":
+        silent = instrument.rtu_silent_s
+        device.link.need_quiet((silent_interval(resource.baud) if silent is None else silent)
+                               + instrument.turnaround_s)
+    return device
 
 
 FACTORIES = {"scpi": scpi_factory, "modbus": modbus_factory}

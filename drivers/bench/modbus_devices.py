@@ -83,6 +83,9 @@ class ModbusDevice(InstrumentDevice):
             raise ValueError(f"{self.name}: channel {self.channel} outside 0.."
                              f"{instrument.channels - 1} of {instrument.model}")
 
+    def _field_channel(self) -> int:
+        return self.channel if self.instrument.channels > 1 else 0
+
     def _offset(self, point: Point) -> int:
         """Per-channel points (coils of a relay board) move with the device's channel."""
         return self.channel if self.instrument.channels > 1 and point.table == "coil" else 0
@@ -118,7 +121,8 @@ class ModbusDevice(InstrumentDevice):
             words = await self.link.read(block.table, block.address, block.count, self.unit)
             at = 0
             for p in block.points:
-                values[p.name] = p.codec.decode(words[at:at + p.count])
+                values[p.name] = p.codec.decode(words[at:at + p.count]) if p.mask is None \
+                    else p.field_value(words[at], self._field_channel())
                 at += p.count
         return {n: check_value(self.instrument.point(n), values[n]) for n in names}
 
@@ -137,6 +141,12 @@ class ModbusDevice(InstrumentDevice):
         """Write one point with the function its instrument file declares. ``fallback``
         (the safe state): a device that answers "illegal function" to the single-write
         function is written with the multiple-write one, which says the same."""
+        if point.mask is not None:  # a bit field: read-modify-write under the link's lock
+            channel = self._field_channel()
+            await self.link.update(point.address,
+                                   lambda word: point.field_word(word, value, channel),
+                                   self.unit, function=self.instrument.write_function)
+            return
         words = point.codec.encode(value)
         address = point.address + self._offset(point)
         function = self.instrument.write_function_for(point.table) if len(words) == 1 else None

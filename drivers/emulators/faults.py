@@ -74,12 +74,25 @@ class Quirks:
     ``counter_offset``    point name -> Wh added to an energy counter (its reading at the
                           plant's zero; change it mid-run for a counter that jumps).
     ``counter_rollover``  point name -> the value the counter wraps to 0 at.
+    ``turnaround_s``      RTU: a request that comes sooner than this after the device's
+                          previous reply is not heard (a slow RS-485 device).
+
+    SCPI: ``settle_s``    lines within this after a setting are ignored (queries too).
+    ``local_until``       every line is answered "LOCAL MODE" until this command is sent.
+    ``echo``              every line is repeated back before its answer.
+    ``busy_every``        (above) every Nth setting queues error ``busy_code``.
     """
 
     busy_every: int = 0
     refuse_functions: set[int] = field(default_factory=set)
     counter_offset: dict[str, float] = field(default_factory=dict)
     counter_rollover: dict[str, float] = field(default_factory=dict)
+    turnaround_s: float = 0.0
+    unheard: int = 0  # requests lost (turnaround, settle): tests check it fired, or not
+    settle_s: float = 0.0
+    local_until: str | None = None
+    echo: bool = False
+    busy_code: int = -213
 
     def counter(self, name: str, value: float) -> float:
         """What the instrument's register shows for a true counter ``value``."""

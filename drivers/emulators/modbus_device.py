@@ -39,7 +39,12 @@ class EmulatedModbusDevice:
         self.requests = 0
         self.functions: Counter[int] = Counter()  # requests served, by function code
         self._cells: dict[tuple[str, int], Cell] = {}
+        self._fields: dict[tuple[str, int], list[tuple[Point, int]]] = {}
         for p in instrument.points.values():
+            if p.mask is not None:  # every channel's field shares the register
+                self._fields.setdefault((p.table, p.address), []).extend(
+                    (p, ch) for ch in range(instrument.channels))
+                continue
             channels = instrument.channels if instrument.channels > 1 and p.table == "coil" else 1
             for ch in range(channels):
                 for k in range(p.count):
@@ -55,12 +60,21 @@ class EmulatedModbusDevice:
             value = self.quirks.counter(point.name, value)
         return point.codec.encode(value)
 
+    def _field_word(self, table: str, address: int) -> int:
+        word = 0
+        for p, ch in self._fields[(table, address)]:
+            word = p.field_word(word, float(self.binding.get(p.name, ch)), ch)
+        return word
+
     def read(self, table: str, address: int, count: int) -> list[int]:
         if not 1 <= count <= MAX_QUANTITY[table]:
             raise Reject(3)
         cache: dict[tuple[str, int], list[int]] = {}
         out = []
         for a in range(address, address + count):
+            if (table, a) in self._fields:
+                out.append(self._field_word(table, a))
+                continue
             cell = self._cells.get((table, a))
             if cell is None or not cell[0].readable:
                 raise Reject(2)
@@ -76,6 +90,12 @@ class EmulatedModbusDevice:
         updates: list[tuple[Point, int, float]] = []
         a = address
         while a < address + len(values):
+            if (table, a) in self._fields:
+                word = values[a - address]
+                updates += [(p, ch, p.field_value(word, ch)) for p, ch in self._fields[(table, a)]
+                            if p.writable]
+                a += 1
+                continue
             cell = self._cells.get((table, a))
             if cell is None or not cell[0].writable or cell[2] != 0:
                 raise Reject(2)

@@ -54,6 +54,23 @@ class Point:
     doc: str = ""
     rollover: float | None = None  # an energy counter wraps to 0 here (point units)
     valid: tuple[float, float] | None = None  # readings outside are invalid
+    mask: int | None = None  # a bit field of one register: these bits (of channel 0)
+
+    def field_mask(self, channel: int = 0) -> int:
+        """The bits of this field for ``channel``: channel N's field sits N field-widths
+        above channel 0's (relay N is bit N)."""
+        assert self.mask is not None
+        return self.mask << (channel * self.mask.bit_count())
+
+    def field_value(self, word: int, channel: int = 0) -> float:
+        mask = self.field_mask(channel)
+        return float((word & mask) >> _shift(mask)) * self.codec.scale
+
+    def field_word(self, word: int, value: float, channel: int = 0) -> int:
+        """``word`` with this field set to ``value`` (read-modify-write)."""
+        mask = self.field_mask(channel)
+        bits = (round(value / self.codec.scale) << _shift(mask)) & mask
+        return (word & ~mask & 0xFFFF) | bits
 
     @property
     def resolution(self) -> float:
@@ -78,6 +95,10 @@ class Point:
         return tuple(name for i, name in enumerate(self.bits) if value >> i & 1)
 
 
+def _shift(mask: int) -> int:
+    return (mask & -mask).bit_length() - 1
+
+
 @dataclass(frozen=True, slots=True)
 class ModbusMap:
     model: str
@@ -94,6 +115,8 @@ class ModbusMap:
     max_read_registers: int = 125  # the most registers (or 16x bits) one read may span
     timeout_s: float | None = None  # this device's reply timeout (else the link's)
     numbering: str = "zero-based"
+    rtu_silent_s: float | None = None  # RTU: quiet before a request (default 3.5 chars)
+    turnaround_s: float = 0.0  # RTU: the device's extra time before it listens again
 
     def write_function_for(self, table: str) -> int:
         """The function code that writes one value of ``table``."""
@@ -251,7 +274,7 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
         if not isinstance(p, dict):
             raise InstrumentFileError(source, where, "expected an inline table")
         unknown = set(p) - {"table", "address", "type", "scale", "unit", "access", "bits",
-                            "doc", "word_order", "rollover", "min", "max"}
+                            "doc", "word_order", "rollover", "min", "max", "bit", "mask"}
         if unknown:
             raise InstrumentFileError(source, where, f"unknown key {sorted(unknown)[0]!r}")
         table, kind = p.get("table"), p.get("type")
@@ -280,8 +303,25 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
         points[name] = Point(name, table, address, codec, p.get("unit", ""), access,
                              tuple(p.get("bits", ())), p.get("doc", ""),
                              _rollover(source, where, p.get("rollover"), codec),
-                             _valid_range(source, where, p))
+                             _valid_range(source, where, p), _mask(source, where, p))
     _check_overlaps(source, points)
+    channels = head.get("channels", 1)
+    if not isinstance(channels, int) or isinstance(channels, bool) or not 1 <= channels <= 64:
+        raise InstrumentFileError(source, "[instrument] channels", "an integer in 1..64")
+    for role in roles:
+        for name in ROLE_POINTS.get(role, ()):
+            p = points.get(name)
+            if channels > 1 and p is not None and p.table in ("holding", "input") \
+                    and p.mask is None:
+                raise InstrumentFileError(
+                    source, f"[points] {name}", f"channels = {channels}, but {name} is a "
+                    "whole register: every channel would write the same one. Declare the "
+                    "bit of channel 0 (bit = 0: channel N is bit N), or use coils")
+            if p is not None and p.mask is not None and \
+                    p.field_mask(channels - 1) > 0xFFFF:
+                raise InstrumentFileError(source, f"[points] {name}",
+                                          f"{channels} channels of this field do not fit "
+                                          "in one 16-bit register")
     for role in roles:
         if role not in ROLE_POINTS:
             raise InstrumentFileError(source, "[instrument] roles",
@@ -302,7 +342,8 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
 COMMON_HEAD_KEYS = frozenset({"protocol", "model", "roles", "title", "follows", "doc"})
 MODBUS_HEAD_KEYS = COMMON_HEAD_KEYS | {"word_order", "identify", "channels", "numbering",
                                        "write_function", "coil_write_function",
-                                       "max_read_registers", "timeout_s"}
+                                       "max_read_registers", "timeout_s", "rtu_silent_s",
+                                       "turnaround_s"}
 NUMBERINGS = ("zero-based", "one-based")
 # Datasheet ("Modicon") numbering: table -> the reference of protocol address 0.
 DATASHEET_BASE = {"coil": 1, "discrete": 10001, "input": 30001, "holding": 40001}
@@ -354,12 +395,15 @@ def _modbus_quirks(source: str, head: dict[str, Any]) -> dict[str, Any]:
             raise InstrumentFileError(source, "[instrument] max_read_registers",
                                       "an integer in 1..125")
         out["max_read_registers"] = n
-    if "timeout_s" in head:
-        t = head["timeout_s"]
-        if not isinstance(t, int | float) or isinstance(t, bool) or not 0 < t <= 60:
-            raise InstrumentFileError(source, "[instrument] timeout_s",
-                                      "seconds, a number in (0, 60]")
-        out["timeout_s"] = float(t)
+    for key, low, high in (("timeout_s", 0.0, 60.0), ("rtu_silent_s", 0.0, 1.0),
+                           ("turnaround_s", 0.0, 1.0)):
+        if key in head:
+            t = head[key]
+            if not isinstance(t, int | float) or isinstance(t, bool) or not low <= t <= high \
+                    or (key == "timeout_s" and t == 0):
+                raise InstrumentFileError(source, f"[instrument] {key}",
+                                          f"seconds, a number in [{low:g}, {high:g}]")
+            out[key] = float(t)
     return out
 
 
@@ -391,9 +435,42 @@ def _valid_range(source: str, where: str, p: dict[str, Any]) -> tuple[float, flo
     return float(low), float(high)
 
 
+def _mask(source: str, where: str, p: dict[str, Any]) -> int | None:
+    """``bit = N`` (one bit) or ``mask = 0x00F0`` (a field): a part of one u16 register."""
+    if "bit" not in p and "mask" not in p:
+        return None
+    if "bit" in p and "mask" in p:
+        raise InstrumentFileError(source, where, "give bit or mask, not both")
+    if p.get("table") not in ("holding", "input") or p.get("type") != "u16":
+        raise InstrumentFileError(source, where, "a bit field is part of one u16 register "
+                                  "(table holding or input, type u16)")
+    value = 1 << p["bit"] if "bit" in p and isinstance(p["bit"], int) \
+        and 0 <= p["bit"] <= 15 else p.get("mask")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 0xFFFF \
+            or ((value >> _shift(value)) + 1) & (value >> _shift(value)):
+        raise InstrumentFileError(source, where, "bit must be 0..15, mask a run of set bits "
+                                  "in 0x0001..0xFFFF")
+    return value
+
+
 def _check_overlaps(source: str, points: dict[str, Point]) -> None:
+    """No two points share a register, unless both are bit fields with disjoint masks."""
+    fields: dict[tuple[str, int], list[Point]] = {}
+    for p in points.values():
+        if p.mask is not None:
+            for other in fields.setdefault((p.table, p.address), []):
+                if other.mask is not None and other.mask & p.mask:
+                    raise InstrumentFileError(source, f"[points] {p.name}",
+                                              f"its bits overlap {other.name}'s")
+            fields[(p.table, p.address)].append(p)
     taken: dict[tuple[str, int], str] = {}
     for p in points.values():
+        if p.mask is not None:
+            continue
+        if (p.table, p.address) in fields:
+            raise InstrumentFileError(source, f"[points] {p.name}",
+                                      f"overlaps the bit fields at {p.table} address "
+                                      f"{p.address}")
         for a in range(p.address, p.address + p.count):
             other = taken.setdefault((p.table, a), p.name)
             if other != p.name:

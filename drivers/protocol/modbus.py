@@ -44,14 +44,31 @@ _CLIENTS: dict[str, Callable[[Resource], Any]] = {
 }
 
 
+def silent_interval(baud: int) -> float:
+    """The RTU silent interval before a request: 3.5 characters of 11 bits at ``baud``,
+    fixed at 1.75 ms above 19,200 baud (Modbus over serial line, 2.5.1.1)."""
+    return 3.5 * 11.0 / baud if baud <= 19200 else 0.00175
+
+
 class ModbusLink(Link):
-    """One connection (TCP socket or serial bus), shared by every unit id behind it."""
+    """One connection (TCP socket or serial bus), shared by every unit id behind it.
+
+    On a serial line every request waits ``quiet_s`` after the previous reply (the silent
+    interval, or longer when a slow device on the bus needs its turnaround: the largest of
+    the devices' wishes, see :meth:`need_quiet`)."""
 
     def __init__(self, resource: Resource) -> None:
         super().__init__()
         self.resource = resource
         self.description = resource.link_key
         self._client: Any = None
+        self.quiet_s = silent_interval(resource.baud) if resource.link == "serial" else 0.0
+        self._last_reply = 0.0
+
+    def need_quiet(self, seconds: float) -> None:
+        """A device on this line needs at least ``seconds`` between a reply and the next
+        request (its RTU silent interval plus turnaround)."""
+        self.quiet_s = max(self.quiet_s, seconds)
 
     @property
     def is_open(self) -> bool:
@@ -85,6 +102,10 @@ class ModbusLink(Link):
 
     async def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
         await self.ensure_open()
+        loop = asyncio.get_running_loop()
+        wait = self._last_reply + self.quiet_s - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
         try:
             async with asyncio.timeout(self.resource.timeout_s * 2 + 0.5):
                 reply = await getattr(self._client, method)(*args, **kwargs)
@@ -97,6 +118,8 @@ class ModbusLink(Link):
             raise kind(f"{self.description}: {what}: {text}") from None
         except (ConnectionError, OSError) as err:
             raise LinkClosed(f"{self.description}: {what}: {err}") from None
+        finally:
+            self._last_reply = loop.time()
         if reply.isError():
             code = getattr(reply, "exception_code", 0)
             raise ModbusExceptionError(code, f"{self.description} {what}")
@@ -130,6 +153,20 @@ class ModbusLink(Link):
                 await self._call(what, _METHODS[fc], address, items[0], device_id=unit)
             else:
                 await self._call(what, _METHODS[fc], address, items, device_id=unit)
+
+
+    async def update(self, address: int, change: Callable[[int], int], unit: int, *,
+                     function: int = 6) -> int:
+        """Read-modify-write one holding register under the link's lock (no other request
+        of any device on this link comes between): ``change(old) -> new``. Returns new."""
+        async with self.lock:
+            reply = await self._call(f"read holding {address}+1 unit {unit} (for a bit field)",
+                                     _READS["holding"], address, count=1, device_id=unit)
+            new = change(int(reply.registers[0]))
+            what = f"write holding {address}=[{new}] unit {unit} (function {function:02d})"
+            value: Any = new if function == 6 else [new]
+            await self._call(what, _METHODS[function], address, value, device_id=unit)
+        return new
 
 
 def flush_serial_input(device: str) -> None:
