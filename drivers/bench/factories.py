@@ -99,6 +99,7 @@ def modbus_factory(spec: DeviceSpec, household: str | None,
     device = MODBUS_ROLES[spec.role](spec, resource, ctx.clock, pool,
                                      lambda: ModbusLink(resource), defects,
                                      ctx.rig.control_period_s, instrument=instrument)
+    device.link.allow_busy(ctx.rig.control_period_s / 2)
     if resource.link == "serial":
         silent = instrument.rtu_silent_s
         device.link.need_quiet((silent_interval(resource.baud) if silent is None else silent)
