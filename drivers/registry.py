@@ -24,6 +24,7 @@ class BuildContext:
     clock: Clock
     plant: Plant | None = None  # created on first use by a mock device
     extras: dict[str, Any] = field(default_factory=dict)
+    read_only: bool = False  # instrument drivers refuse every write (``rig check``)
 
     def mock_plant(self) -> Plant:
         if self.plant is None:
@@ -85,8 +86,10 @@ class Bench:
         return [d for h in self.households.values() for d in h.all()] + [self.grid]
 
 
-def build_bench(rig: RigSpec, clock: Clock) -> Bench:
-    ctx = BuildContext(rig, clock)
+def build_bench(rig: RigSpec, clock: Clock, *, read_only: bool = False) -> Bench:
+    """Every driver of ``rig``; ``read_only``: instrument drivers send no set-up and refuse
+    every write (:class:`~drivers.bench.base.ReadOnlyDevice`), for looking at a bench."""
+    ctx = BuildContext(rig, clock, read_only=read_only)
     households = {
         h.id: HouseholdDevices(h.id, **{role: build_device(h.devices[role], h.id, ctx)
                                         for role in ("pv", "battery", "load", "meter", "relay")})

@@ -90,6 +90,11 @@ def _safety_printer(topic: str, payload: dict[str, Any]) -> None:
     if payload.get("event") == "safe_state" and payload.get("complete"):
         err.print("[green]safe state: every output off, every relay open[/green]")
         return
+    if payload.get("event") == "preflight":
+        err.print("[yellow]pre-flight: no communication watchdog, so these would stay live "
+                  f"if the controller died: {escape(', '.join(payload['live_if_controller_dies']))}"
+                  "[/yellow]", highlight=False)
+        return
     err.print(f"[red]safety:[/red] {json.dumps(payload)}")
 
 

@@ -1,4 +1,5 @@
-"""Lab commands: ``testbed emulate`` (a mock rig over real protocols), ``testbed rig check``.
+"""Lab commands: ``testbed emulate`` (a mock rig over real protocols), ``testbed rig check``
+(read-only unless ``--write-test``) and ``testbed rig safe`` (every device safe, read back).
 
 ``register(app)`` adds them to the main Typer app. The work is done by plain async functions
 (:func:`check_rig`, :func:`serve_emulated`) that tests call directly.
@@ -76,12 +77,23 @@ STATE_READERS: dict[str, Callable[[Any], Awaitable[dict[str, Any]]]] = {
 }
 
 
-async def _check_one(spec: DeviceSpec, dev: Any) -> CheckResult:
+async def _write_test(spec: DeviceSpec, dev: Any) -> dict[str, Any]:
+    """``--write-test``: a zero setpoint where the role takes one, then the safe state (off,
+    open), each read back by the driver."""
+    if spec.role in ("pv", "load", "battery"):
+        await dev.set_power(0.0)
+    await dev.safe_state()
+    return {"write_test": "ok"}
+
+
+async def _check_one(spec: DeviceSpec, dev: Any, write_test: bool = False) -> CheckResult:
     resource = spec.resource or f"in-process ({spec.driver})"
     start = time.perf_counter()
     try:
         identity = await dev.identify()
         state = await STATE_READERS[spec.role](dev)
+        if write_test:
+            state |= await _write_test(spec, dev)
     except Exception as err:  # any failure is a failed check, reported, not raised
         latency = (time.perf_counter() - start) * 1000
         return CheckResult(spec.name, resource, False, round(latency, 2), "", {}, str(err))
@@ -89,22 +101,91 @@ async def _check_one(spec: DeviceSpec, dev: Any) -> CheckResult:
     return CheckResult(spec.name, resource, True, round(latency, 2), identity, state)
 
 
-async def check_rig(rig: RigSpec) -> list[CheckResult]:
-    """Reach every instrument of ``rig``, identify it and read it once, all concurrently."""
-    bench = build_bench(rig, RealClock())
+def _pairs_of(rig: RigSpec, bench: Any) -> list[tuple[DeviceSpec, Any]]:
     pairs = [(h.devices[role], getattr(bench.households[h.id], role))
              for h in rig.households for role in ROLES]
     pairs.append((rig.grid, bench.grid))
+    return pairs
+
+
+async def check_rig(rig: RigSpec, *, write_test: bool = False) -> list[CheckResult]:
+    """Reach every instrument of ``rig``, identify it and read it once, all concurrently.
+    Read-only (no set-up line, no setpoint is sent) unless ``write_test``."""
+    bench = build_bench(rig, RealClock(), read_only=not write_test)
+    pairs = _pairs_of(rig, bench)
     try:
-        return list(await asyncio.gather(*(_check_one(spec, dev) for spec, dev in pairs)))
+        return list(await asyncio.gather(*(_check_one(spec, dev, write_test)
+                                           for spec, dev in pairs)))
     finally:
         for _, dev in pairs:
             with contextlib.suppress(Exception):
                 await dev.close()
 
 
-def _print_check(results: list[CheckResult], console: Console) -> None:
-    table = Table(title="rig check")
+async def make_safe(rig: RigSpec) -> list[CheckResult]:
+    """``testbed rig safe``: every device of ``rig`` in its safe state (outputs off, relays
+    open; the grid node stays up, meters have nothing to switch), each read back."""
+    bench = build_bench(rig, RealClock())
+    pairs = _pairs_of(rig, bench)
+
+    async def one(spec: DeviceSpec, dev: Any) -> CheckResult:
+        resource = spec.resource or f"in-process ({spec.driver})"
+        start = time.perf_counter()
+        try:
+            await dev.safe_state()
+            state = await STATE_READERS[spec.role](dev)
+        except Exception as err:  # reported per device, never raised
+            return CheckResult(spec.name, resource, False,
+                               round((time.perf_counter() - start) * 1000, 2), "", {}, str(err))
+        return CheckResult(spec.name, resource, True,
+                           round((time.perf_counter() - start) * 1000, 2), "safe", state)
+
+    try:
+        # relays first: they isolate a rig even if a supply or converter does not answer
+        relays = [p for p in pairs if p[0].role == "relay"]
+        rest = [p for p in pairs if p[0].role != "relay"]
+        first = await asyncio.gather(*(one(s, d) for s, d in relays))
+        return [*first, *await asyncio.gather(*(one(s, d) for s, d in rest))]
+    finally:
+        for _, dev in pairs:
+            with contextlib.suppress(Exception):
+                await dev.close()
+
+
+def runs_holding(rig: RigSpec, db: Path) -> list[dict[str, Any]]:
+    """Runs recorded in ``db`` as running on ``rig`` (a live run, or one that crashed)."""
+    if not db.is_file():
+        return []
+    from testbed.store import Store
+
+    store = Store(db)
+    try:
+        return [dict(r) for r in store.db.query(
+            "select id, started_at from runs where status = 'running' and rig = ?",
+            [rig.name])]
+    finally:
+        store.close()
+
+
+def _load(rig: str) -> RigSpec:
+    try:
+        return load_rig(rig)
+    except InputError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _show(results: list[CheckResult], as_json: bool, title: str) -> None:
+    if as_json:
+        typer.echo(json.dumps([asdict(r) for r in results], indent=2))
+    else:
+        _print_check(results, Console(), title)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+def _print_check(results: list[CheckResult], console: Console, title: str = "rig check") -> None:
+    table = Table(title=title)
     for column in ("device", "resource", "identity", "latency", "status", "state"):
         table.add_column(column, no_wrap=column in ("device", "latency"), overflow="fold")
     for r in results:
@@ -172,20 +253,31 @@ def register(app: typer.Typer) -> None:
     def rig_check(
         rig: Annotated[str, typer.Argument(help="A built-in rig name or a rig file path.")],
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+        write_test: Annotated[bool, typer.Option(
+            "--write-test", help="Also write: zero setpoints, then outputs off and relays "
+            "open, each read back (default: read-only, nothing is sent but queries).")
+        ] = False,
+        db: Annotated[Path, typer.Option(help="Run database to look for a run holding the "
+                                              "rig.")] = Path("testbed.db"),
     ) -> None:
         """Reach every instrument, identify it, read it once; exit 1 if any fails."""
-        try:
-            spec = load_rig(rig)
-        except InputError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
-        results = asyncio.run(check_rig(spec))
-        if as_json:
-            typer.echo(json.dumps([asdict(r) for r in results], indent=2))
-        else:
-            _print_check(results, Console())
-        if not all(r.ok for r in results):
-            raise typer.Exit(1)
+        spec = _load(rig)
+        for held in runs_holding(spec, db):
+            typer.echo(f"warning: run {held['id']} (started {held['started_at']}) is "
+                       f"recorded as running on rig {spec.name} in {db}: this check talks "
+                       "to the same instruments", err=True)
+        results = asyncio.run(check_rig(spec, write_test=write_test))
+        _show(results, as_json, "rig check")
+
+    @rig_app.command("safe")
+    def rig_safe(
+        rig: Annotated[str, typer.Argument(help="A built-in rig name or a rig file path.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+    ) -> None:
+        """Put every device of RIG in its safe state and read it back, without a run (after
+        a crash, or before leaving the lab); exit 1 unless every read-back confirms."""
+        results = asyncio.run(make_safe(_load(rig)))
+        _show(results, as_json, "rig safe")
 
     @app.command("emulate")
     def emulate(

@@ -358,6 +358,9 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     make = _resume if resume else _start
     run = make(scenario, rig, store, clock, events, run_id)
     events.emit("status", {"status": "running", "scenario": scenario.name, "rig": rig.name})
+    live = preflight.unwatched(rig)
+    if live:  # pre-flight: what a dead controller would leave on
+        events.emit("safety", {"event": "preflight", "live_if_controller_dies": live})
 
     status = "failed"
     controller: Controller | None = None

@@ -32,6 +32,14 @@ from drivers.transport.base import LinkError
 T = TypeVar("T")
 
 TRANSIENT_PAUSE_S = 0.02  # between asking again after a busy answer (at most period / 10)
+WATCHDOG_MIN_S = 5.0  # a watchdog armed by default waits this long, or 10 control periods
+
+
+def watchdog_seconds(spec: DeviceSpec, period_s: float) -> float:
+    """The communication watchdog timeout the controller arms: the rig file's
+    ``watchdog_s`` for the device, else the larger of 5 s and 10 control periods."""
+    given = spec.params.get("watchdog_s")
+    return float(given) if given is not None else max(WATCHDOG_MIN_S, 10.0 * period_s)
 
 
 class SetupFailed(DeviceUnavailable):
@@ -42,6 +50,10 @@ class ReadbackMismatch(DeviceUnavailable):
     """A state read back after a command is not the state commanded."""
 
 
+class ReadOnlyDevice(DeviceUnavailable):
+    """A write asked of a driver built read-only (``rig check`` without ``--write-test``)."""
+
+
 class InstrumentDevice:
     """A device behind a (possibly shared) link; subclasses add the role methods.
 
@@ -50,12 +62,13 @@ class InstrumentDevice:
 
     def __init__(self, spec: DeviceSpec, resource: Resource, clock: Clock, pool: LinkPool,
                  make_link: Callable[[], Any], defects: DefectiveDevices,
-                 period_s: float = 1.0) -> None:
+                 period_s: float = 1.0, *, read_only: bool = False) -> None:
         self.spec = spec
         self.name = spec.name
         self.resource = resource
         self.clock = clock
         self.period_s = period_s
+        self.read_only = read_only
         self._pool = pool
         self._link_key = resource.link_key
         self.link = pool.acquire(self._link_key, make_link)
@@ -78,9 +91,15 @@ class InstrumentDevice:
 
     async def _ready(self, *, setup: bool = True) -> None:
         await self.link.ensure_open()
-        if setup and self._setup_generation != self.link.generation:
+        if setup and not self.read_only and self._setup_generation != self.link.generation:
             await self._setup()
             self._setup_generation = self.link.generation
+
+    def _writing(self, what: str) -> None:
+        """Called before any write: a read-only driver refuses it, naming it."""
+        if self.read_only:
+            raise ReadOnlyDevice(self.name, str(self.resource),
+                                 f"{what}: refused, this driver is read-only")
 
     def _unavailable(self, problem: str) -> DeviceUnavailable:
         return DeviceUnavailable(self.name, str(self.resource), problem)

@@ -88,7 +88,7 @@ def scpi_factory(spec: DeviceSpec, household: str | None, ctx: BuildContext) -> 
 
     return SCPI_ROLES[spec.role](spec, resource, ctx.clock, pool, make_link, defects,
                                  ctx.rig.control_period_s, instrument=instrument,
-                                 bus_voltage_v=ctx.rig.bus_voltage_v)
+                                 bus_voltage_v=ctx.rig.bus_voltage_v, read_only=ctx.read_only)
 
 
 def modbus_factory(spec: DeviceSpec, household: str | None,
@@ -98,7 +98,8 @@ def modbus_factory(spec: DeviceSpec, household: str | None,
     pool, defects = _shared(ctx)
     device = MODBUS_ROLES[spec.role](spec, resource, ctx.clock, pool,
                                      lambda: ModbusLink(resource), defects,
-                                     ctx.rig.control_period_s, instrument=instrument)
+                                     ctx.rig.control_period_s, instrument=instrument,
+                                     read_only=ctx.read_only)
     device.link.allow_busy(ctx.rig.control_period_s / 2)
     if resource.link == "serial":
         silent = instrument.rtu_silent_s

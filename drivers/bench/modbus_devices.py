@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.bench.base import InstrumentDevice, ReadbackMismatch
+from drivers.bench.base import InstrumentDevice, ReadbackMismatch, watchdog_seconds
 from drivers.instruments.model import ModbusMap, Point
 from drivers.protocol.errors import ModbusExceptionError
 from drivers.protocol.modbus import MAX_READ, ModbusLink
@@ -83,6 +83,14 @@ class ModbusDevice(InstrumentDevice):
             raise ValueError(f"{self.name}: channel {self.channel} outside 0.."
                              f"{instrument.channels - 1} of {instrument.model}")
 
+    async def _setup(self) -> None:
+        """Arm the communication watchdog the instrument file declares."""
+        if self.instrument.watchdog is not None:
+            point = self.instrument.point(self.instrument.watchdog)
+            seconds = watchdog_seconds(self.spec, self.period_s)
+            await self._setup_step(f"write {point.name}={seconds:g}",
+                                   lambda: self._write_now(point, seconds))
+
     def _field_channel(self) -> int:
         return self.channel if self.instrument.channels > 1 else 0
 
@@ -133,6 +141,7 @@ class ModbusDevice(InstrumentDevice):
         point = self.instrument.point(name)
         if not point.writable:
             raise ValueError(f"{self.name}: point {name} of {self.instrument.model} is read-only")
+        self._writing(f"write {name}={value:g}")
         await self._run(f"write {name}={value:g}", lambda: self._write_now(point, value,
                                                                          fallback=always),
                         always=always)
@@ -251,14 +260,7 @@ BATTERY_POINTS = ["soc", "energy_wh", "power_w", "voltage_v", "current_a", "temp
 
 
 class ModbusBattery(ModbusDevice):
-    """BMS readings and the converter's setpoint; arms the converter's watchdog if asked."""
-
-    async def _setup(self) -> None:
-        watchdog = self.spec.params.get("watchdog_s")
-        if watchdog is not None and "watchdog_s" in self.instrument.points:
-            point = self.instrument.point("watchdog_s")
-            await self._setup_step(f"write watchdog_s={float(watchdog):g}",
-                                   lambda: self._write_now(point, float(watchdog)))
+    """BMS readings and the converter's setpoint."""
 
     async def set_power(self, watts: float) -> None:
         await self.write_point("power_setpoint_w", watts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drivers.bench.base import InstrumentDevice, ReadbackMismatch
+from drivers.bench.base import InstrumentDevice, ReadbackMismatch, watchdog_seconds
 from drivers.instruments.model import ScpiCommandSet
 from drivers.protocol.scpi import ScpiLink
 from drivers.roles import PowerReading
@@ -48,6 +48,10 @@ class ScpiPowerDevice(InstrumentDevice):
             volts = min(self.bus_voltage_v * self.instrument.voltage_headroom, ceiling)
             line = self._setting("voltage", volts)
             await self._setup_step(repr(line), lambda: self.link.write(line))
+        if self.instrument.watchdog is not None:  # armed last: fed by every later setting
+            arm = self._setting(self.instrument.watchdog,
+                                watchdog_seconds(self.spec, self.period_s))
+            await self._setup_step(repr(arm), lambda: self.link.write(arm))
 
     async def identify(self) -> str:
         return str(await self._run("identify", lambda: self._query("identify")))
@@ -57,12 +61,14 @@ class ScpiPowerDevice(InstrumentDevice):
             line = self._setting("current", watts / self.bus_voltage_v)
         else:
             line = self._setting("power", watts)
+        self._writing(line)
         await self._run(f"set power {watts:g} W", lambda: self.link.write(line))
 
     async def _switch(self, on: bool, *, always: bool = False) -> None:
         """Turn the output (input) on or off, then read its state back: a mismatch is
         :class:`ReadbackMismatch`."""
         line = self._setting(self.switch, on)
+        self._writing(line)
         what = f"{self.switch} {'on' if on else 'off'}"
         await self._run(what, lambda: self.link.write(line), always=always)
         state = await self._run(f"read back {self.switch}", lambda: self._query(self.switch),

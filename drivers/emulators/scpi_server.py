@@ -85,7 +85,7 @@ class EmulatedScpiDevice:
         self.errors.append((-113, "Undefined header"))
         return None
 
-    def heard(self, line: str) -> str | None | bool:
+    def heard(self, line: str) -> str | bool | None:
         """The quirks' say on a line before it is executed: False to ignore it, a reply
         to give instead, or None to go on."""
         q = self.quirks

@@ -117,6 +117,7 @@ class ModbusMap:
     numbering: str = "zero-based"
     rtu_silent_s: float | None = None  # RTU: quiet before a request (default 3.5 chars)
     turnaround_s: float = 0.0  # RTU: the device's extra time before it listens again
+    watchdog: str | None = None  # the point (seconds) arming its communication watchdog
 
     def write_function_for(self, table: str) -> int:
         """The function code that writes one value of ``table``."""
@@ -204,6 +205,7 @@ class ScpiCommandSet:
     read_terminator: str | None = None  # replies end with this (default: terminator)
     busy_errors: tuple[int, ...] = ()  # error-queue codes that mean "busy, ask again"
     timeout_s: float | None = None
+    watchdog: str | None = None  # the command (seconds) arming its communication watchdog
 
     def command(self, name: str) -> Command:
         try:
@@ -331,6 +333,14 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
         if missing:
             raise InstrumentFileError(source, "[points]",
                                       f"role {role} needs point(s) {', '.join(missing)}")
+    watchdog = head.get("watchdog")
+    if watchdog is not None:
+        point = points.get(watchdog) if isinstance(watchdog, str) else None
+        if point is None or not point.writable:
+            raise InstrumentFileError(source, "[instrument] watchdog",
+                                      "names the writable point that arms the device's "
+                                      f"communication watchdog (seconds); got {watchdog!r}")
+        quirks["watchdog"] = watchdog
     identify = tuple(head.get("identify", ()))
     for name in identify:
         if name not in points:
@@ -343,7 +353,7 @@ COMMON_HEAD_KEYS = frozenset({"protocol", "model", "roles", "title", "follows", 
 MODBUS_HEAD_KEYS = COMMON_HEAD_KEYS | {"word_order", "identify", "channels", "numbering",
                                        "write_function", "coil_write_function",
                                        "max_read_registers", "timeout_s", "rtu_silent_s",
-                                       "turnaround_s"}
+                                       "turnaround_s", "watchdog"}
 NUMBERINGS = ("zero-based", "one-based")
 # Datasheet ("Modicon") numbering: table -> the reference of protocol address 0.
 DATASHEET_BASE = {"coil": 1, "discrete": 10001, "input": 30001, "holding": 40001}
@@ -480,6 +490,7 @@ def _check_overlaps(source: str, points: dict[str, Point]) -> None:
 
 def _parse_scpi(source: str, data: dict[str, Any], head: dict[str, Any],
                 roles: tuple[str, ...]) -> ScpiCommandSet:
+    _known_keys(source, head, SCPI_HEAD_KEYS)
     commands: dict[str, Command] = {}
     for name, c in _table(source, data, "commands").items():
         where = f"[commands] {name}"
@@ -495,6 +506,12 @@ def _parse_scpi(source: str, data: dict[str, Any], head: dict[str, Any],
             raise InstrumentFileError(source, where, "a setting template needs {value}")
         commands[name] = Command(name, c.get("get"), c.get("set"), kind, c.get("true", "ON"),
                                  c.get("false", "OFF"), c.get("unit", ""))
+    watchdog = head.get("watchdog")
+    if watchdog is not None and (not isinstance(watchdog, str) or watchdog not in commands
+                                 or commands[watchdog].set is None):
+        raise InstrumentFileError(source, "[instrument] watchdog",
+                                  "names the command (with a setting, in seconds) that arms "
+                                  f"the device's communication watchdog; got {watchdog!r}")
     setpoint = head.get("setpoint", "power")
     if setpoint not in SETPOINT_COMMANDS:
         raise InstrumentFileError(source, "[instrument] setpoint",
@@ -513,12 +530,14 @@ def _parse_scpi(source: str, data: dict[str, Any], head: dict[str, Any],
         head["model"], head["title"], head["follows"], roles, commands,
         tuple(head.get("init", ())), setpoint, float(head.get("voltage_headroom", 1.05)),
         int(head.get("channel", 1)), head.get("terminator", "\n"),
-        head.get("error_query", "SYST:ERR?") or None, source, **_scpi_quirks(source, head))
+        head.get("error_query", "SYST:ERR?") or None, source, watchdog=watchdog,
+        **_scpi_quirks(source, head))
 
 
 SCPI_HEAD_KEYS = COMMON_HEAD_KEYS | {"setpoint", "init", "voltage_headroom", "channel",
                                      "terminator", "error_query", "remote", "settle_s", "opc",
-                                     "echo", "read_terminator", "busy_errors", "timeout_s"}
+                                     "echo", "read_terminator", "busy_errors", "timeout_s",
+                                     "watchdog"}
 # key -> (accepts, what it must be)
 _SCPI_QUIRKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "remote": (lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v),
@@ -536,7 +555,6 @@ _SCPI_QUIRKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def _scpi_quirks(source: str, head: dict[str, Any]) -> dict[str, Any]:
-    _known_keys(source, head, SCPI_HEAD_KEYS)
     out: dict[str, Any] = {}
     for key, (ok, expected) in _SCPI_QUIRKS.items():
         if key in head:
