@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
@@ -17,6 +19,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.instruments.model import ModbusMap
+from drivers.spec import HouseholdSpec, RigSpec
 
 
 @dataclass
@@ -88,3 +91,18 @@ async def serve_map(instrument: ModbusMap, values: dict[str, float], *,
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+def rig_with(rig: RigSpec, household: str, role: str, port: int, model: str,
+             **params: Any) -> RigSpec:
+    """``rig`` with one device (``household``'s ``role``) on a pymodbus server at ``port``."""
+    def swap(h: HouseholdSpec) -> HouseholdSpec:
+        if h.id != household:
+            return h
+        spec = dataclasses.replace(h.devices[role], driver="modbus", model=model,
+                                   resource=f"modbus+tcp://127.0.0.1:{port}?unit=1",
+                                   params={**h.devices[role].params, "timeout_s": 0.5,
+                                           **params})
+        return dataclasses.replace(h, devices={**h.devices, role: spec})
+
+    return dataclasses.replace(rig, households=tuple(swap(h) for h in rig.households))

@@ -36,7 +36,7 @@ from testbed.rigfile import load_rig, rig_from_dict
 from testbed.runner import RunOutcome, run_scenario
 from testbed.scenario import Scenario, load_scenario
 from testbed.store import Store
-from tests.pymodbus_served import serve_map
+from tests.pymodbus_served import rig_with, serve_map
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -163,14 +163,8 @@ CONVERTER_VALUES = {"soc": 0.5, "voltage_v": 48.0, "energy_wh": 12.5, "capacity_
 
 
 def _converter_rig(port: int, model: str) -> RigSpec:
-    """The mock rig, household 1's battery on the pymodbus server."""
-    rig, _ = two_households()
-    h1 = rig.households[0]
-    battery = dataclasses.replace(h1.devices["battery"], driver="modbus", model=model,
-                                  resource=f"modbus+tcp://127.0.0.1:{port}?unit=1",
-                                  params={**h1.devices["battery"].params, "timeout_s": 0.5})
-    h1 = dataclasses.replace(h1, devices={**h1.devices, "battery": battery})
-    return dataclasses.replace(rig, households=(h1, *rig.households[1:]))
+    """The two-household rig, household 1's battery on the pymodbus server."""
+    return rig_with(two_households()[0], "1", "battery", port, model)
 
 
 def _only16(tmp_path: Path) -> str:
