@@ -74,8 +74,8 @@ async def test_an_impossible_value_is_an_invalid_reading(small_rig: RigSpec,
         bench = build_bench(rig_with(small_rig, "1", "meter", served.port, "eastron-sdm630"),
                             RealClock())
         try:
-            with pytest.raises(DeviceUnavailable, match="frequency_hz = .* is (not a number|"
-                                                        "infinite|a denormal float)"):
+            with pytest.raises(DeviceUnavailable, match=r"frequency_hz = .* is (not a number|"
+                                                        r"infinite|a denormal float)"):
                 await bench.households["1"].meter.identify()
         finally:
             for d in bench.devices():
