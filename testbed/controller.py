@@ -9,7 +9,8 @@ its target (a dead-beat correction on the *measured* energy: the loop closes on 
 so battery losses and limits show up as deviations rather than being assumed away).
 
 The supervisor part: a rig whose reading fails or grows older than ``stale_periods``
-control periods is taken off the bus (outputs off, relay open) and driven no more; the
+control periods, or whose contactor cannot be read or has dropped out, is taken off the bus
+(outputs off, relay open) and driven no more; the
 settlement then meets its remaining trades with the grid. A reading outside what the rig
 can show (bus voltage, ratings) is not used. An energy counter that goes backwards, or
 jumps further than the rig's rated power allows in the time elapsed, is a fault: the rig
@@ -269,16 +270,23 @@ class Controller:
             self._check_estop()
             deadline = t0 + (k + 1) * tl.dt
             live = [p for p in plans if p.household not in self.tripped]
-            # Every meter and BMS at once: instruments on different links answer in parallel.
-            meters, batteries = await asyncio.gather(
+            # Every meter, BMS and contactor at once: instruments on different links answer
+            # in parallel. A contactor that cannot be read, or has dropped out, is a fault.
+            meters, batteries, relays = await asyncio.gather(
                 self._meters([p.household for p in live]),
                 asyncio.gather(*(houses[p.household].battery.read() for p in live),
+                               return_exceptions=True),
+                asyncio.gather(*(houses[p.household].relay.read_closed() for p in live),
                                return_exceptions=True))
             now = self.clock.now()
             hour = tl.hour(start_hour, k, rig.time_scale)
             writes, rows, driven = [], [], []
-            for plan, bat in zip(live, batteries, strict=True):
+            for plan, bat, closed in zip(live, batteries, relays, strict=True):
                 hid = plan.household
+                if closed is not True:
+                    await self.trip(hid, f"relay lost: {closed}" if isinstance(
+                        closed, BaseException) else "relay reads open while commanded closed")
+                    continue
                 reading = meters[hid]
                 if not isinstance(reading, BaseException) and \
                         (problem := self.reading_problem(hid, reading)) is not None:

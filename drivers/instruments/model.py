@@ -275,8 +275,7 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
         where = f"[points] {name}"
         if not isinstance(p, dict):
             raise InstrumentFileError(source, where, "expected an inline table")
-        unknown = set(p) - {"table", "address", "type", "scale", "unit", "access", "bits",
-                            "doc", "word_order", "rollover", "min", "max", "bit", "mask"}
+        unknown = set(p) - POINT_KEYS
         if unknown:
             raise InstrumentFileError(source, where, f"unknown key {sorted(unknown)[0]!r}")
         table, kind = p.get("table"), p.get("type")
@@ -349,7 +348,10 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
                      int(head.get("channels", 1)), source, numbering=numbering, **quirks)
 
 
-COMMON_HEAD_KEYS = frozenset({"protocol", "model", "roles", "title", "follows", "doc"})
+COMMON_HEAD_KEYS = frozenset({"protocol", "model", "roles", "title", "follows"})
+POINT_KEYS = frozenset({"table", "address", "type", "scale", "unit", "access", "bits", "doc",
+                        "word_order", "rollover", "min", "max", "bit", "mask"})
+COMMAND_KEYS = frozenset({"get", "set", "type", "true", "false", "unit", "doc"})
 MODBUS_HEAD_KEYS = COMMON_HEAD_KEYS | {"word_order", "identify", "channels", "numbering",
                                        "write_function", "coil_write_function",
                                        "max_read_registers", "timeout_s", "rtu_silent_s",
@@ -496,7 +498,7 @@ def _parse_scpi(source: str, data: dict[str, Any], head: dict[str, Any],
         where = f"[commands] {name}"
         if not isinstance(c, dict) or not (c.get("get") or c.get("set")):
             raise InstrumentFileError(source, where, "needs get and/or set")
-        unknown = set(c) - {"get", "set", "type", "true", "false", "unit", "doc"}
+        unknown = set(c) - COMMAND_KEYS
         if unknown:
             raise InstrumentFileError(source, where, f"unknown key {sorted(unknown)[0]!r}")
         kind = c.get("type", "float")
