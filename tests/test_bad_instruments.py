@@ -32,6 +32,7 @@ from drivers.instruments.model import ModbusMap
 from drivers.registry import build_bench
 from drivers.spec import DeviceSpec, RigSpec
 from testbed.controller import Controller
+from testbed.report import summarise
 from testbed.rigfile import load_rig, rig_from_dict
 from testbed.runner import RunOutcome, run_scenario
 from testbed.scenario import Scenario, load_scenario
@@ -141,6 +142,7 @@ async def test_a_counter_that_jumps_back_disputes_the_interval_and_settles_nothi
     assert not [t for t in iv.settlement.transfers if "1" in (t.source, t.target)]
     assert iv.settlement.held and all("1" in (f.buyer, f.seller) for f in iv.settlement.held)
     assert out.balances["1"] == out.opening["1"]  # nothing settled for it
+    assert "went backwards" in summarise(out)["disputed"]["interval 0 household 1"]
     op = store.db["keys"].get((out.run_id, "operator"))["public_key"]
     state, err = rules.replay(store.blocks(out.run_id), op)
     assert err is None

@@ -6,6 +6,7 @@ a setting (constant current into the bus, or native constant power) is its ``set
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from drivers.bench.base import InstrumentDevice, ReadbackMismatch, watchdog_seconds
@@ -41,8 +42,8 @@ class ScpiPowerDevice(InstrumentDevice):
                             f"to {cmd.query(self.channel)!r}") from None
 
     async def _setup(self) -> None:
-        for line in self.instrument.init:
-            await self._setup_step(repr(line), lambda line=line: self.link.write(line))
+        for init in self.instrument.init:
+            await self._setup_step(repr(init), partial(self.link.write, init))
         if self.instrument.setpoint == "current":
             ceiling = self.spec.limits.max_voltage_v or float("inf")
             volts = min(self.bus_voltage_v * self.instrument.voltage_headroom, ceiling)

@@ -297,6 +297,7 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
         for ok, problem in checks:
             if not ok:
                 raise InstrumentFileError(source, where, problem)
+        table, kind = str(table), str(kind)
         address = _protocol_address(source, where, table, p["address"], numbering)
         if address > 0xFFFF:
             raise InstrumentFileError(source, where, "address must be in 0..0xFFFF")
@@ -470,10 +471,10 @@ def _check_overlaps(source: str, points: dict[str, Point]) -> None:
     fields: dict[tuple[str, int], list[Point]] = {}
     for p in points.values():
         if p.mask is not None:
-            for other in fields.setdefault((p.table, p.address), []):
-                if other.mask is not None and other.mask & p.mask:
+            for field_point in fields.setdefault((p.table, p.address), []):
+                if field_point.mask is not None and field_point.mask & p.mask:
                     raise InstrumentFileError(source, f"[points] {p.name}",
-                                              f"its bits overlap {other.name}'s")
+                                              f"its bits overlap {field_point.name}'s")
             fields[(p.table, p.address)].append(p)
     taken: dict[tuple[str, int], str] = {}
     for p in points.values():
