@@ -2,10 +2,9 @@
 
 Each exchange runs under a deadline. A broken link (timeout, disconnect, garbled frame) gets
 one retry on a fresh connection; a second failure, or an instrument that answers with an
-error, marks the device defective and raises :class:`DeviceUnavailable`. A *transient*
-answer (Modbus exception 5 or 6, an SCPI ``busy_errors`` code) is asked again after a short
-pause, as long as the retries fit in half a control period: one busy answer never costs a
-reading. While defective, calls fail at once until the back-off (which scales with the
+error, marks the device defective and raises :class:`DeviceUnavailable`. (A *busy* answer
+never gets here while the link may still ask again: ``Link.while_busy``, half a control
+period.) While defective, calls fail at once until the back-off (which scales with the
 control period) has passed.
 
 The safe state never waits behind set-up: ``always`` exchanges (safe state, read-backs)
@@ -31,7 +30,6 @@ from drivers.transport.base import LinkError
 
 T = TypeVar("T")
 
-TRANSIENT_PAUSE_S = 0.02  # between asking again after a busy answer (at most period / 10)
 WATCHDOG_MIN_S = 5.0  # a watchdog armed by default waits this long, or 10 control periods
 
 
@@ -57,7 +55,7 @@ class ReadOnlyDevice(DeviceUnavailable):
 class InstrumentDevice:
     """A device behind a (possibly shared) link; subclasses add the role methods.
 
-    ``period_s`` is the rig's control period: the budget for retrying transient answers.
+    ``period_s`` is the rig's control period (watchdog defaults).
     """
 
     def __init__(self, spec: DeviceSpec, resource: Resource, clock: Clock, pool: LinkPool,
@@ -75,7 +73,6 @@ class InstrumentDevice:
         self.defects = defects
         self._setup_generation = -1
         self._closed = False
-        self.transient_retries = 0  # busy answers absorbed (reports, tests)
 
     async def _setup(self) -> None:
         """Sent once per connection before the first exchange (init lines, watchdog...).
@@ -114,12 +111,7 @@ class InstrumentDevice:
                 f"{self.defects.seconds_to_retry(self.name):.1f} s")
         deadline = self.resource.timeout_s * 4 + 1.0
         last: Exception | None = None
-        attempt = 0
-        # Busy answers are real-time events on a real link: budget them on the loop's clock.
-        loop = asyncio.get_running_loop()
-        busy_until = loop.time() + self.period_s / 2
-        pause = min(TRANSIENT_PAUSE_S, self.period_s / 10)
-        while attempt < 2:
+        for attempt in range(2):
             try:
                 if attempt:
                     await self.link.reset()
@@ -128,19 +120,11 @@ class InstrumentDevice:
                     result = await exchange()
             except (LinkError, TimeoutError) as err:
                 last = err
-                attempt += 1
                 continue
             except SetupFailed as err:
                 self.defects.add(self.name, err.problem)
                 raise
-            except InstrumentError as err:
-                if err.transient and loop.time() + pause < busy_until:
-                    self.transient_retries += 1
-                    await asyncio.sleep(pause)  # busy: ask again within the period
-                    continue
-                self.defects.add(self.name, f"{what}: {err}")
-                raise self._unavailable(f"{what}: {err}") from err
-            except ValueError as err:
+            except (InstrumentError, ValueError) as err:
                 self.defects.add(self.name, f"{what}: {err}")
                 raise self._unavailable(f"{what}: {err}") from err
             self.defects.remove(self.name)

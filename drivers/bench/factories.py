@@ -86,9 +86,12 @@ def scpi_factory(spec: DeviceSpec, household: str | None, ctx: BuildContext) -> 
                         terminator=instrument.terminator, error_query=instrument.error_query,
                         quirks=quirks)
 
-    return SCPI_ROLES[spec.role](spec, resource, ctx.clock, pool, make_link, defects,
-                                 ctx.rig.control_period_s, instrument=instrument,
-                                 bus_voltage_v=ctx.rig.bus_voltage_v, read_only=ctx.read_only)
+    device = SCPI_ROLES[spec.role](spec, resource, ctx.clock, pool, make_link, defects,
+                                   ctx.rig.control_period_s, instrument=instrument,
+                                   bus_voltage_v=ctx.rig.bus_voltage_v,
+                                   read_only=ctx.read_only)
+    device.link.allow_busy(ctx.rig.control_period_s / 2)
+    return device
 
 
 def modbus_factory(spec: DeviceSpec, household: str | None,

@@ -31,7 +31,6 @@ from drivers.transport.base import LinkClosed, LinkError, LinkTimeout
 logging.getLogger("pymodbus").addHandler(logging.NullHandler())
 
 TABLES = ("holding", "input", "coil", "discrete")
-BUSY_PAUSE_S = 0.02  # before asking a busy device again
 MAX_READ = {"holding": 125, "input": 125, "coil": 2000, "discrete": 2000}
 
 _CLIENTS: dict[str, Callable[[Resource], Any]] = {
@@ -65,13 +64,6 @@ class ModbusLink(Link):
         self._client: Any = None
         self.quiet_s = silent_interval(resource.baud) if resource.link == "serial" else 0.0
         self._last_reply = 0.0
-        self.busy_budget_s = 0.0  # how long one request may keep asking a busy device
-        self.busy_retries = 0  # busy (exception 5/6) answers asked again
-
-    def allow_busy(self, budget_s: float) -> None:
-        """Ask a busy device again (exceptions 5, 6), after a short pause, for up to
-        ``budget_s`` per request (half a control period: the answer still comes in time)."""
-        self.busy_budget_s = max(self.busy_budget_s, budget_s)
 
     def need_quiet(self, seconds: float) -> None:
         """A device on this line needs at least ``seconds`` between a reply and the next
@@ -109,18 +101,8 @@ class ModbusLink(Link):
             await asyncio.sleep(self.resource.timeout_s)
 
     async def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """One request; a busy answer is asked again within :attr:`busy_budget_s`."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + self.busy_budget_s
-        pause = min(BUSY_PAUSE_S, self.busy_budget_s / 5)
-        while True:
-            try:
-                return await self._call_once(what, method, *args, **kwargs)
-            except ModbusExceptionError as err:
-                if not err.transient or loop.time() + pause >= until:
-                    raise
-                self.busy_retries += 1
-                await asyncio.sleep(pause)
+        """One request; a busy answer is asked again (:meth:`Link.while_busy`)."""
+        return await self.while_busy(lambda: self._call_once(what, method, *args, **kwargs))
 
     async def _call_once(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
         await self.ensure_open()

@@ -101,36 +101,40 @@ class ScpiLink(Link):
 
     async def write(self, command: str) -> None:
         """Send a setting, then drain the error queue; raise the first error it held
-        (:class:`ScpiError`, transient for a ``busy_errors`` code), or
-        :class:`InstrumentMessage` when the error query is answered in words."""
+        (:class:`ScpiError`; a ``busy_errors`` code is transient, and the setting is sent
+        again within the busy budget), or :class:`InstrumentMessage` when the error query
+        is answered in words."""
         async with self.lock:
-            await self._live()
-            await self._send(command)
-            if self.quirks.settle_s:
-                self._quiet_until = asyncio.get_running_loop().time() + self.quirks.settle_s
-            if self.quirks.opc:
-                await self._send("*OPC?")
-                reply = await self._receive()
-                if reply.strip() != "1":
-                    raise InstrumentMessage(reply, f"{command} (*OPC?)")
-            if self.error_query is None:
-                return
-            first: ScpiError | None = None
-            for _ in range(MAX_ERRORS_DRAINED):
-                await self._send(self.error_query)
-                reply = await self._receive()
-                try:
-                    code, message = parse_error(reply)
-                except LinkError:
-                    if not reply.isprintable():  # garbled on the line: a link fault
-                        raise
-                    raise InstrumentMessage(reply, command) from None
-                if code == 0:
-                    break
-                first = first or ScpiError(code, message, command,
-                                           transient=code in self.quirks.busy_errors)
-            if first is not None:
-                raise first
+            await self.while_busy(lambda: self._write(command))
+
+    async def _write(self, command: str) -> None:
+        await self._live()
+        await self._send(command)
+        if self.quirks.settle_s:
+            self._quiet_until = asyncio.get_running_loop().time() + self.quirks.settle_s
+        if self.quirks.opc:
+            await self._send("*OPC?")
+            reply = await self._receive()
+            if reply.strip() != "1":
+                raise InstrumentMessage(reply, f"{command} (*OPC?)")
+        if self.error_query is None:
+            return
+        first: ScpiError | None = None
+        for _ in range(MAX_ERRORS_DRAINED):
+            await self._send(self.error_query)
+            reply = await self._receive()
+            try:
+                code, message = parse_error(reply)
+            except LinkError:
+                if not reply.isprintable():  # garbled on the line: a link fault
+                    raise
+                raise InstrumentMessage(reply, command) from None
+            if code == 0:
+                break
+            first = first or ScpiError(code, message, command,
+                                       transient=code in self.quirks.busy_errors)
+        if first is not None:
+            raise first
 
     async def identify(self) -> str:
         return await self.query("*IDN?")

@@ -79,7 +79,7 @@ async def test_scpi_busy_codes_declared_in_the_file_are_retried(
         pv = bench.households["1"].pv
         for watts in (10.0, 20.0, 30.0, 40.0):
             await pv.set_power(watts)
-        assert pv.transient_retries >= 2
+        assert pv.link.busy_retries >= 2
     finally:
         for d in bench.devices():
             await d.close()
