@@ -24,7 +24,7 @@ from rich.table import Table
 
 from drivers.clock import RealClock
 from drivers.emulators.bench import EmulatedBench
-from drivers.emulators.faults import parse_fault
+from drivers.emulators.faults import apply_quirk, parse_fault
 from drivers.emulators.toml_out import dumps
 from drivers.registry import build_bench
 from drivers.roles import ROLES
@@ -202,6 +202,7 @@ def _print_check(results: list[CheckResult], console: Console, title: str = "rig
 async def serve_emulated(rig: RigSpec, out: Path, *, time_scale: float | None = None,
                          control_period_s: float | None = None, pace_baud: int | None = None,
                          faults: list[str] | None = None, models: dict[str, str] | None = None,
+                         quirks: list[str] | None = None,
                          host: str = "127.0.0.1", console: Console | None = None,
                          stop: asyncio.Event | None = None) -> None:
     """Serve every instrument of ``rig``, write ``out``, and run until ``stop`` or a signal."""
@@ -217,6 +218,12 @@ async def serve_emulated(rig: RigSpec, out: Path, *, time_scale: float | None = 
             if device not in emu.endpoints:
                 raise InputError("--fault", f"no device {device!r} in rig {rig.name}")
             emu.device(device).faults.inject(fault.kind, fault.count)
+        for text in quirks or []:
+            device, sep, quirk = text.partition("=")
+            if not sep or device.strip() not in emu.endpoints:
+                raise InputError("--quirk", f"expected DEVICE=QUIRK:VALUE naming a device of "
+                                            f"rig {rig.name}, got {text!r}")
+            apply_quirk(emu.device(device.strip()).quirks, quirk)
         data = emu.rig_dict(time_scale=time_scale, control_period_s=control_period_s)
         out.write_text(dumps(data, f"Written by `testbed emulate {rig.name}`: valid while it "
                                    "runs.\nEvery device points at its protocol emulator."),
@@ -294,6 +301,10 @@ def register(app: typer.Typer) -> None:
         fault: Annotated[list[str] | None, typer.Option(
             help="Inject a fault: DEVICE=KIND[:COUNT], e.g. 'household 1 meter=no_reply:3'.")
         ] = None,
+        quirk: Annotated[list[str] | None, typer.Option(
+            help="Give an instrument a lasting quirk: DEVICE=QUIRK:VALUE, e.g. "
+                 "'household 1 meter=busy_every:10', 'household 1 battery=refuse_functions:6'.")
+        ] = None,
         model: Annotated[list[str] | None, typer.Option(
             help="Use this instrument file for a role: ROLE=MODEL, e.g. meter=peacefair-pzem017.")
         ] = None,
@@ -305,7 +316,7 @@ def register(app: typer.Typer) -> None:
             asyncio.run(serve_emulated(
                 spec, write_rig, time_scale=time_scale, control_period_s=control_period,
                 pace_baud=pace, faults=fault, models=_pairs(model or [], "--model"),
-                host=host))
+                quirks=quirk, host=host))
         except (InputError, ValueError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None

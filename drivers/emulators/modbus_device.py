@@ -67,7 +67,8 @@ class EmulatedModbusDevice:
         return word
 
     def read(self, table: str, address: int, count: int) -> list[int]:
-        if not 1 <= count <= MAX_QUANTITY[table]:
+        most = self.quirks.max_read * (16 if table in ("coil", "discrete") else 1)
+        if not 1 <= count <= (most or MAX_QUANTITY[table]):
             raise Reject(3)
         cache: dict[tuple[str, int], list[int]] = {}
         out = []

@@ -249,6 +249,27 @@ def test_quirk_keys_are_checked(tmp_path: Path, key: str, value: str, problem: s
         load_instrument(model)
 
 
+async def test_a_device_that_reads_few_registers_at_a_time_is_asked_so(
+        emulator: EmulatedBench, tmp_path: Path) -> None:
+    meter = emulator.device("household 2 meter")
+    meter.quirks.max_read = 4  # type: ignore[union-attr]
+    bench = build_bench(emulated_rig(emulator), RealClock())
+    try:
+        with pytest.raises(DeviceUnavailable, match="Modbus exception 3"):
+            await bench.households["2"].meter.read()
+    finally:
+        for d in bench.devices():
+            await d.close()
+    model = _edited(tmp_path, "eastron-sdm630", 'word_order = "big"',
+                    'word_order = "big"\nmax_read_registers = 4')
+    bench = build_bench(_with_model(emulator, "meter", model), RealClock())
+    try:
+        assert (await bench.households["2"].meter.read()).voltage_v == 48.0
+    finally:
+        for d in bench.devices():
+            await d.close()
+
+
 def test_max_read_registers_splits_the_requests() -> None:
     from drivers.bench.modbus_devices import plan_reads
 
@@ -316,3 +337,16 @@ async def test_an_echoing_instrument_is_understood(emulator: EmulatedBench,
     finally:
         for d in bench.devices():
             await d.close()
+
+
+def test_quirks_are_switched_on_by_text_as_emulate_takes_them() -> None:
+    from drivers.emulators.faults import Quirks, apply_quirk
+
+    q = Quirks()
+    for text in ("busy_every:10", "refuse_functions:6", "counter_offset:import_wh=9999990",
+                 "counter_rollover:import_wh=10000000", "echo:true", "local_until:SYST:REM"):
+        apply_quirk(q, text)
+    assert q.busy_every == 10 and q.refuse_functions == {6} and q.echo
+    assert q.counter("import_wh", 15.0) == 5.0 and q.local_until == "SYST:REM"
+    with pytest.raises(ValueError, match="unknown quirk 'bussy'"):
+        apply_quirk(q, "bussy:1")
