@@ -135,7 +135,9 @@ def apply_quirk(quirks: Quirks, text: str) -> None:
     except ValueError as err:
         raise ValueError(f"quirk {name}: {err}") from None
     current = getattr(quirks, name)
-    if isinstance(current, dict | set):
-        current.update(parsed)  # type: ignore[arg-type]
+    if isinstance(current, dict) and isinstance(parsed, dict):
+        current.update(parsed)
+    elif isinstance(current, set) and isinstance(parsed, set):
+        current.update(parsed)
     else:
         setattr(quirks, name, parsed)
