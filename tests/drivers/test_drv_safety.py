@@ -104,3 +104,9 @@ async def test_preflight_lists_the_devices_without_a_watchdog(small_rig: RigSpec
     assert live == [f"household {h} {role}" for h in ("1", "2", "3")
                     for role in ("pv", "load", "relay")]  # batteries have one
     assert unwatched(small_rig) == []  # mock devices end with the controller's process
+
+
+def test_rig_safe_on_the_command_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["rig", "safe", "mock", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"identity": "safe"' in result.output and '"relay": "open"' in result.output
