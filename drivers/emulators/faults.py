@@ -135,9 +135,7 @@ def apply_quirk(quirks: Quirks, text: str) -> None:
     except ValueError as err:
         raise ValueError(f"quirk {name}: {err}") from None
     current = getattr(quirks, name)
-    if isinstance(current, dict) and isinstance(parsed, dict):
-        current.update(parsed)
-    elif isinstance(current, set) and isinstance(parsed, set):
+    if hasattr(current, "update"):  # a set or a per-point table: add to it
         current.update(parsed)
     else:
         setattr(quirks, name, parsed)
