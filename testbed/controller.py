@@ -10,9 +10,9 @@ so battery losses and limits show up as deviations rather than being assumed awa
 
 The supervisor part: a rig whose reading fails or grows older than ``stale_periods``
 control periods, or whose contactor cannot be read or has dropped out, is taken off the bus
-(outputs off, relay open) and driven no more; the
-settlement then meets its remaining trades with the grid. A reading outside what the rig
-can show (bus voltage, ratings) is not used. An energy counter that goes backwards, or
+(outputs off, relay open) and driven no more; the settlement then meets its remaining
+trades with the grid. A reading outside what the rig can show (bus voltage, ratings) is
+not used. An energy counter that goes backwards, or
 jumps further than the rig's rated power allows in the time elapsed, is a fault: the rig
 leaves the bus and its metered energy for the interval is *disputed* (not settled). An
 emergency stop ends the interval at once and the caller's ``finally`` leaves the whole

@@ -126,3 +126,35 @@ def test_a_dispute_keeps_the_escrow_across_blocks_until_resolved(tmp_path: Path)
     with store.transaction():
         led.seal(1, later)
     assert verify_run(store, "r1") is None and led.state.available("1") == 10_000
+
+
+async def test_the_run_disputes_what_the_ledger_refuses(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger is the last line: with the controller's own checks switched off, energy
+    beyond a rig's rating is still not settled."""
+    import dataclasses
+
+    from drivers.clock import VirtualClock
+    from drivers.spec import Limits
+    from testbed import controller
+    from testbed.rigfile import load_rig
+    from testbed.runner import run_scenario
+    from testbed.scenario import load_scenario
+
+    monkeypatch.setattr(controller, "counter_fault", lambda *a: None)
+    monkeypatch.setattr(controller.Controller, "reading_problem", lambda *a: None)
+    rig = load_rig("mock")
+    h1 = rig.households[0]
+    meter = dataclasses.replace(h1.devices["meter"], limits=Limits(max_power_w=1.0))
+    rig = dataclasses.replace(rig, households=(
+        dataclasses.replace(h1, devices={**h1.devices, "meter": meter}), *rig.households[1:]))
+    store = Store(tmp_path / "r.db")
+    out = await run_scenario(load_scenario("scenario2"), rig, store, clock=VirtualClock())
+    iv = out.intervals[0]
+    # 1 W lab at power scale 0.1 is 0.01 kW: 0.24 kWh a day, and household 1 moved 3 kWh
+    assert iv.measurement.disputed["1"].startswith("the ledger refuses its metered energy: "
+                                                   "metered -3")
+    assert "exceeds its rated 1/100 kW x 24 h" in iv.measurement.disputed["1"]
+    assert list(iv.measurement.disputed) == ["1"]
+    assert out.balances["1"] == out.opening["1"]
+    assert verify_run(store, out.run_id) is None
