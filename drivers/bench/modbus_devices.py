@@ -15,7 +15,7 @@ from typing import Any
 from drivers.bench.base import InstrumentDevice, ReadbackMismatch, watchdog_seconds
 from drivers.instruments.model import ModbusMap, Point
 from drivers.protocol.errors import ModbusExceptionError
-from drivers.protocol.modbus import MAX_READ, ModbusLink
+from drivers.protocol.modbus import MAX_READ, WRITE_FUNCTIONS, ModbusLink
 from drivers.roles import BatteryReading, MeterReading
 
 BIT_TABLES = ("coil", "discrete")
@@ -162,11 +162,10 @@ class ModbusDevice(InstrumentDevice):
         try:
             await self.link.write(point.table, address, words, self.unit, function=function)
         except ModbusExceptionError as err:
-            single = function in (5, 6)
-            if not (fallback and single and err.code == ILLEGAL_FUNCTION):
+            single, multiple = WRITE_FUNCTIONS[point.table]
+            if not (fallback and function == single and err.code == ILLEGAL_FUNCTION):
                 raise
-            await self.link.write(point.table, address, words, self.unit,
-                                  function=16 if point.table == "holding" else 15)
+            await self.link.write(point.table, address, words, self.unit, function=multiple)
 
     async def confirm(self, name: str, expected: float) -> None:
         """Read ``name`` back (even while defective); raise :class:`ReadbackMismatch`
@@ -236,6 +235,7 @@ class ModbusGrid(_MetersEnergy):
 
     async def set_enabled(self, on: bool) -> None:
         await self.write_point("enabled", 1.0 if on else 0.0)
+        await self.confirm("enabled", 1.0 if on else 0.0)
 
     async def safe_state(self) -> None:
         return None  # the grid node stays up to hold the bus while rigs disconnect
