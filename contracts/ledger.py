@@ -25,7 +25,18 @@ controller wrote is valid exactly when replaying it gives the same state. Transa
                  ``grid`` account (``open``, no key) stands for the utility outside the
                  community: its balance is the community's net with the grid and may be
                  negative.
-``release``      an escrow returned whole; every escrow opened in a block is released in it.
+``release``      an escrow returned whole; every escrow opened in a block is released in it,
+                 unless a dispute froze it.
+``rating``       genesis only: the most energy an account's rig can move per hour
+                 (``max_kw``, market kW: its rated power); a ``metered`` record above
+                 ``max_kw`` x ``hours`` is refused.
+``metered``      the energy a household's meter gave for an interval (``energy_kwh``,
+                 ``hours``): what the interval is settled on.
+``dispute``      a household's metered energy for an interval is disputed (``reason``):
+                 it is not settled, and the escrows named in ``orders`` stay held across
+                 blocks until a ``resolve`` releases them.
+``resolve``      the operator's decision on a dispute (``reason``): the frozen escrow of
+                 ``order`` is released (the settlement it decides comes as transfers).
 """
 
 from __future__ import annotations
@@ -159,15 +170,21 @@ class LedgerState:
     height: int = 0
     minted: int = 0
     _block_orders: set[str] = field(default_factory=set)
+    ratings: dict[str, Fraction] = field(default_factory=dict)  # account -> max kW
+    frozen: dict[str, tuple[str, int]] = field(default_factory=dict)  # disputed escrows
+    disputes: list[tuple[int, int, str, str]] = field(default_factory=list)
+    # (height, interval, household, reason) of every dispute on the chain
 
     def copy(self) -> LedgerState:
         return LedgerState(self.operator, self.aud_per_token, dict(self.keys),
                            dict(self.balances), dict(self.holds), dict(self.nonces),
                            set(self.executed), self.height, self.minted,
-                           set(self._block_orders))
+                           set(self._block_orders), dict(self.ratings), dict(self.frozen),
+                           list(self.disputes))
 
     def available(self, account: str) -> int:
-        held = sum(a for owner, a in self.holds.values() if owner == account)
+        held = sum(a for owner, a in (*self.holds.values(), *self.frozen.values())
+                   if owner == account)
         return self.balances.get(account, 0) - held
 
     def rejection(self, order: Mapping[str, Json]) -> str | None:
@@ -312,6 +329,52 @@ class LedgerState:
         del self.holds[digest]
 
 
+    def _rating(self, tx: Mapping[str, Json]) -> None:
+        account, max_kw = str(tx["account"]), _fraction(tx, "max_kw")
+        if self.height != 0:
+            raise TxError("ratings are declared in genesis only")
+        if account not in self.balances or max_kw <= 0:
+            raise TxError(f"rating of unknown account {account!r} or not positive")
+        self.ratings[account] = max_kw
+
+    def _metered(self, tx: Mapping[str, Json]) -> None:
+        who = str(tx["household"])
+        energy, hours = _fraction(tx, "energy_kwh"), _fraction(tx, "hours")
+        if who not in self.balances or hours <= 0 or not isinstance(tx["interval"], int):
+            raise TxError(f"metered energy of unknown account {who!r} or over no time")
+        cap = self.ratings.get(who)
+        if cap is not None and abs(energy) > cap * hours:
+            raise TxError(f"metered {energy} kWh of {who!r} in {hours} h exceeds its rated "
+                          f"{cap} kW x {hours} h = {cap * hours} kWh: not settled")
+
+    def _dispute(self, tx: Mapping[str, Json]) -> None:
+        who, interval, reason = str(tx["household"]), int(tx["interval"]), str(tx["reason"])
+        if who not in self.balances or not reason:
+            raise TxError(f"dispute of unknown account {who!r} or without a reason")
+        orders = tx["orders"]
+        if not isinstance(orders, list):
+            raise TxError("dispute orders must be a list of order hashes")
+        for digest in map(str, orders):
+            if digest not in self.holds:
+                raise TxError(f"dispute freezes escrow {digest[:12]}… that is not open")
+            self.frozen[digest] = self.holds.pop(digest)
+        self.disputes.append((self.height, interval, who, reason))
+
+    def _resolve(self, tx: Mapping[str, Json]) -> None:
+        digest, reason = str(tx["order"]), str(tx["reason"])
+        if digest not in self.frozen or not reason:
+            raise TxError(f"resolve of escrow {digest[:12]}… that is not frozen, or without "
+                          "a reason")
+        del self.frozen[digest]
+
+
+def _fraction(tx: Mapping[str, Json], key: str) -> Fraction:
+    try:
+        return Fraction(str(tx[key]))
+    except (ValueError, ZeroDivisionError):
+        raise TxError(f"{key} {tx[key]!r} is not a decimal number") from None
+
+
 def _amount(tx: Mapping[str, Json]) -> int:
     amount = tx["amount"]
     if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
@@ -324,6 +387,8 @@ _HANDLERS = {
     "open": LedgerState._open, "deposit": LedgerState._deposit, "order": LedgerState._order,
     "rejected": LedgerState._rejected, "fill": LedgerState._fill,
     "transfer": LedgerState._transfer, "release": LedgerState._release,
+    "rating": LedgerState._rating, "metered": LedgerState._metered,
+    "dispute": LedgerState._dispute, "resolve": LedgerState._resolve,
 }
 
 

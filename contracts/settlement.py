@@ -10,6 +10,11 @@ difference ``metered - cleared`` settles with the grid:
 * a buyer that takes less than it bought pays for what it bought; what it left is not
   credited (the grid absorbs it) unless the household actually exported, which is fed in.
 
+A household whose metered energy is *disputed* (a meter counter fault, see
+``testbed.controller``) is not settled at all: no grid settlement, and every fill it is a
+party to is *held* (unpaid, its escrow kept) for the operator to decide; its counterparty
+still counts the held fill as cleared, so it is not paid twice for the same energy.
+
 Money moves as transfers of integer micro-units, each from one account to another, so the
 sum of all balances (households and the grid) is conserved exactly by construction.
 
@@ -58,6 +63,7 @@ class HouseholdSettlement:
     market_aud: Fraction  # + received from the community, - paid to it
     grid_aud: Fraction  # + feed-in income, - import cost
     unfunded_micro: int = 0  # grid import its balance could not pay (the grid's loss)
+    disputed: str = ""  # why this household's interval is not settled ("" = settled)
 
     @property
     def net_aud(self) -> Fraction:
@@ -68,6 +74,7 @@ class HouseholdSettlement:
 class Settlement:
     households: tuple[HouseholdSettlement, ...]
     transfers: tuple[Transfer, ...]
+    held: tuple[Fill, ...] = ()  # fills with a disputed party: not paid, escrow kept
 
     @property
     def community_net_aud(self) -> Fraction:
@@ -88,13 +95,18 @@ def settle(
     metered_kwh: Mapping[str, Fraction],
     tariff: Tariff,
     aud_per_token: Fraction,
+    *,
     funds: Mapping[str, int] | None = None,
+    disputed: Mapping[str, str] | None = None,
 ) -> Settlement:
     """Settle one interval. ``metered_kwh`` must name every household (fills use its ids).
 
     ``funds``: each household's balance (micro-units) before the interval; when given, its
     grid import is charged only up to what it holds after its market transfers, and the
-    rest is its ``unfunded_micro`` (no balance goes below zero)."""
+    rest is its ``unfunded_micro`` (no balance goes below zero). ``disputed`` (household ->
+    reason) are left unsettled, their fills held."""
+    disputed = disputed or {}
+    held: list[Fill] = []
     transfers: list[Transfer] = []
     market: dict[str, Fraction] = {h: Fraction(0) for h in metered_kwh}
     cleared: dict[str, Fraction] = {h: Fraction(0) for h in metered_kwh}
@@ -103,17 +115,24 @@ def settle(
         for party in (f.seller, f.buyer):
             if party not in metered_kwh:
                 raise KeyError(f"fill names household {party!r} with no meter reading")
-        aud = f.energy * f.price
-        market[f.seller] += aud
-        market[f.buyer] -= aud
         cleared[f.seller] += f.energy
         cleared[f.buyer] -= f.energy
         bought[f.buyer] += f.energy
+        if f.seller in disputed or f.buyer in disputed:
+            held.append(f)
+            continue
+        aud = f.energy * f.price
+        market[f.seller] += aud
+        market[f.buyer] -= aud
         transfers.append(Transfer(f.buyer, f.seller, aud_to_micro(aud, aud_per_token),
                                   f"energy {f.energy} kWh at {f.price} AUD/kWh"))
 
     rows = []
     for h, metered in metered_kwh.items():
+        if h in disputed:
+            rows.append(HouseholdSettlement(h, cleared[h], metered, Fraction(0), Fraction(0),
+                                            market[h], Fraction(0), disputed=disputed[h]))
+            continue
         deviation = metered - cleared[h]
         if deviation >= 0:
             # Left untaken by a buyer is not credited; only real export beyond it is.
@@ -126,9 +145,9 @@ def settle(
         if imported:
             charge = aud_to_micro(imported * tariff.import_aud_per_kwh, aud_per_token)
             if funds is not None:
-                held = funds.get(h, 0) + sum(t.amount for t in transfers if t.target == h) \
+                balance = funds.get(h, 0) + sum(t.amount for t in transfers if t.target == h) \
                     - sum(t.amount for t in transfers if t.source == h)
-                unfunded = max(charge - max(held, 0), 0)
+                unfunded = max(charge - max(balance, 0), 0)
                 charge -= unfunded
                 grid_aud += Fraction(unfunded, MICRO) * aud_per_token
             transfers.append(Transfer(h, GRID, charge, f"grid import {imported} kWh"
@@ -139,7 +158,7 @@ def settle(
                 f"grid feed-in {export} kWh"))
         rows.append(HouseholdSettlement(h, cleared[h], metered, imported, export,
                                         market[h], grid_aud, unfunded))
-    return Settlement(tuple(rows), tuple(t for t in transfers if t.amount))
+    return Settlement(tuple(rows), tuple(t for t in transfers if t.amount), tuple(held))
 
 
 def apply(balances: Mapping[str, int], transfers: Sequence[Transfer]) -> dict[str, int]:

@@ -24,6 +24,7 @@ class BuildContext:
     clock: Clock
     plant: Plant | None = None  # created on first use by a mock device
     extras: dict[str, Any] = field(default_factory=dict)
+    read_only: bool = False  # instrument drivers refuse every write (``rig check``)
 
     def mock_plant(self) -> Plant:
         if self.plant is None:
@@ -117,7 +118,9 @@ def build_household(h: HouseholdSpec, ctx: BuildContext) -> HouseholdDevices:
         relay=build_device(d["relay"], h.id, ctx))
 
 
-def build_bench(rig: RigSpec, clock: Clock) -> Bench:
-    ctx = BuildContext(rig, clock)
+def build_bench(rig: RigSpec, clock: Clock, *, read_only: bool = False) -> Bench:
+    """Every driver of ``rig``; ``read_only``: instrument drivers send no set-up and refuse
+    every write (:class:`~drivers.bench.base.ReadOnlyDevice`), for looking at a bench."""
+    ctx = BuildContext(rig, clock, read_only=read_only)
     households = {h.id: build_household(h, ctx) for h in rig.households}
     return Bench(rig, households, build_device(rig.grid, None, ctx), ctx)

@@ -42,6 +42,7 @@ class MeterReading:
     power_w: float  # + export
     voltage_v: float
     current_a: float
+    resolution_wh: float = 0.0  # one count of the energy registers (0: a float counter)
 
     @property
     def net_wh(self) -> float:

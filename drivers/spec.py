@@ -41,6 +41,21 @@ class HouseholdSpec:
     id: str
     devices: dict[str, DeviceSpec]  # role -> device
 
+    @property
+    def rated_power_w(self) -> float | None:
+        """The most power (lab W) the rig can move across its meter, either way: the
+        meter's own ``max_power_w`` if given, else the larger of PV + battery (export) and
+        load + battery (import); None when a rating is missing."""
+        meter = self.devices.get("meter")
+        if meter is not None and meter.limits.max_power_w is not None:
+            return meter.limits.max_power_w
+        ratings = {role: self.devices[role].limits.max_power_w
+                   for role in ("pv", "load", "battery") if role in self.devices}
+        if len(ratings) < 3 or any(v is None for v in ratings.values()):
+            return None
+        pv, load, battery = (float(ratings[r] or 0.0) for r in ("pv", "load", "battery"))
+        return max(pv, load) + battery
+
 
 @dataclass(frozen=True, slots=True)
 class RigSpec:

@@ -17,6 +17,7 @@ from contracts.dual_bidding import clear as clear_book
 from contracts.ledger import TxError
 from contracts.numbers import exact
 from contracts.orders import OrderError, parse_book
+from drivers.bench.health import DeviceUnavailable
 from rigs import builtin
 from testbed.errors import InputError
 
@@ -92,6 +93,11 @@ def _safety_printer(topic: str, payload: dict[str, Any]) -> None:
         return
     if payload.get("event") == "safe_state" and payload.get("complete"):
         err.print("[green]safe state: every output off, every relay open[/green]")
+        return
+    if payload.get("event") == "preflight":
+        err.print("[yellow]pre-flight: no communication watchdog, so these would stay live "
+                  f"if the controller died: {escape(', '.join(payload['live_if_controller_dies']))}"
+                  "[/yellow]", highlight=False)
         return
     err.print(f"[red]safety:[/red] {json.dumps(payload)}")
 
@@ -202,6 +208,8 @@ def run(
         fail(f"--mqtt: {e}")
     except TxError as e:  # no credit: a community day whose bills outgrow its deposits
         fail(f"the ledger refused a block (run {run_id}, data up to it on disk): {e}", 1)
+    except DeviceUnavailable as e:  # a device failed where the run cannot go on without it
+        fail(f"{e} (the bench was put in its safe state; run {run_id})", code=1)
     except EmergencyStop as e:
         err.print(f"[red]emergency stop ({escape(str(e))}): every output off, every relay "
                   f"open; the run's data is on disk (run {run_id})[/red]")

@@ -9,9 +9,14 @@ its target (a dead-beat correction on the *measured* energy: the loop closes on 
 so battery losses and limits show up as deviations rather than being assumed away).
 
 The supervisor part: a rig whose reading fails or grows older than ``stale_periods``
-control periods is taken off the bus (outputs off, relay open) and driven no more; the
-settlement then meets its remaining trades with the grid. An emergency stop ends the
-interval at once and the caller's ``finally`` leaves the whole bench safe.
+control periods, or whose contactor cannot be read or has dropped out, is taken off the bus
+(outputs off, relay open) and driven no more; the settlement then meets its remaining
+trades with the grid. A reading outside what the rig can show (bus voltage, ratings) is
+not used. An energy counter that goes backwards, or
+jumps further than the rig's rated power allows in the time elapsed, is a fault: the rig
+leaves the bus and its metered energy for the interval is *disputed* (not settled). An
+emergency stop ends the interval at once and the caller's ``finally`` leaves the whole
+bench safe.
 """
 
 from __future__ import annotations
@@ -85,6 +90,34 @@ def setpoints(rig: RigSpec, plan: RigPlan, tl: Timeline, hour: float) -> Setpoin
     return Setpoints(pv, load, commit - (pv - load))
 
 
+# A reading is plausible up to these multiples of the rig's own figures.
+VOLTAGE_MARGIN = 1.5  # x bus voltage
+POWER_MARGIN = 1.5  # x rated power
+
+
+def counter_fault(prev: MeterReading, new: MeterReading, rated_w: float | None,
+                  period_s: float) -> str | None:
+    """Why the energy counters from ``prev`` to ``new`` cannot be true, or None.
+
+    A counter may not go back by more than one count (``resolution_wh``), nor gain more
+    than ``rated_w`` over the time between the readings plus one control period (the
+    readings' own latency), plus one count. Sources: the meter's declared resolution, the
+    rig file's ratings (``HouseholdSpec.rated_power_w``)."""
+    slack = max(prev.resolution_wh, new.resolution_wh) + 1e-6
+    elapsed = max(new.at - prev.at, 0.0)
+    for name in ("import_wh", "export_wh"):
+        before, after = getattr(prev, name), getattr(new, name)
+        step = after - before
+        if step < -slack:
+            return f"{name} went backwards from {before:.10g} to {after:.10g} Wh"
+        if rated_w is not None:
+            allowed = rated_w * (elapsed + period_s) / 3600.0 + slack
+            if step > allowed:
+                return (f"{name} jumped {step:.10g} Wh in {elapsed:.3g} s, more than the "
+                        f"rig's {rated_w:g} W rating allows ({allowed:.3g} Wh)")
+    return None
+
+
 @dataclass
 class IntervalMeasurement:
     start_s: float
@@ -95,6 +128,7 @@ class IntervalMeasurement:
     readings: list[dict[str, Any]] = field(default_factory=list)
     tripped: dict[str, str] = field(default_factory=dict)  # household -> why it left the bus
     dut_checks: list[Check] = field(default_factory=list)
+    disputed: dict[str, str] = field(default_factory=dict)  # household -> why not settled
 
 
 async def settle_all(aws: Iterable[Awaitable[T]], *, concurrent: bool = True,
@@ -127,6 +161,8 @@ class Controller:
         self.stale_periods = stale_periods
         self.tripped: dict[str, str] = {}
         self.write_latency = 0.0  # seconds from issuing setpoints to all having landed
+        self.last_meter: dict[str, MeterReading] = {}  # across intervals: counters go on
+        self.disputed: dict[str, str] = {}  # this interval's disputed households
         self._estop = asyncio.Event()
         self._estop_reason = ""
         # Real instruments are asked concurrently; in-process mocks in turn (see settle_all).
@@ -212,6 +248,33 @@ class Controller:
         self.events.emit("safety", {"event": "rigs_connected",
                                     "households": [h.id for h in houses]})
 
+    def reading_problem(self, household: str, reading: MeterReading) -> str | None:
+        """Why a meter reading cannot be the rig's (outside the bus voltage or the rig's
+        ratings), or None. Such a reading is not used, like one never received."""
+        rig = self.rig
+        if not 0.0 <= reading.voltage_v <= VOLTAGE_MARGIN * rig.bus_voltage_v:
+            return f"meter voltage {reading.voltage_v:.6g} V outside [0, " \
+                   f"{VOLTAGE_MARGIN * rig.bus_voltage_v:g}] V"
+        rated = rig.household(household).rated_power_w
+        if rated is not None and abs(reading.power_w) > POWER_MARGIN * rated:
+            return f"meter power {reading.power_w:.6g} W beyond {POWER_MARGIN:g} x the " \
+                   f"rig's {rated:g} W rating"
+        return None
+
+    async def _check_counters(self, household: str, reading: MeterReading) -> bool:
+        """Compare with the last good reading; on a counter fault, dispute the interval
+        and take the rig off the bus. True when the reading may be used."""
+        prev = self.last_meter.get(household)
+        fault = None if prev is None else counter_fault(
+            prev, reading, self.rig.household(household).rated_power_w,
+            self.rig.control_period_s)
+        if fault is not None:
+            self.disputed.setdefault(household, f"meter counter fault: {fault}")
+            await self.trip(household, f"meter counter fault: {fault}")
+            return False
+        self.last_meter[household] = reading
+        return True
+
     def _live(self) -> list[HouseholdDevices]:
         return [h for hid, h in self.bench.households.items() if hid not in self.tripped]
 
@@ -229,6 +292,7 @@ class Controller:
         wh_per_kwh = rig.energy_scale
 
         t0 = self.clock.now()
+        self.disputed = {}
         grid0 = await self.bench.grid.read()
         first = await self._meters([p.household for p in plans])
         base: dict[str, float] = {}
@@ -238,8 +302,10 @@ class Controller:
             if isinstance(r, BaseException):
                 await self.trip(p.household, f"meter unreadable at start: {r}")
                 base[p.household] = 0.0
-            else:
+            elif await self._check_counters(p.household, r):
                 base[p.household], last[p.household] = r.net_wh, r
+            else:
+                base[p.household] = 0.0
         log: list[dict[str, Any]] = []
         duts = {p.household: t for p in plans
                 if (t := DutTracker.of(rig.household(p.household))) is not None}
@@ -257,20 +323,30 @@ class Controller:
             self._check_estop()
             deadline = t0 + (k + 1) * dt
             live = [p for p in plans if p.household not in self.tripped]
-            # Every meter and BMS at once: instruments on different links answer in parallel.
+            # Every meter, BMS and contactor at once: instruments on different links answer
+            # in parallel. A contactor that cannot be read, or has dropped out, is a fault.
             reads = (self._meters([p.household for p in live]),
                      settle_all((houses[p.household].battery.read() for p in live),
+                                concurrent=self._concurrent),
+                     settle_all((houses[p.household].relay.read_closed() for p in live),
                                 concurrent=self._concurrent))
             if self._concurrent:
-                meters, batteries = await asyncio.gather(*reads)
+                meters, batteries, relays = await asyncio.gather(*reads)
             else:
-                meters, batteries = await reads[0], await reads[1]
+                meters, batteries, relays = await reads[0], await reads[1], await reads[2]
             now = self.clock.now()
             hour = tl.hour(start_hour, k, rig.time_scale)
             writes, rows, driven = [], [], []
-            for plan, bat in zip(live, batteries, strict=True):
+            for plan, bat, closed in zip(live, batteries, relays, strict=True):
                 hid = plan.household
+                if closed is not True:
+                    await self.trip(hid, f"relay lost: {closed}" if isinstance(
+                        closed, BaseException) else "relay reads open while commanded closed")
+                    continue
                 reading = meters[hid]
+                if not isinstance(reading, BaseException) and \
+                        (problem := self.reading_problem(hid, reading)) is not None:
+                    reading = ValueError(problem)  # invalid: not used, as if never read
                 if isinstance(reading, BaseException):
                     if now - last[hid].at > stale_after:
                         await self.trip(hid, f"meter lost: {reading}")
@@ -280,6 +356,8 @@ class Controller:
                     continue
                 if isinstance(bat, BaseException):
                     await self.trip(hid, f"battery lost: {bat}")
+                    continue
+                if not await self._check_counters(hid, reading):
                     continue
                 hot, pv_max, load_max, bat_max = caps[hid]
                 if hot is not None and bat.temperature_c > hot:
@@ -342,14 +420,19 @@ class Controller:
         grid1 = await self.bench.grid.read()
         metered = {}
         for p in plans:
-            r = end[p.household]
-            good = r if not isinstance(r, BaseException) else last.get(p.household)
-            metered[p.household] = (good.net_wh - base[p.household]) if good else 0.0
+            hid = p.household
+            r = end[hid]
+            if isinstance(r, BaseException) or self.reading_problem(hid, r) is not None \
+                    or (hid not in self.disputed and not await self._check_counters(hid, r)):
+                r = last.get(hid)  # type: ignore[assignment]
+            good = r if isinstance(r, MeterReading) else None
+            metered[hid] = 0.0 if hid in self.disputed or good is None \
+                else good.net_wh - base[hid]
         return IntervalMeasurement(
             start_s=t0, end_s=self.clock.now(), metered_wh=metered,
             grid_import_wh=grid1.import_wh - grid0.import_wh,
             grid_export_wh=grid1.export_wh - grid0.export_wh,
-            readings=log, tripped=dict(self.tripped),
+            readings=log, tripped=dict(self.tripped), disputed=dict(self.disputed),
             dut_checks=[c for t in duts.values() for c in t.checks(0, rig.dut_tolerance_pct)],
         )
 

@@ -1,115 +1,50 @@
-"""Lab commands: ``testbed emulate`` (a mock rig over real protocols), ``testbed rig check``.
+"""Lab commands: ``testbed emulate`` (a mock rig over real protocols), ``testbed rig check``
+(read-only unless ``--write-test``) and ``testbed rig safe`` (every device safe, read back).
 
-``register(app)`` adds them to the main Typer app. The work is done by plain async functions
-(:func:`check_rig`, :func:`serve_emulated`) that tests call directly.
+``register(app)`` adds them to the main Typer app. The work is done in :mod:`testbed.lab`,
+imported (with asyncio, the drivers and the emulators) only by the command that runs, so
+registering these commands costs ``testbed --help`` nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from drivers.roles import ROLES
-from drivers.spec import DeviceSpec, RigSpec
 from testbed.errors import InputError
 from testbed.rigfile import load_rig
 
 if TYPE_CHECKING:
-    import asyncio
-
-# asyncio, the drivers and the emulators (pymodbus, pyserial) are imported by the commands
-# that use them, so registering these commands costs `testbed --help` nothing.
-
-# -- rig check ------------------------------------------------------------------------------
+    from drivers.spec import RigSpec
+    from testbed.lab import CheckResult
 
 
-@dataclass
-class CheckResult:
-    device: str
-    resource: str
-    ok: bool
-    latency_ms: float
-    identity: str
-    state: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
-
-
-def _on_off(on: bool) -> str:
-    return "on" if on else "off"
-
-
-async def _power_state(dev: Any) -> dict[str, Any]:
-    return {"output": _on_off((await dev.read()).on)}
-
-
-async def _battery_state(dev: Any) -> dict[str, Any]:
-    return {"output": _on_off((await dev.read()).enabled)}
-
-
-async def _relay_state(dev: Any) -> dict[str, Any]:
-    return {"relay": "closed" if await dev.read_closed() else "open"}
-
-
-async def _meter_state(dev: Any) -> dict[str, Any]:
-    return {"power_w": round((await dev.read()).power_w, 3)}
-
-
-# What "read it once" means per role, and the state it reports.
-STATE_READERS: dict[str, Callable[[Any], Awaitable[dict[str, Any]]]] = {
-    "pv": _power_state,
-    "load": _power_state,
-    "battery": _battery_state,
-    "relay": _relay_state,
-    "meter": _meter_state,
-    "grid": _meter_state,
-}
-
-
-async def _check_one(spec: DeviceSpec, dev: Any) -> CheckResult:
-    resource = spec.resource or f"in-process ({spec.driver})"
-    start = time.perf_counter()
+def _load(rig: str) -> RigSpec:
     try:
-        identity = await dev.identify()
-        state = await STATE_READERS[spec.role](dev)
-    except Exception as err:  # any failure is a failed check, reported, not raised
-        latency = (time.perf_counter() - start) * 1000
-        return CheckResult(spec.name, resource, False, round(latency, 2), "", {}, str(err))
-    latency = (time.perf_counter() - start) * 1000
-    return CheckResult(spec.name, resource, True, round(latency, 2), identity, state)
+        return load_rig(rig)
+    except InputError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
 
 
-async def check_rig(rig: RigSpec) -> list[CheckResult]:
-    """Reach every instrument of ``rig``, identify it and read it once, all concurrently."""
-    import asyncio
-
-    from drivers.clock import RealClock
-    from drivers.registry import build_bench
-
-    bench = build_bench(rig, RealClock())
-    pairs = [(h.devices[role], getattr(bench.households[h.id], role))
-             for h in rig.households for role in ROLES]
-    pairs.append((rig.grid, bench.grid))
-    try:
-        return list(await asyncio.gather(*(_check_one(spec, dev) for spec, dev in pairs)))
-    finally:
-        for _, dev in pairs:
-            with contextlib.suppress(Exception):
-                await dev.close()
+def _show(results: list[CheckResult], as_json: bool, title: str) -> None:
+    if as_json:
+        typer.echo(json.dumps([asdict(r) for r in results], indent=2))
+    else:
+        _print_check(results, Console(), title)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
 
 
-def _print_check(results: list[CheckResult], console: Console) -> None:
-    table = Table(title="rig check")
+def _print_check(results: list[CheckResult], console: Console, title: str = "rig check") -> None:
+    table = Table(title=title)
     for column in ("device", "resource", "identity", "latency", "status", "state"):
         table.add_column(column, no_wrap=column in ("device", "latency"), overflow="fold")
     for r in results:
@@ -119,52 +54,6 @@ def _print_check(results: list[CheckResult], console: Console) -> None:
                       f"{r.latency_ms:.1f} ms", status, escape(state))
     console.print(table)
 
-
-# -- emulate --------------------------------------------------------------------------------
-
-
-async def serve_emulated(rig: RigSpec, out: Path, *, time_scale: float | None = None,
-                         control_period_s: float | None = None, pace_baud: int | None = None,
-                         faults: list[str] | None = None, models: dict[str, str] | None = None,
-                         host: str = "127.0.0.1", console: Console | None = None,
-                         stop: asyncio.Event | None = None) -> None:
-    """Serve every instrument of ``rig``, write ``out``, and run until ``stop`` or a signal."""
-    import asyncio
-
-    from drivers.emulators.bench import EmulatedBench
-    from drivers.emulators.faults import parse_fault
-    from drivers.emulators.toml_out import dumps
-
-    console = console or Console()
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-    async with EmulatedBench(rig, host=host, models=models, pace_baud=pace_baud) as emu:
-        for text in faults or []:
-            device, fault = parse_fault(text)
-            if device not in emu.endpoints:
-                raise InputError("--fault", f"no device {device!r} in rig {rig.name}")
-            emu.device(device).faults.inject(fault.kind, fault.count)
-        data = emu.rig_dict(time_scale=time_scale, control_period_s=control_period_s)
-        # Written whole or not at all: whoever waits for the file never reads half of it.
-        partial = out.with_name(out.name + ".partial")
-        partial.write_text(dumps(data, f"Written by `testbed emulate {rig.name}`: valid while "
-                                       "it runs.\nEvery device points at its protocol emulator."),
-                           "utf-8")
-        partial.replace(out)
-        table = Table(title=f"emulating {rig.name} -> {out}")
-        for column in ("device", "model", "resource"):
-            table.add_column(column)
-        for end in emu.endpoints.values():
-            table.add_row(escape(end.name), escape(end.model), escape(end.resource))
-        console.print(table)
-        console.print(f"serving {len(emu.endpoints)} instruments; Ctrl-C to stop")
-        await stop.wait()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.remove_signal_handler(sig)
 
 
 def _pairs(items: list[str], option: str) -> dict[str, str]:
@@ -180,29 +69,45 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
 def register(app: typer.Typer) -> None:
     """Add ``emulate`` and the ``rig`` sub-app (``rig check``) to ``app``."""
     rig_app = typer.Typer(help="Check and inspect rigs of real (or emulated) instruments.",
-                          rich_markup_mode=None,
-                          no_args_is_help=True)
+                          no_args_is_help=True, rich_markup_mode=None)
 
     @rig_app.command("check")
     def rig_check(
         rig: Annotated[str, typer.Argument(help="A built-in rig name or a rig file path.")],
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+        write_test: Annotated[bool, typer.Option(
+            "--write-test", help="Also write: zero setpoints, then outputs off and relays "
+            "open, each read back (default: read-only, nothing is sent but queries).")
+        ] = False,
+        db: Annotated[Path, typer.Option(help="Run database to look for a run holding the "
+                                              "rig.")] = Path("testbed.db"),
     ) -> None:
         """Reach every instrument, identify it, read it once; exit 1 if any fails."""
-        try:
-            spec = load_rig(rig)
-        except InputError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
         import asyncio
 
-        results = asyncio.run(check_rig(spec))
-        if as_json:
-            typer.echo(json.dumps([asdict(r) for r in results], indent=2))
-        else:
-            _print_check(results, Console())
-        if not all(r.ok for r in results):
-            raise typer.Exit(1)
+        from testbed.lab import check_rig, runs_holding
+
+        spec = _load(rig)
+        for held in runs_holding(spec, db):
+            typer.echo(f"warning: run {held['id']} (started {held['started_at']}) is "
+                       f"recorded as running on rig {spec.name} in {db}: this check talks "
+                       "to the same instruments", err=True)
+        results = asyncio.run(check_rig(spec, write_test=write_test))
+        _show(results, as_json, "rig check")
+
+    @rig_app.command("safe")
+    def rig_safe(
+        rig: Annotated[str, typer.Argument(help="A built-in rig name or a rig file path.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+    ) -> None:
+        """Put every device of RIG in its safe state and read it back, without a run (after
+        a crash, or before leaving the lab); exit 1 unless every read-back confirms."""
+        import asyncio
+
+        from testbed.lab import make_safe
+
+        results = asyncio.run(make_safe(_load(rig)))
+        _show(results, as_json, "rig safe")
 
     @app.command("emulate")
     def emulate(
@@ -219,20 +124,26 @@ def register(app: typer.Typer) -> None:
         fault: Annotated[list[str] | None, typer.Option(
             help="Inject a fault: DEVICE=KIND[:COUNT], e.g. 'household 1 meter=no_reply:3'.")
         ] = None,
+        quirk: Annotated[list[str] | None, typer.Option(
+            help="Give an instrument a lasting quirk: DEVICE=QUIRK:VALUE, e.g. "
+                 "'household 1 meter=busy_every:10', 'household 1 battery=refuse_functions:6'.")
+        ] = None,
         model: Annotated[list[str] | None, typer.Option(
             help="Use this instrument file for a role: ROLE=MODEL, e.g. meter=peacefair-pzem017.")
         ] = None,
         host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
     ) -> None:
         """Serve every instrument of RIG over Modbus TCP/RTU and SCPI until Ctrl-C."""
+        import asyncio
+
+        from testbed.lab import serve_emulated
+
         try:
             spec = load_rig(rig)
-            import asyncio
-
             asyncio.run(serve_emulated(
                 spec, write_rig, time_scale=time_scale, control_period_s=control_period,
                 pace_baud=pace, faults=fault, models=_pairs(model or [], "--model"),
-                host=host))
+                quirks=quirk, host=host))
         except (InputError, ValueError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None

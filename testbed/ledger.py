@@ -85,13 +85,14 @@ class Ledger:
     @classmethod
     def create(cls, store: Store, run_id: str, accounts: list[str], opening: dict[str, int],
                aud_per_token: Fraction = AUD_PER_TOKEN, keyring: Keyring | None = None,
-               ) -> Ledger:
+               ratings: Mapping[str, Fraction] | None = None) -> Ledger:
         """A key for every account, signed by the operator's key from ``keyring`` (default:
         the operator's key folder, created on first use), and the genesis block (inside the
-        caller's transaction). The households' keys go to the run's keystore file."""
+        caller's transaction). The households' keys go to the run's keystore file;
+        ``ratings``: account -> rated market kW of its rig."""
         led = cls(store, run_id, keyring or Keyring())
         led.new_keys(accounts)
-        led.append(None, led.genesis_txs(opening, aud_per_token))
+        led.append(None, led.genesis_txs(opening, aud_per_token, ratings))
         return led
 
     @classmethod
@@ -131,9 +132,10 @@ class Ledger:
         return rows
 
     def genesis_txs(self, opening: Mapping[str, int],
-                    aud_per_token: Fraction = AUD_PER_TOKEN) -> list[dict[str, Any]]:
+                    aud_per_token: Fraction = AUD_PER_TOKEN,
+                    ratings: Mapping[str, Fraction] | None = None) -> list[dict[str, Any]]:
         """The operator (trust anchor), a certificate per household key, the grid's
-        account, and the opening deposits."""
+        account, the opening deposits and the rigs' ratings."""
         op = self.keys[OPERATOR]
         txs: list[dict[str, Any]] = [{"type": "operator", "public_key": self.public(OPERATOR),
                                       "aud_per_token": str(aud_per_token)}]
@@ -146,6 +148,8 @@ class Ledger:
         txs.append({"type": "open", "account": GRID})
         txs += [{"type": "deposit", "account": a, "amount": amount}
                 for a, amount in opening.items() if amount]
+        txs += [{"type": "rating", "account": a, "max_kw": str(kw)}
+                for a, kw in sorted((ratings or {}).items())]
         return txs
 
     def next_nonce(self, household: str) -> int:

@@ -79,7 +79,8 @@ def verify(db: DbArg, run: RunOpt = None, operator_key: KeyOpt = None,
                                       [rid]).fetchone()[0]
             results.append({"run_id": rid, "ok": e is None, "blocks": blocks,
                             "bad_block": None if e is None else e.height,
-                            "reason": None if e is None else e.reason})
+                            "reason": None if e is None else e.reason,
+                            "disputed": _disputes(store, rid)})
     finally:
         store.close()
     if as_json:
@@ -89,6 +90,10 @@ def verify(db: DbArg, run: RunOpt = None, operator_key: KeyOpt = None,
             if r["ok"]:
                 console.print(f"[green]ok[/green]   run {r['run_id']}: {r['blocks']} blocks "
                               "verified from genesis")
+                for d in r["disputed"]:
+                    console.print(f"     disputed, not settled: interval {d['interval']} "
+                                  f"household {d['household']} (block {d['block']}): "
+                                  f"{d['reason']}", highlight=False, soft_wrap=True)
             else:
                 console.print(f"[red]BAD[/red]  run {r['run_id']}: block {r['bad_block']}: "
                               f"{r['reason']}", highlight=False)
@@ -98,8 +103,35 @@ def verify(db: DbArg, run: RunOpt = None, operator_key: KeyOpt = None,
         raise typer.Exit(1)
 
 
+def _disputes(store: Any, run_id: str) -> list[dict[str, Any]]:
+    """Every ``dispute`` on a run's chain: the intervals whose metered energy was not
+    settled, for whom and why (canonical bodies: the type reads exactly so)."""
+    rows = store.db.query("select height, body from txs where run_id = ? and body like ? "
+                          "order by height, seq", [run_id, '%"type":"dispute"%'])
+    out = []
+    for row in rows:
+        tx = json.loads(row["body"])
+        if tx.get("type") == "dispute":
+            out.append({"block": row["height"], "interval": tx.get("interval"),
+                        "household": tx.get("household"), "reason": tx.get("reason"),
+                        "escrows_kept": len(tx.get("orders", []))})
+    return out
+
+
+_DESCRIBE_LEDGER_RULES: dict[str, Any] = {
+    "dispute": lambda tx: (f"{tx['household']} interval {tx['interval']} NOT settled: "
+                           f"{tx['reason']} ({len(tx['orders'])} escrow(s) kept)"),
+    "resolve": lambda tx: f"escrow {str(tx['order'])[:12]}… released: {tx['reason']}",
+    "metered": lambda tx: (f"{tx['household']} interval {tx['interval']}: "
+                           f"{tx['energy_kwh']} kWh in {tx['hours']} h"),
+    "rating": lambda tx: f"{tx['account']} rated {tx['max_kw']} kW",
+}
+
+
 def _describe(tx: dict[str, Any]) -> str:
     kind = tx.get("type")
+    if kind in _DESCRIBE_LEDGER_RULES:
+        return str(_DESCRIBE_LEDGER_RULES[str(kind)](tx))
     if kind == "order":
         return (f"{tx['household']} {tx['side']} {tx['energy_kwh']} kWh @ {tx['price']} "
                 f"(nonce {tx['nonce']})")

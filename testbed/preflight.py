@@ -105,6 +105,29 @@ def check(rig: RigSpec, intervals: list[tuple[float, float, list[RigPlan]]]) -> 
     return sorted(out, key=lambda x: (x.device, x.quantity))
 
 
+WATCHED_ROLES = ("pv", "load", "battery", "relay")  # devices that hold a rig live
+
+
+def unwatched(rig: RigSpec) -> list[str]:
+    """The instrument devices that would stay live if the controller died: supplies, loads,
+    converters and relays whose instrument file declares no communication ``watchdog``
+    (the controller arms every declared one). Mock devices end with the process."""
+    from drivers.instruments.model import load_instrument
+
+    out = []
+    for h in rig.households:
+        for role in WATCHED_ROLES:
+            spec = h.devices[role]
+            if spec.driver in ("scpi", "modbus") and spec.model:
+                try:
+                    watchdog = load_instrument(spec.model).watchdog
+                except ValueError:
+                    continue  # the driver factory reports a bad file, with its place
+                if watchdog is None:
+                    out.append(spec.name)
+    return out
+
+
 def ensure_fits(rig: RigSpec, intervals: list[tuple[float, float, list[RigPlan]]]) -> None:
     violations = check(rig, intervals)
     if violations:

@@ -10,6 +10,7 @@ from fractions import Fraction
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from contracts.numbers import MICRO
@@ -80,6 +81,7 @@ def summarise(run: RunOutcome) -> dict[str, Any]:
                 "market_aud": _f(h.market_aud),
                 "grid_aud": _f(h.grid_aud),
                 "net_aud": _f(h.net_aud),
+                "disputed": h.disputed or None,  # why its energy was not settled
                 "balance_before_eth": run.opening[h.id] / MICRO,
                 "balance_after_eth": run.balances[h.id] / MICRO,
                 "balance_change_aud": _f(Fraction(run.balances[h.id] - run.opening[h.id],
@@ -127,6 +129,8 @@ def summarise(run: RunOutcome) -> dict[str, Any]:
         "tripped": {h: why for iv in run.intervals for h, why in iv.measurement.tripped.items()},
         "funding": funding,
         "orders_rejected": rejected,
+        "disputed": {f"interval {iv.index} household {h}": why for iv in run.intervals
+                     for h, why in iv.measurement.disputed.items()},
         "resumed_from_interval": run.resumed_from,
         "ledger": {"blocks": run.ledger_blocks, "head": run.ledger_head,
                    "total_micro": sum(run.balances.values()),
@@ -177,3 +181,6 @@ def render(summary: dict[str, Any], console: Console) -> None:
                   f"money conserved: {led['total_micro']} µ{summary['token']['symbol']} in all "
                   f"accounts; grid imported {summary['grid_import_kwh']:.3f} kWh, exported "
                   f"{summary['grid_export_kwh']:.3f} kWh")
+    for where, why in summary["disputed"].items():  # energy the ledger holds unsettled
+        console.print(f"[red]disputed, not settled: {escape(where)}: {escape(why)}[/red]",
+                      highlight=False)

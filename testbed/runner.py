@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from contracts.mechanism import Clearing, Mechanism
+from contracts import ledger as rules
+from contracts.mechanism import Clearing, Fill, Mechanism
 from contracts.numbers import MICRO, to_micro
 from contracts.orders import Order, Side
 from contracts.settlement import GRID, Funding, Settlement, fund, settle
@@ -109,6 +110,17 @@ def apply_speed(rig: RigSpec, speed: str | None) -> tuple[RigSpec, Clock]:
     return dataclasses.replace(rig, time_scale=scale), RealClock()
 
 
+def ratings(rig: RigSpec, ids: list[str]) -> dict[str, Fraction]:
+    """Each household's rated power in market kW (its rig's lab W / power scale), for the
+    ledger's genesis: a settlement beyond rating x interval is refused."""
+    out = {}
+    for h in ids:
+        watts = rig.household(h).rated_power_w
+        if watts is not None:
+            out[h] = Fraction(watts / (1000.0 * rig.power_scale)).limit_denominator(10**6)
+    return out
+
+
 def plans_for(scenario: Scenario) -> list[RigPlan]:
     p = scenario.profiles
     return [RigPlan(h.id, float(h.net_kwh),
@@ -126,6 +138,34 @@ def _order_payload(run_id: str, interval: int, hid: str, side: str, energy: Frac
 def _metered_kwh(wh: float, wh_per_kwh: float) -> Fraction:
     """Lab Wh -> market kWh, quantised to the micro-kWh (a meter's resolution, not floats)."""
     return Fraction(round(wh / wh_per_kwh * MICRO), MICRO)
+
+
+def _refusal(state: rules.LedgerState, tx: dict[str, Any]) -> str | None:
+    """Why the ledger would refuse ``tx`` in the block being built, or None."""
+    try:
+        state.copy().apply(tx)
+    except rules.TxError as err:
+        return str(err)
+    return None
+
+
+def _dispute_txs(index: int, disputed: dict[str, str], held: tuple[Fill, ...],
+                 signed: list[dict[str, Any]], holds: dict[str, tuple[str, int]],
+                 ) -> list[dict[str, Any]]:
+    """One ``dispute`` per disputed household, freezing the escrow of every buy order that
+    is party to a held fill (the trade stays in escrow until the operator resolves it)."""
+    buyers = {f.buyer for f in held}
+    escrows = {h: sorted(d for o in signed if o["household"] == h
+                         and (d := rules.tx_hash(o)) in holds) for h in buyers}
+    out = []
+    for h, reason in sorted(disputed.items()):
+        mine = {f.buyer for f in held if h in (f.seller, f.buyer)}
+        orders = sorted({d for b in mine for d in escrows.get(b, [])})
+        for b in mine:
+            escrows[b] = []  # one dispute freezes an escrow once
+        out.append({"type": "dispute", "household": h, "interval": index, "reason": reason,
+                    "orders": orders})
+    return out
 
 
 def _now() -> str:
@@ -199,12 +239,22 @@ class Run:
         hours = sc.interval_hours
         measured = await controller.run_interval(plans, start_hour=index * hours, hours=hours)
 
-        # 4. Settle on what the meters measured; validate cleared against metered.
+        # 4. Settle on what the meters measured; validate cleared against metered. A
+        #    household whose counters failed, or whose energy the ledger refuses (beyond its
+        #    rating), is disputed: not settled, its trades' escrow kept.
         ids = [h.id for h in sc.households]
         metered = {h: _metered_kwh(measured.metered_wh[h], self.rig.energy_scale) for h in ids}
         routed = {h.id: h.net_kwh for h in sc.households}
+        records = {h: {"type": "metered", "household": h, "interval": index,
+                       "energy_kwh": str(metered[h]), "hours": str(Fraction(str(hours)))}
+                   for h in ids}
+        disputed = dict(measured.disputed)
+        for h in ids:
+            if h not in disputed and (refused := _refusal(draft.state, records[h])):
+                disputed[h] = f"the ledger refuses its metered energy: {refused}"
+        measured.disputed = disputed
         settlement = settle(clearing.fills, metered, sc.tariff, sc.aud_per_token,
-                            funds=dict(ledger.balances))
+                            funds=dict(ledger.balances), disputed=disputed)
         checks = interval_checks(index, clearing, routed, metered, self.rig.tolerance_pct,
                                  measured.tripped)
         checks += [dataclasses.replace(c, suite=f"interval {index} DUT")
@@ -214,6 +264,8 @@ class Run:
         #    interval atomically.
         draft.add({"type": "fill", "seller": f.seller, "buyer": f.buyer,
                    "energy_kwh": str(f.energy), "price": str(f.price)} for f in clearing.fills)
+        draft.add(records[h] for h in ids if h not in disputed)
+        draft.add(_dispute_txs(index, disputed, settlement.held, signed, draft.state.holds))
         draft.add(ledger.transfer_txs(settlement.transfers))
         draft.release_escrow()
         txs = draft.txs
@@ -240,6 +292,7 @@ class Run:
             "details": json.dumps({**clearing.details, "rejected": list(clearing.rejected),
                                    "rejected_orders": rejected, "funding": funding,
                                    "tripped": measured.tripped,
+                                   "disputed": measured.disputed,
                                    "checks": [dataclasses.asdict(c) for c in checks]}),
             "lab_start_s": measured.start_s, "lab_end_s": measured.end_s})
         store.insert("trades", [{"run_id": run_id, "interval": index, "seq": i,
@@ -254,7 +307,8 @@ class Run:
                                       "grid_export_kwh": str(s.grid_export_kwh),
                                       "market_aud": str(s.market_aud),
                                       "grid_aud": str(s.grid_aud),
-                                      "unfunded_micro": s.unfunded_micro})}
+                                      "unfunded_micro": s.unfunded_micro,
+                                      **({"disputed": s.disputed} if s.disputed else {})})}
                                  for s in settlement.households])
         store.insert("readings", [{"run_id": run_id, **r} for r in measured.readings])
 
@@ -271,7 +325,8 @@ def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
                                                     "scenario_source": scenario.source,
                                                     "time_scale": rig.time_scale}),
                               "summary": None})
-        ledger = Ledger.create(store, run_id, ids, opening, scenario.aud_per_token)
+        ledger = Ledger.create(store, run_id, ids, opening, scenario.aud_per_token,
+                               ratings=ratings(rig, ids))
     return Run(scenario, rig, store, clock, events, run_id, ledger, opening, 0)
 
 
@@ -344,6 +399,9 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     make = _resume if resume else _start
     run = make(scenario, rig, store, clock, events, run_id)
     events.emit("status", {"status": "running", "scenario": scenario.name, "rig": rig.name})
+    live = preflight.unwatched(rig)
+    if live:  # pre-flight: what a dead controller would leave on
+        events.emit("safety", {"event": "preflight", "live_if_controller_dies": live})
 
     status = "failed"
     controller: Controller | None = None

@@ -16,8 +16,8 @@ from drivers.bench.links import LinkPool
 from drivers.bench.modbus_devices import MODBUS_ROLES
 from drivers.bench.scpi_devices import SCPI_ROLES
 from drivers.instruments.model import ModbusMap, ScpiCommandSet, load_instrument
-from drivers.protocol.modbus import ModbusLink
-from drivers.protocol.scpi import ScpiLink
+from drivers.protocol.modbus import ModbusLink, silent_interval
+from drivers.protocol.scpi import ScpiLink, ScpiQuirks
 from drivers.resources import Resource, parse_resource
 from drivers.spec import DeviceSpec
 from drivers.transport.factory import open_transport
@@ -35,11 +35,14 @@ class DriverConfigError(ValueError):
 
 def _shared(ctx: BuildContext) -> tuple[LinkPool, DefectiveDevices]:
     pool = ctx.extras.setdefault("links", LinkPool())
-    defects = ctx.extras.setdefault("defects", DefectiveDevices(ctx.clock))
+    defects = ctx.extras.setdefault(
+        "defects", DefectiveDevices.for_period(ctx.clock, ctx.rig.control_period_s))
     return pool, defects
 
 
-def _resource(spec: DeviceSpec, protocol: str) -> Resource:
+def _resource(spec: DeviceSpec, protocol: str, timeout_s: float | None = None) -> Resource:
+    """The device's resource, tuned by its rig-file params (which win) and the instrument
+    file's own timeout."""
     if not spec.resource:
         raise DriverConfigError(f"{spec.name}: driver {spec.driver} needs a resource")
     try:
@@ -49,8 +52,9 @@ def _resource(spec: DeviceSpec, protocol: str) -> Resource:
     if resource.protocol != protocol:
         raise DriverConfigError(f"{spec.name}: resource {spec.resource!r} is not a "
                                 f"{protocol} resource (driver {spec.driver})")
-    tuned = {field: conv(spec.params[key]) for key, (field, conv) in LINK_PARAMS.items()
-             if key in spec.params}
+    tuned: dict[str, Any] = {} if timeout_s is None else {"timeout_s": timeout_s}
+    tuned |= {field: conv(spec.params[key]) for key, (field, conv) in LINK_PARAMS.items()
+              if key in spec.params}
     return replace(resource, **tuned)
 
 
@@ -71,25 +75,40 @@ def _instrument(spec: DeviceSpec, kind: type[Any]) -> Any:
 
 
 def scpi_factory(spec: DeviceSpec, household: str | None, ctx: BuildContext) -> InstrumentDevice:
-    resource = _resource(spec, "scpi")
     instrument: ScpiCommandSet = _instrument(spec, ScpiCommandSet)
+    resource = _resource(spec, "scpi", instrument.timeout_s)
     pool, defects = _shared(ctx)
+    quirks = ScpiQuirks(instrument.remote, instrument.settle_s, instrument.opc,
+                        instrument.echo, instrument.read_terminator, instrument.busy_errors)
 
     def make_link() -> ScpiLink:
         return ScpiLink(lambda: open_transport(resource), timeout_s=resource.timeout_s,
-                        terminator=instrument.terminator, error_query=instrument.error_query)
+                        terminator=instrument.terminator, error_query=instrument.error_query,
+                        quirks=quirks)
 
-    return SCPI_ROLES[spec.role](spec, resource, ctx.clock, pool, make_link, defects,
-                                 instrument=instrument, bus_voltage_v=ctx.rig.bus_voltage_v)
+    device = SCPI_ROLES[spec.role](spec, resource, ctx.clock, pool, make_link, defects,
+                                   ctx.rig.control_period_s, instrument=instrument,
+                                   bus_voltage_v=ctx.rig.bus_voltage_v,
+                                   read_only=ctx.read_only)
+    device.link.allow_busy(ctx.rig.control_period_s / 2)
+    return device
 
 
 def modbus_factory(spec: DeviceSpec, household: str | None,
                    ctx: BuildContext) -> InstrumentDevice:
-    resource = _resource(spec, "modbus")
     instrument: ModbusMap = _instrument(spec, ModbusMap)
+    resource = _resource(spec, "modbus", instrument.timeout_s)
     pool, defects = _shared(ctx)
-    return MODBUS_ROLES[spec.role](spec, resource, ctx.clock, pool,
-                                   lambda: ModbusLink(resource), defects, instrument=instrument)
+    device = MODBUS_ROLES[spec.role](spec, resource, ctx.clock, pool,
+                                     lambda: ModbusLink(resource), defects,
+                                     ctx.rig.control_period_s, instrument=instrument,
+                                     read_only=ctx.read_only)
+    device.link.allow_busy(ctx.rig.control_period_s / 2)
+    if resource.link == "serial":
+        silent = instrument.rtu_silent_s
+        device.link.need_quiet((silent_interval(resource.baud) if silent is None else silent)
+                               + instrument.turnaround_s)
+    return device
 
 
 FACTORIES = {"scpi": scpi_factory, "modbus": modbus_factory}

@@ -1,8 +1,10 @@
 """Failure policy, after OpenEMS Edge's DefectiveComponents: small, and on an injected clock.
 
 A device whose exchange failed (after one retry on a fresh connection) is *defective*: every
-call fails at once with :class:`DeviceUnavailable` until its back-off has passed (1 s,
-doubling to 60 s), then one call is let through to probe it; success clears it. A defective
+call fails at once with :class:`DeviceUnavailable` until its back-off has passed (one control
+period, doubling to 60 periods: :meth:`DefectiveDevices.for_period`), then one call is let
+through to probe it; success clears it. The first back-off never outlasts the staleness
+limit of a few periods, so one bad answer cannot take a rig off the bus. A defective
 device's readings are unknown, never the last good value passed off as fresh.
 """
 
@@ -36,6 +38,11 @@ class DefectiveDevices:
         self.first_backoff_s = first_backoff_s
         self.max_backoff_s = max_backoff_s
         self._defects: dict[str, _Defect] = {}
+
+    @classmethod
+    def for_period(cls, clock: Clock, period_s: float) -> DefectiveDevices:
+        """Back-off that scales with the control period: 1 period, doubling to 60."""
+        return cls(clock, first_backoff_s=period_s, max_backoff_s=60.0 * period_s)
 
     def is_defective(self, device: str) -> bool:
         return device in self._defects

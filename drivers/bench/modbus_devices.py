@@ -7,13 +7,41 @@ round trips, not five.
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.bench.base import InstrumentDevice
+from drivers.bench.base import InstrumentDevice, ReadbackMismatch, watchdog_seconds
 from drivers.instruments.model import ModbusMap, Point
-from drivers.protocol.modbus import MAX_READ, ModbusLink
+from drivers.protocol.errors import ModbusExceptionError
+from drivers.protocol.modbus import MAX_READ, WRITE_FUNCTIONS, ModbusLink
 from drivers.roles import BatteryReading, MeterReading
+
+BIT_TABLES = ("coil", "discrete")
+F32_MIN_NORMAL = 1.1754943508222875e-38
+F64_MIN_NORMAL = sys.float_info.min
+ILLEGAL_FUNCTION = 1
+
+
+class InvalidReading(ValueError):
+    """A value that cannot be a measurement: NaN, infinite, denormal, or outside the point's
+    declared range (a register map off by one reads exactly such values)."""
+
+
+def check_value(point: Point, value: float) -> float:
+    """``value`` if it can be a reading of ``point``; else raise :class:`InvalidReading`."""
+    raw = value / point.codec.scale
+    tiny = {"f32": F32_MIN_NORMAL, "f64": F64_MIN_NORMAL}.get(point.codec.type, 0.0)
+    problem = ("not a number" if math.isnan(value) else "infinite" if math.isinf(value)
+               else "a denormal float" if raw != 0 and abs(raw) < tiny
+               else None)
+    if problem is None and point.valid is not None \
+            and not point.valid[0] <= value <= point.valid[1]:
+        problem = f"outside its valid range [{point.valid[0]:g}, {point.valid[1]:g}]"
+    if problem is not None:
+        raise InvalidReading(f"{point.name} = {value!r} is {problem}: reading invalid")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,14 +54,16 @@ class Block:
     points: tuple[Point, ...]
 
 
-def plan_reads(points: list[Point], offset: int = 0) -> list[Block]:
-    """Group points into as few requests as contiguity and the protocol's size limit allow."""
+def plan_reads(points: list[Point], offset: int = 0, max_registers: int = 125) -> list[Block]:
+    """Group points into as few requests as contiguity, the protocol's size limit and the
+    device's own (``max_read_registers``; bits count 16 to a register) allow."""
     blocks: list[Block] = []
     for p in sorted(points, key=lambda p: (p.table, p.address)):
         start = p.address + offset
         last = blocks[-1] if blocks else None
+        limit = min(MAX_READ[p.table], max_registers * (16 if p.table in BIT_TABLES else 1))
         if (last is not None and last.table == p.table and start == last.address + last.count
-                and last.count + p.count <= MAX_READ[p.table]):
+                and last.count + p.count <= limit):
             blocks[-1] = Block(p.table, last.address, last.count + p.count, (*last.points, p))
         else:
             blocks.append(Block(p.table, start, p.count, (p,)))
@@ -53,6 +83,17 @@ class ModbusDevice(InstrumentDevice):
             raise ValueError(f"{self.name}: channel {self.channel} outside 0.."
                              f"{instrument.channels - 1} of {instrument.model}")
 
+    async def _setup(self) -> None:
+        """Arm the communication watchdog the instrument file declares."""
+        if self.instrument.watchdog is not None:
+            point = self.instrument.point(self.instrument.watchdog)
+            seconds = watchdog_seconds(self.spec, self.period_s)
+            await self._setup_step(f"write {point.name}={seconds:g}",
+                                   lambda: self._write_now(point, seconds))
+
+    def _field_channel(self) -> int:
+        return self.channel if self.instrument.channels > 1 else 0
+
     def _offset(self, point: Point) -> int:
         """Per-channel points (coils of a relay board) move with the device's channel."""
         return self.channel if self.instrument.channels > 1 and point.table == "coil" else 0
@@ -65,7 +106,7 @@ class ModbusDevice(InstrumentDevice):
             points = self._with_fillers([self.instrument.point(n) for n in names])
             plan = [block for offset in sorted({self._offset(p) for p in points})
                     for block in plan_reads([p for p in points if self._offset(p) == offset],
-                                            offset)]
+                                            offset, self.instrument.max_read_registers)]
             self._plans[names] = plan
         return plan
 
@@ -88,9 +129,10 @@ class ModbusDevice(InstrumentDevice):
             words = await self.link.read(block.table, block.address, block.count, self.unit)
             at = 0
             for p in block.points:
-                values[p.name] = p.codec.decode(words[at:at + p.count])
+                values[p.name] = p.codec.decode(words[at:at + p.count]) if p.mask is None \
+                    else p.field_value(words[at], self._field_channel())
                 at += p.count
-        return {n: values[n] for n in names}
+        return {n: check_value(self.instrument.point(n), values[n]) for n in names}
 
     async def read_points(self, *names: str) -> dict[str, float]:
         return await self._run(f"read {', '.join(names)}", lambda: self._read_now(list(names)))
@@ -99,11 +141,40 @@ class ModbusDevice(InstrumentDevice):
         point = self.instrument.point(name)
         if not point.writable:
             raise ValueError(f"{self.name}: point {name} of {self.instrument.model} is read-only")
+        self._writing(f"write {name}={value:g}")
+        await self._run(f"write {name}={value:g}", lambda: self._write_now(point, value,
+                                                                         fallback=always),
+                        always=always)
+
+    async def _write_now(self, point: Point, value: float, *, fallback: bool = False) -> None:
+        """Write one point with the function its instrument file declares. ``fallback``
+        (the safe state): a device that answers "illegal function" to the single-write
+        function is written with the multiple-write one, which says the same."""
+        if point.mask is not None:  # a bit field: read-modify-write under the link's lock
+            channel = self._field_channel()
+            await self.link.update(point.address,
+                                   lambda word: point.field_word(word, value, channel),
+                                   self.unit, function=self.instrument.write_function)
+            return
         words = point.codec.encode(value)
         address = point.address + self._offset(point)
-        await self._run(f"write {name}={value:g}",
-                        lambda: self.link.write(point.table, address, words, self.unit),
-                        always=always)
+        function = self.instrument.write_function_for(point.table) if len(words) == 1 else None
+        try:
+            await self.link.write(point.table, address, words, self.unit, function=function)
+        except ModbusExceptionError as err:
+            single, multiple = WRITE_FUNCTIONS[point.table]
+            if not (fallback and function == single and err.code == ILLEGAL_FUNCTION):
+                raise
+            await self.link.write(point.table, address, words, self.unit, function=multiple)
+
+    async def confirm(self, name: str, expected: float) -> None:
+        """Read ``name`` back (even while defective); raise :class:`ReadbackMismatch`
+        unless it holds ``expected``."""
+        got = (await self._run(f"read back {name}", lambda: self._read_now([name]),
+                               always=True))[name]
+        if got != expected:
+            raise ReadbackMismatch(self.name, str(self.resource),
+                                   f"{name} reads back {got:g} after {expected:g} was written")
 
     async def identify(self) -> str:
         names = list(self.instrument.identify)
@@ -118,13 +189,38 @@ class ModbusDevice(InstrumentDevice):
 
 
 METER_POINTS = ["import_wh", "power_w", "voltage_v", "current_a"]
+COUNTERS = ("import_wh", "export_wh")
+
+
+@dataclass
+class EnergyCounter:
+    """A meter's energy register as the counter it is: a wrap past its declared rollover is
+    unwrapped (a drop of more than half the range); any other drop is passed on as read,
+    for the controller to judge (a counter must never go backwards)."""
+
+    rollover: float | None
+    last: float | None = None
+    offset: float = 0.0
+
+    def unwrap(self, raw: float) -> float:
+        if self.last is not None and self.rollover and raw < self.last - self.rollover / 2:
+            self.offset += self.rollover
+        self.last = raw
+        return raw + self.offset
 
 
 class _MetersEnergy(ModbusDevice):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._counters = {n: EnergyCounter(self.instrument.point(n).rollover)
+                          for n in COUNTERS if n in self.instrument.points}
+        self.resolution_wh = max(self.instrument.point(n).resolution for n in self._counters)
+
     async def read(self) -> MeterReading:
         v = await self.read_points(*METER_POINTS, *self._optional("export_wh"))
-        return MeterReading(self.clock.now(), v["import_wh"], v.get("export_wh", 0.0),
-                            v["power_w"], v["voltage_v"], v["current_a"])
+        energy = {n: c.unwrap(v[n]) for n, c in self._counters.items()}
+        return MeterReading(self.clock.now(), energy["import_wh"], energy.get("export_wh", 0.0),
+                            v["power_w"], v["voltage_v"], v["current_a"], self.resolution_wh)
 
 
 class ModbusMeter(_MetersEnergy):
@@ -139,14 +235,18 @@ class ModbusGrid(_MetersEnergy):
 
     async def set_enabled(self, on: bool) -> None:
         await self.write_point("enabled", 1.0 if on else 0.0)
+        await self.confirm("enabled", 1.0 if on else 0.0)
 
     async def safe_state(self) -> None:
         return None  # the grid node stays up to hold the bus while rigs disconnect
 
 
 class ModbusRelay(ModbusDevice):
+    """A contactor; every switch is read back (a mismatch is :class:`ReadbackMismatch`)."""
+
     async def set_closed(self, closed: bool, *, always: bool = False) -> None:
         await self.write_point("closed", 1.0 if closed else 0.0, always=always)
+        await self.confirm("closed", 1.0 if closed else 0.0)
 
     async def read_closed(self) -> bool:
         return bool((await self.read_points("closed"))["closed"])
@@ -160,20 +260,14 @@ BATTERY_POINTS = ["soc", "energy_wh", "power_w", "voltage_v", "current_a", "temp
 
 
 class ModbusBattery(ModbusDevice):
-    """BMS readings and the converter's setpoint; arms the converter's watchdog if asked."""
-
-    async def _setup(self) -> None:
-        watchdog = self.spec.params.get("watchdog_s")
-        if watchdog is not None and "watchdog_s" in self.instrument.points:
-            point = self.instrument.point("watchdog_s")
-            await self.link.write(point.table, point.address, point.codec.encode(float(watchdog)),
-                                  self.unit)
+    """BMS readings and the converter's setpoint."""
 
     async def set_power(self, watts: float) -> None:
         await self.write_point("power_setpoint_w", watts)
 
     async def set_enabled(self, on: bool, *, always: bool = False) -> None:
         await self.write_point("enabled", 1.0 if on else 0.0, always=always)
+        await self.confirm("enabled", 1.0 if on else 0.0)
 
     async def read(self) -> BatteryReading:
         v = await self.read_points(*BATTERY_POINTS, *self._optional("alarms"))

@@ -6,9 +6,10 @@ a setting (constant current into the bus, or native constant power) is its ``set
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from drivers.bench.base import InstrumentDevice
+from drivers.bench.base import InstrumentDevice, ReadbackMismatch, watchdog_seconds
 from drivers.instruments.model import ScpiCommandSet
 from drivers.protocol.scpi import ScpiLink
 from drivers.roles import PowerReading
@@ -41,12 +42,17 @@ class ScpiPowerDevice(InstrumentDevice):
                             f"to {cmd.query(self.channel)!r}") from None
 
     async def _setup(self) -> None:
-        for line in self.instrument.init:
-            await self.link.write(line)
+        for init in self.instrument.init:
+            await self._setup_step(repr(init), partial(self.link.write, init))
         if self.instrument.setpoint == "current":
             ceiling = self.spec.limits.max_voltage_v or float("inf")
             volts = min(self.bus_voltage_v * self.instrument.voltage_headroom, ceiling)
-            await self.link.write(self._setting("voltage", volts))
+            line = self._setting("voltage", volts)
+            await self._setup_step(repr(line), lambda: self.link.write(line))
+        if self.instrument.watchdog is not None:  # armed last: fed by every later setting
+            arm = self._setting(self.instrument.watchdog,
+                                watchdog_seconds(self.spec, self.period_s))
+            await self._setup_step(repr(arm), lambda: self.link.write(arm))
 
     async def identify(self) -> str:
         return str(await self._run("identify", lambda: self._query("identify")))
@@ -56,12 +62,22 @@ class ScpiPowerDevice(InstrumentDevice):
             line = self._setting("current", watts / self.bus_voltage_v)
         else:
             line = self._setting("power", watts)
+        self._writing(line)
         await self._run(f"set power {watts:g} W", lambda: self.link.write(line))
 
     async def _switch(self, on: bool, *, always: bool = False) -> None:
+        """Turn the output (input) on or off, then read its state back: a mismatch is
+        :class:`ReadbackMismatch`."""
         line = self._setting(self.switch, on)
-        await self._run(f"{self.switch} {'on' if on else 'off'}", lambda: self.link.write(line),
-                        always=always)
+        self._writing(line)
+        what = f"{self.switch} {'on' if on else 'off'}"
+        await self._run(what, lambda: self.link.write(line), always=always)
+        state = await self._run(f"read back {self.switch}", lambda: self._query(self.switch),
+                                always=True)
+        if bool(state) != on:
+            raise ReadbackMismatch(self.name, str(self.resource),
+                                   f"{self.switch} reads back {_on_off(bool(state))} after "
+                                   f"{_on_off(on)} was sent")
 
     async def read(self) -> PowerReading:
         async def exchange() -> tuple[float, float, float, bool]:
@@ -91,6 +107,10 @@ class ScpiLoad(ScpiPowerDevice):
 
     async def set_input(self, on: bool) -> None:
         await self._switch(on)
+
+
+def _on_off(on: bool) -> str:
+    return "on" if on else "off"
 
 
 SCPI_ROLES: dict[str, type[ScpiPowerDevice]] = {"pv": ScpiSupply, "load": ScpiLoad}

@@ -9,10 +9,11 @@ coil value exception 3, any other function exception 1.
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from collections.abc import Callable
 
 from drivers.emulators.bindings import Binding
-from drivers.emulators.faults import FaultPlan
+from drivers.emulators.faults import FaultPlan, Quirks
 from drivers.instruments.model import ModbusMap, Point
 
 READ_TABLES = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
@@ -34,9 +35,16 @@ class EmulatedModbusDevice:
     def __init__(self, instrument: ModbusMap, binding: Binding, unit: int = 1) -> None:
         self.instrument, self.binding, self.unit = instrument, binding, unit
         self.faults = FaultPlan()
+        self.quirks = Quirks()
         self.requests = 0
+        self.functions: Counter[int] = Counter()  # requests served, by function code
         self._cells: dict[tuple[str, int], Cell] = {}
+        self._fields: dict[tuple[str, int], list[tuple[Point, int]]] = {}
         for p in instrument.points.values():
+            if p.mask is not None:  # every channel's field shares the register
+                self._fields.setdefault((p.table, p.address), []).extend(
+                    (p, ch) for ch in range(instrument.channels))
+                continue
             channels = instrument.channels if instrument.channels > 1 and p.table == "coil" else 1
             for ch in range(channels):
                 for k in range(p.count):
@@ -47,15 +55,27 @@ class EmulatedModbusDevice:
         return self.binding.name
 
     def _words(self, point: Point, channel: int) -> list[int]:
-        value = self.binding.get(point.name, channel)
-        return point.codec.encode(float(value))
+        value = float(self.binding.get(point.name, channel))
+        if point.name in self.quirks.counter_offset or point.name in self.quirks.counter_rollover:
+            value = self.quirks.counter(point.name, value)
+        return point.codec.encode(value)
+
+    def _field_word(self, table: str, address: int) -> int:
+        word = 0
+        for p, ch in self._fields[(table, address)]:
+            word = p.field_word(word, float(self.binding.get(p.name, ch)), ch)
+        return word
 
     def read(self, table: str, address: int, count: int) -> list[int]:
-        if not 1 <= count <= MAX_QUANTITY[table]:
+        most = self.quirks.max_read * (16 if table in ("coil", "discrete") else 1)
+        if not 1 <= count <= (most or MAX_QUANTITY[table]):
             raise Reject(3)
         cache: dict[tuple[str, int], list[int]] = {}
         out = []
         for a in range(address, address + count):
+            if (table, a) in self._fields:
+                out.append(self._field_word(table, a))
+                continue
             cell = self._cells.get((table, a))
             if cell is None or not cell[0].readable:
                 raise Reject(2)
@@ -71,6 +91,12 @@ class EmulatedModbusDevice:
         updates: list[tuple[Point, int, float]] = []
         a = address
         while a < address + len(values):
+            if (table, a) in self._fields:
+                word = values[a - address]
+                updates += [(p, ch, p.field_value(word, ch)) for p, ch in self._fields[(table, a)]
+                            if p.writable]
+                a += 1
+                continue
             cell = self._cells.get((table, a))
             if cell is None or not cell[0].writable or cell[2] != 0:
                 raise Reject(2)
@@ -87,6 +113,12 @@ class EmulatedModbusDevice:
         """One request PDU -> its response PDU (normal or exception)."""
         self.requests += 1
         fc = pdu[0] if pdu else 0
+        self.functions[fc] += 1
+        busy = self.quirks.busy_every
+        if busy and self.requests % busy == 0:
+            return bytes([fc | 0x80, 6])
+        if fc in self.quirks.refuse_functions:
+            return bytes([fc | 0x80, 1])
         try:
             handler = _HANDLERS.get(fc)
             if handler is None:

@@ -77,6 +77,7 @@ class ModbusRtuServer:
         self.devices, self.port, self.pace_baud = devices, port, pace_baud
         self._task: asyncio.Task[None] | None = None
         self.frames_dropped = 0
+        self._replied: dict[int, float] = {}  # unit -> loop time of its last reply
 
     async def start(self) -> str:
         path = self.port.open()
@@ -116,6 +117,10 @@ class ModbusRtuServer:
         device = self.devices.get(unit)
         if device is None:
             return False  # another station's request (or a broadcast we do not serve)
+        now = asyncio.get_running_loop().time()
+        if now - self._replied.get(unit, -1e9) < device.quirks.turnaround_s:
+            device.quirks.unheard += 1  # still turning its line around: never heard it
+            return False
         fault = device.faults.take()
         kind = fault.kind if fault else None
         if kind in ("no_reply", "disconnect"):
@@ -132,4 +137,5 @@ class ModbusRtuServer:
         if delay:
             await asyncio.sleep(delay)
         await self.port.write(reply)
+        self._replied[unit] = asyncio.get_running_loop().time()
         return kind == "late_reply"

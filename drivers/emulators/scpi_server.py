@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from drivers.emulators.bindings import Binding
-from drivers.emulators.faults import FaultPlan
+from drivers.emulators.faults import FaultPlan, Quirks
 from drivers.emulators.pty_port import PtyPort
 from drivers.emulators.sessions import SessionServer
 from drivers.instruments.model import Command, ScpiCommandSet
@@ -34,6 +34,10 @@ class EmulatedScpiDevice:
         self.channel = instrument.channel if channel is None else channel
         self.ratings = ratings or {}  # command name -> largest value accepted
         self.faults = FaultPlan()
+        self.quirks = Quirks()
+        self.remote = False  # put in remote by quirks.local_until
+        self.quiet_until = 0.0  # loop time: lines before it are ignored (quirks.settle_s)
+        self.settings = 0
         self.errors: deque[tuple[int, str]] = deque(maxlen=20)
         self.lines_seen: list[str] = []
         self._queries = {_norm(c.query(self.channel)): c
@@ -81,7 +85,27 @@ class EmulatedScpiDevice:
         self.errors.append((-113, "Undefined header"))
         return None
 
+    def heard(self, line: str) -> str | bool | None:
+        """The quirks' say on a line before it is executed: False to ignore it, a reply
+        to give instead, or None to go on."""
+        q = self.quirks
+        if q.local_until and not self.remote:
+            if _norm(line) == _norm(q.local_until):
+                self.remote = True
+                return False
+            return "LOCAL MODE"
+        if q.settle_s and asyncio.get_running_loop().time() < self.quiet_until:
+            q.unheard += 1
+            return False
+        return None
+
     def _apply(self, command: Command, text: str) -> None:
+        if self.quirks.settle_s:
+            self.quiet_until = asyncio.get_running_loop().time() + self.quirks.settle_s
+        self.settings += 1
+        if self.quirks.busy_every and self.settings % self.quirks.busy_every == 0:
+            self.errors.append((self.quirks.busy_code, "Busy"))
+            return
         fault = self.faults.active
         if fault is not None and fault.kind in ("scpi_error", "exception"):
             self.faults.take()
@@ -117,8 +141,15 @@ async def scpi_session(device: EmulatedScpiDevice, read_line: Callable[[], Await
         raw = await read_line()
         if not raw:
             return
-        commands = [c for c in raw.decode("ascii", errors="replace").strip().split(";") if c]
-        replies = [r for r in (device.execute(c) for c in commands) if r is not None]
+        text = raw.decode("ascii", errors="replace").strip()
+        if device.quirks.echo:
+            await write((text + "\n").encode("ascii"))
+        replies = []
+        for command in (c for c in text.split(";") if c):
+            said = device.heard(command)
+            reply = device.execute(command) if said is None else said or None
+            if reply is not None:
+                replies.append(str(reply))
         fault = device.faults.active
         if fault is not None and fault.kind == "disconnect":
             device.faults.take()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import string
 import tomllib
@@ -51,6 +52,30 @@ class Point:
     access: str = "r"
     bits: tuple[str, ...] = ()
     doc: str = ""
+    rollover: float | None = None  # an energy counter wraps to 0 here (point units)
+    valid: tuple[float, float] | None = None  # readings outside are invalid
+    mask: int | None = None  # a bit field of one register: these bits (of channel 0)
+
+    def field_mask(self, channel: int = 0) -> int:
+        """The bits of this field for ``channel``: channel N's field sits N field-widths
+        above channel 0's (relay N is bit N)."""
+        assert self.mask is not None
+        return self.mask << (channel * self.mask.bit_count())
+
+    def field_value(self, word: int, channel: int = 0) -> float:
+        mask = self.field_mask(channel)
+        return float((word & mask) >> _shift(mask)) * self.codec.scale
+
+    def field_word(self, word: int, value: float, channel: int = 0) -> int:
+        """``word`` with this field set to ``value`` (read-modify-write)."""
+        mask = self.field_mask(channel)
+        bits = (round(value / self.codec.scale) << _shift(mask)) & mask
+        return (word & ~mask & 0xFFFF) | bits
+
+    @property
+    def resolution(self) -> float:
+        """The smallest step of the value: one count of an integer type, 0 for floats."""
+        return abs(self.codec.scale) if TYPES[self.codec.type][2] is not None else 0.0
 
     @property
     def count(self) -> int:
@@ -70,6 +95,10 @@ class Point:
         return tuple(name for i, name in enumerate(self.bits) if value >> i & 1)
 
 
+def _shift(mask: int) -> int:
+    return (mask & -mask).bit_length() - 1
+
+
 @dataclass(frozen=True, slots=True)
 class ModbusMap:
     model: str
@@ -81,6 +110,18 @@ class ModbusMap:
     channels: int = 1
     source: str = ""
     protocol: str = "modbus"
+    write_function: int = 6  # one holding register: 06 (write single) or 16 (write multiple)
+    coil_write_function: int = 5  # one coil: 05 or 15
+    max_read_registers: int = 125  # the most registers (or 16x bits) one read may span
+    timeout_s: float | None = None  # this device's reply timeout (else the link's)
+    numbering: str = "zero-based"
+    rtu_silent_s: float | None = None  # RTU: quiet before a request (default 3.5 chars)
+    turnaround_s: float = 0.0  # RTU: the device's extra time before it listens again
+    watchdog: str | None = None  # the point (seconds) arming its communication watchdog
+
+    def write_function_for(self, table: str) -> int:
+        """The function code that writes one value of ``table``."""
+        return self.write_function if table == "holding" else self.coil_write_function
 
     def point(self, name: str) -> Point:
         try:
@@ -157,6 +198,14 @@ class ScpiCommandSet:
     error_query: str | None = "SYST:ERR?"
     source: str = ""
     protocol: str = "scpi"
+    remote: tuple[str, ...] = ()  # sent first on every connection (e.g. "SYST:REM")
+    settle_s: float = 0.0  # the instrument ignores lines sent this soon after a setting
+    opc: bool = False  # follow every setting with *OPC? and wait for its 1
+    echo: bool = False  # the instrument echoes each line before its answer
+    read_terminator: str | None = None  # replies end with this (default: terminator)
+    busy_errors: tuple[int, ...] = ()  # error-queue codes that mean "busy, ask again"
+    timeout_s: float | None = None
+    watchdog: str | None = None  # the command (seconds) arming its communication watchdog
 
     def command(self, name: str) -> Command:
         try:
@@ -214,22 +263,27 @@ def _table(source: str, data: dict[str, Any], key: str) -> dict[str, Any]:
 
 def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
                   roles: tuple[str, ...]) -> ModbusMap:
+    _known_keys(source, head, MODBUS_HEAD_KEYS)
     default_order = head.get("word_order", "big")
+    numbering = head.get("numbering", "zero-based")
+    if numbering not in NUMBERINGS:
+        raise InstrumentFileError(source, "[instrument] numbering",
+                                  f"expected one of {list(NUMBERINGS)}, got {numbering!r}")
+    quirks = _modbus_quirks(source, head)
     points: dict[str, Point] = {}
     for name, p in _table(source, data, "points").items():
         where = f"[points] {name}"
         if not isinstance(p, dict):
             raise InstrumentFileError(source, where, "expected an inline table")
-        unknown = set(p) - {"table", "address", "type", "scale", "unit", "access", "bits",
-                            "doc", "word_order"}
+        unknown = set(p) - POINT_KEYS
         if unknown:
             raise InstrumentFileError(source, where, f"unknown key {sorted(unknown)[0]!r}")
         table, kind = p.get("table"), p.get("type")
         access, order = p.get("access", "r"), p.get("word_order", default_order)
         checks = [
             (table in TABLES, f"table must be one of {TABLES}"),
-            (isinstance(p.get("address"), int) and 0 <= p["address"] <= 0xFFFF,
-             "address must be an integer in 0..0xFFFF"),
+            (isinstance(p.get("address"), int) and not isinstance(p["address"], bool)
+             and p["address"] >= 0, "address must be a non-negative integer"),
             (kind in TYPES, f"type must be one of {sorted(TYPES)}"),
             ((kind == "bit") == (table in ("coil", "discrete")),
              "coils and discrete inputs have type bit, registers a numeric type"),
@@ -243,10 +297,33 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
         for ok, problem in checks:
             if not ok:
                 raise InstrumentFileError(source, where, problem)
+        table, kind = str(table), str(kind)
+        address = _protocol_address(source, where, table, p["address"], numbering)
+        if address > 0xFFFF:
+            raise InstrumentFileError(source, where, "address must be in 0..0xFFFF")
         codec = Codec(kind, order, float(p.get("scale", 1)))
-        points[name] = Point(name, table, p["address"], codec, p.get("unit", ""), access,
-                             tuple(p.get("bits", ())), p.get("doc", ""))
+        points[name] = Point(name, table, address, codec, p.get("unit", ""), access,
+                             tuple(p.get("bits", ())), p.get("doc", ""),
+                             _rollover(source, where, p.get("rollover"), codec),
+                             _valid_range(source, where, p), _mask(source, where, p))
     _check_overlaps(source, points)
+    channels = head.get("channels", 1)
+    if not isinstance(channels, int) or isinstance(channels, bool) or not 1 <= channels <= 64:
+        raise InstrumentFileError(source, "[instrument] channels", "an integer in 1..64")
+    for role in roles:
+        for name in ROLE_POINTS.get(role, ()):
+            p = points.get(name)
+            if channels > 1 and p is not None and p.table in ("holding", "input") \
+                    and p.mask is None:
+                raise InstrumentFileError(
+                    source, f"[points] {name}", f"channels = {channels}, but {name} is a "
+                    "whole register: every channel would write the same one. Declare the "
+                    "bit of channel 0 (bit = 0: channel N is bit N), or use coils")
+            if p is not None and p.mask is not None and \
+                    p.field_mask(channels - 1) > 0xFFFF:
+                raise InstrumentFileError(source, f"[points] {name}",
+                                          f"{channels} channels of this field do not fit "
+                                          "in one 16-bit register")
     for role in roles:
         if role not in ROLE_POINTS:
             raise InstrumentFileError(source, "[instrument] roles",
@@ -256,17 +333,157 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
         if missing:
             raise InstrumentFileError(source, "[points]",
                                       f"role {role} needs point(s) {', '.join(missing)}")
+    watchdog = head.get("watchdog")
+    if watchdog is not None:
+        point = points.get(watchdog) if isinstance(watchdog, str) else None
+        if point is None or not point.writable:
+            raise InstrumentFileError(source, "[instrument] watchdog",
+                                      "names the writable point that arms the device's "
+                                      f"communication watchdog (seconds); got {watchdog!r}")
+        quirks["watchdog"] = watchdog
     identify = tuple(head.get("identify", ()))
     for name in identify:
         if name not in points:
             raise InstrumentFileError(source, "[instrument] identify", f"no point {name!r}")
     return ModbusMap(head["model"], head["title"], head["follows"], roles, points, identify,
-                     int(head.get("channels", 1)), source)
+                     int(head.get("channels", 1)), source, numbering=numbering, **quirks)
+
+
+COMMON_HEAD_KEYS = frozenset({"protocol", "model", "roles", "title", "follows"})
+POINT_KEYS = frozenset({"table", "address", "type", "scale", "unit", "access", "bits", "doc",
+                        "word_order", "rollover", "min", "max", "bit", "mask"})
+COMMAND_KEYS = frozenset({"get", "set", "type", "true", "false", "unit", "doc"})
+MODBUS_HEAD_KEYS = COMMON_HEAD_KEYS | {"word_order", "identify", "channels", "numbering",
+                                       "write_function", "coil_write_function",
+                                       "max_read_registers", "timeout_s", "rtu_silent_s",
+                                       "turnaround_s", "watchdog"}
+NUMBERINGS = ("zero-based", "one-based")
+# Datasheet ("Modicon") numbering: table -> the reference of protocol address 0.
+DATASHEET_BASE = {"coil": 1, "discrete": 10001, "input": 30001, "holding": 40001}
+
+
+def _known_keys(source: str, head: dict[str, Any], known: frozenset[str]) -> None:
+    unknown = sorted(set(head) - known)
+    if unknown:
+        raise InstrumentFileError(source, f"[instrument] {unknown[0]}",
+                                  f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _protocol_address(source: str, where: str, table: str, address: int,
+                      numbering: str) -> int:
+    """The protocol (0-based) address of a point. Datasheet numbers (30001, 40001...) are
+    refused unless the file declares ``numbering = "one-based"``, where they are converted."""
+    base = DATASHEET_BASE[table]
+    if numbering == "one-based":
+        # 5-digit references (30001..39999), 6-digit ones (300001..365536), coils 1..65536
+        firsts = (base,) if base == 1 else (base, (base - 1) * 10 + 1)
+        spans = (0x10000,) if base == 1 else (9999, 0x10000)
+        for first, span in zip(firsts, spans, strict=True):
+            if first <= address < first + span:
+                return address - first
+        raise InstrumentFileError(source, where, f"address {address} is not a one-based "
+                                  f"{table} reference (from {base})")
+    if base > 1 and base <= address < base + 9999:
+        raise InstrumentFileError(
+            source, where, f"address {address} looks like datasheet numbering ({table} "
+            f"{base} is protocol address 0): give {address - base}, or declare "
+            'numbering = "one-based" in [instrument]')
+    return address
+
+
+def _modbus_quirks(source: str, head: dict[str, Any]) -> dict[str, Any]:
+    """The [instrument] keys that say how this device departs from the usual (defaults are
+    the Modbus specification's)."""
+    out: dict[str, Any] = {}
+    for key, allowed in (("write_function", (6, 16)), ("coil_write_function", (5, 15))):
+        if key in head:
+            if head[key] not in allowed:
+                raise InstrumentFileError(source, f"[instrument] {key}",
+                                          f"expected {allowed[0]} or {allowed[1]}, "
+                                          f"got {head[key]!r}")
+            out[key] = head[key]
+    if "max_read_registers" in head:
+        n = head["max_read_registers"]
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 125:
+            raise InstrumentFileError(source, "[instrument] max_read_registers",
+                                      "an integer in 1..125")
+        out["max_read_registers"] = n
+    for key, low, high in (("timeout_s", 0.0, 60.0), ("rtu_silent_s", 0.0, 1.0),
+                           ("turnaround_s", 0.0, 1.0)):
+        if key in head:
+            t = head[key]
+            if not isinstance(t, int | float) or isinstance(t, bool) or not low <= t <= high \
+                    or (key == "timeout_s" and t == 0):
+                raise InstrumentFileError(source, f"[instrument] {key}",
+                                          f"seconds, a number in [{low:g}, {high:g}]")
+            out[key] = float(t)
+    return out
+
+
+def _rollover(source: str, where: str, value: Any, codec: Codec) -> float | None:
+    """``rollover = N`` (point units) or ``"width"`` (the integer type's range x scale)."""
+    if value is None:
+        return None
+    span = TYPES[codec.type][2]
+    if value == "width":
+        if span is None or span[0] < 0:
+            raise InstrumentFileError(source, where, 'rollover = "width" needs an unsigned '
+                                      "integer type")
+        return (span[1] + 1) * abs(codec.scale)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise InstrumentFileError(source, where, 'rollover must be a positive number (the '
+                                  'value the counter wraps at) or "width"')
+    return float(value)
+
+
+def _valid_range(source: str, where: str, p: dict[str, Any]) -> tuple[float, float] | None:
+    if "min" not in p and "max" not in p:
+        return None
+    low, high = p.get("min", -math.inf), p.get("max", math.inf)
+    for v in (low, high):
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            raise InstrumentFileError(source, where, "min and max must be numbers")
+    if not low < high:
+        raise InstrumentFileError(source, where, "min must be below max")
+    return float(low), float(high)
+
+
+def _mask(source: str, where: str, p: dict[str, Any]) -> int | None:
+    """``bit = N`` (one bit) or ``mask = 0x00F0`` (a field): a part of one u16 register."""
+    if "bit" not in p and "mask" not in p:
+        return None
+    if "bit" in p and "mask" in p:
+        raise InstrumentFileError(source, where, "give bit or mask, not both")
+    if p.get("table") not in ("holding", "input") or p.get("type") != "u16":
+        raise InstrumentFileError(source, where, "a bit field is part of one u16 register "
+                                  "(table holding or input, type u16)")
+    value = 1 << p["bit"] if "bit" in p and isinstance(p["bit"], int) \
+        and 0 <= p["bit"] <= 15 else p.get("mask")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 0xFFFF \
+            or ((value >> _shift(value)) + 1) & (value >> _shift(value)):
+        raise InstrumentFileError(source, where, "bit must be 0..15, mask a run of set bits "
+                                  "in 0x0001..0xFFFF")
+    return value
 
 
 def _check_overlaps(source: str, points: dict[str, Point]) -> None:
+    """No two points share a register, unless both are bit fields with disjoint masks."""
+    fields: dict[tuple[str, int], list[Point]] = {}
+    for p in points.values():
+        if p.mask is not None:
+            for field_point in fields.setdefault((p.table, p.address), []):
+                if field_point.mask is not None and field_point.mask & p.mask:
+                    raise InstrumentFileError(source, f"[points] {p.name}",
+                                              f"its bits overlap {field_point.name}'s")
+            fields[(p.table, p.address)].append(p)
     taken: dict[tuple[str, int], str] = {}
     for p in points.values():
+        if p.mask is not None:
+            continue
+        if (p.table, p.address) in fields:
+            raise InstrumentFileError(source, f"[points] {p.name}",
+                                      f"overlaps the bit fields at {p.table} address "
+                                      f"{p.address}")
         for a in range(p.address, p.address + p.count):
             other = taken.setdefault((p.table, a), p.name)
             if other != p.name:
@@ -276,12 +493,13 @@ def _check_overlaps(source: str, points: dict[str, Point]) -> None:
 
 def _parse_scpi(source: str, data: dict[str, Any], head: dict[str, Any],
                 roles: tuple[str, ...]) -> ScpiCommandSet:
+    _known_keys(source, head, SCPI_HEAD_KEYS)
     commands: dict[str, Command] = {}
     for name, c in _table(source, data, "commands").items():
         where = f"[commands] {name}"
         if not isinstance(c, dict) or not (c.get("get") or c.get("set")):
             raise InstrumentFileError(source, where, "needs get and/or set")
-        unknown = set(c) - {"get", "set", "type", "true", "false", "unit", "doc"}
+        unknown = set(c) - COMMAND_KEYS
         if unknown:
             raise InstrumentFileError(source, where, f"unknown key {sorted(unknown)[0]!r}")
         kind = c.get("type", "float")
@@ -291,6 +509,12 @@ def _parse_scpi(source: str, data: dict[str, Any], head: dict[str, Any],
             raise InstrumentFileError(source, where, "a setting template needs {value}")
         commands[name] = Command(name, c.get("get"), c.get("set"), kind, c.get("true", "ON"),
                                  c.get("false", "OFF"), c.get("unit", ""))
+    watchdog = head.get("watchdog")
+    if watchdog is not None and (not isinstance(watchdog, str) or watchdog not in commands
+                                 or commands[watchdog].set is None):
+        raise InstrumentFileError(source, "[instrument] watchdog",
+                                  "names the command (with a setting, in seconds) that arms "
+                                  f"the device's communication watchdog; got {watchdog!r}")
     setpoint = head.get("setpoint", "power")
     if setpoint not in SETPOINT_COMMANDS:
         raise InstrumentFileError(source, "[instrument] setpoint",
@@ -309,7 +533,43 @@ def _parse_scpi(source: str, data: dict[str, Any], head: dict[str, Any],
         head["model"], head["title"], head["follows"], roles, commands,
         tuple(head.get("init", ())), setpoint, float(head.get("voltage_headroom", 1.05)),
         int(head.get("channel", 1)), head.get("terminator", "\n"),
-        head.get("error_query", "SYST:ERR?") or None, source)
+        head.get("error_query", "SYST:ERR?") or None, source, watchdog=watchdog,
+        **_scpi_quirks(source, head))
+
+
+SCPI_HEAD_KEYS = COMMON_HEAD_KEYS | {"setpoint", "init", "voltage_headroom", "channel",
+                                     "terminator", "error_query", "remote", "settle_s", "opc",
+                                     "echo", "read_terminator", "busy_errors", "timeout_s",
+                                     "watchdog"}
+# key -> (accepts, what it must be)
+_SCPI_QUIRKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "remote": (lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v),
+               "a list of command lines"),
+    "settle_s": (lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+                 and 0 <= v <= 5, "seconds, a number in [0, 5]"),
+    "opc": (lambda v: isinstance(v, bool), "true or false"),
+    "echo": (lambda v: isinstance(v, bool), "true or false"),
+    "read_terminator": (lambda v: isinstance(v, str) and v != "", "a non-empty text"),
+    "busy_errors": (lambda v: isinstance(v, list) and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in v), "a list of error codes"),
+    "timeout_s": (lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+                  and 0 < v <= 60, "seconds, a number in (0, 60]"),
+}
+
+
+def _scpi_quirks(source: str, head: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, (ok, expected) in _SCPI_QUIRKS.items():
+        if key in head:
+            if not ok(head[key]):
+                raise InstrumentFileError(source, f"[instrument] {key}",
+                                          f"expected {expected}, got {head[key]!r}")
+            value = head[key]
+            out[key] = tuple(value) if isinstance(value, list) else value
+    for key in ("settle_s", "timeout_s"):
+        if key in out:
+            out[key] = float(out[key])
+    return out
 
 
 _PARSERS: dict[str, Callable[[str, dict[str, Any], dict[str, Any], tuple[str, ...]],

@@ -1,9 +1,16 @@
-"""What every protocol link shares: one exchange at a time, one opening at a time, and a
-fresh connection after a failure."""
+"""What every protocol link shares: one exchange at a time, one opening at a time, a fresh
+connection after a failure, and patience with a busy instrument."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from drivers.protocol.errors import InstrumentError
+
+T = TypeVar("T")
+BUSY_PAUSE_S = 0.02  # before asking a busy instrument again (at most a fifth of the budget)
 
 
 class Link:
@@ -20,6 +27,28 @@ class Link:
         self.generation = 0
         self.lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()  # no reconnect mid-exchange, no double open
+        self.busy_budget_s = 0.0  # how long one exchange may keep asking a busy instrument
+        self.busy_retries = 0  # busy answers asked again (reports, tests)
+
+    def allow_busy(self, budget_s: float) -> None:
+        """Ask a busy instrument again (an answer whose error is ``transient``: Modbus
+        exceptions 5 and 6, an SCPI ``busy_errors`` code), after a short pause, for up to
+        ``budget_s`` per exchange (half a control period: the answer still comes in time)."""
+        self.busy_budget_s = max(self.busy_budget_s, budget_s)
+
+    async def while_busy(self, exchange: Callable[[], Awaitable[T]]) -> T:
+        """``exchange()``, asked again while it answers busy and the budget lasts."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.busy_budget_s
+        pause = min(BUSY_PAUSE_S, self.busy_budget_s / 5)
+        while True:
+            try:
+                return await exchange()
+            except InstrumentError as err:
+                if not err.transient or loop.time() + pause >= until:
+                    raise
+                self.busy_retries += 1
+                await asyncio.sleep(pause)
 
     @property
     def is_open(self) -> bool:

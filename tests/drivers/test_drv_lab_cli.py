@@ -15,7 +15,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from drivers.emulators.bench import EmulatedBench
-from testbed.lab_cli import check_rig, register, serve_emulated
+from testbed.lab import check_rig, serve_emulated
+from testbed.lab_cli import register
 from testbed.rigfile import load_rig
 from tests.drivers.conftest import emulated_rig
 
