@@ -121,6 +121,10 @@ def run(
     generating: Annotated[float, typer.Option(
         help="cesdt: share of homes with PV and a battery, in [0, 1]")] = 0.5,
     seed: Annotated[int, typer.Option(help="cesdt: seed of the homes' load and PV types")] = 1,
+    ledger: Annotated[str, typer.Option(
+        help="sqlite (the signed ledger), or also the contract on an EVM: 'evm' (embedded "
+             "py-evm, needs the evm extra) or 'evm+http://HOST:PORT' (a JSON-RPC node)")
+    ] = "sqlite",
 ) -> None:
     """Run a market scenario on a rig: clear, route, meter, settle, and record the ledger.
 
@@ -150,6 +154,10 @@ def run(
         rg, clock = apply_speed(load_rig(rig), speed)
         if mqtt is not None:
             parse_broker_url(mqtt)
+        if ledger != "sqlite" and (community or not ledger.startswith(("evm+http", "evm"))
+                                   or ledger not in ("evm",) and "://" not in ledger):
+            raise InputError(f"--ledger {ledger}", "expected 'sqlite', 'evm' or "
+                             "'evm+http://HOST:PORT' (scenario files only)")
     except InputError as e:
         fail(str(e))
     run_id = resume or uuid.uuid4().hex[:12]  # known before the run: it names the topics
@@ -163,7 +171,7 @@ def run(
                                    observers=observers, clock=clock,
                                    on_controller=on_controller, run_id=run_id)
         return run_scenario(sc, rg, store, clock=clock, resume=resume, run_id=run_id,
-                            observers=observers, on_controller=on_controller)
+                            observers=observers, on_controller=on_controller, ledger=ledger)
 
     async def start(hook: Any) -> Any:
         if mqtt is None:
