@@ -154,8 +154,8 @@ def run(
         rg, clock = apply_speed(load_rig(rig), speed)
         if mqtt is not None:
             parse_broker_url(mqtt)
-        if ledger != "sqlite" and (community or not ledger.startswith(("evm+http", "evm"))
-                                   or ledger not in ("evm",) and "://" not in ledger):
+        known = ledger in ("sqlite", "evm") or ledger.startswith(("evm+http://", "evm+https://"))
+        if not known or (community and ledger != "sqlite"):
             raise InputError(f"--ledger {ledger}", "expected 'sqlite', 'evm' or "
                              "'evm+http://HOST:PORT' (scenario files only)")
     except InputError as e:

@@ -33,15 +33,19 @@ from contracts import evm as units
 from contracts.evm import ChainOrder, clearing_from_events, micro_units, priority, wei_to_micro
 from contracts.mechanism import Clearing
 from contracts.orders import natural_key
+from testbed.errors import InputError
 
 GRID_HID = 0
 GAS_LIMIT = 30_000_000  # one block at the usual limit
-OPERATOR_FUNDS = 10**21  # wei the operator account gets on a chain it funds itself
-HOUSEHOLD_GAS_WEI = 10**18  # wei for each household account's own gas
+OPERATOR_FUNDS = 10**20  # wei the operator account gets on a chain it funds itself
+HOUSEHOLD_GAS_WEI = 10**17  # wei for each household account's own gas
 
 
-class EvmError(RuntimeError):
-    """The EVM back-end cannot run: says what is missing or wrong."""
+class EvmError(InputError):
+    """The EVM back-end cannot run (no node, no compiler, a node's error): says what."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__("--ledger", problem)
 
 
 class ChainRevert(RuntimeError):
@@ -281,12 +285,11 @@ class RpcChain:
             self.chain_id = int(self.rpc("eth_chainId", []), 16)
             self._faucet = self.rpc("eth_accounts", [])
         except EvmError as err:
-            raise EvmError(f"--ledger evm+{url}: no Ethereum JSON-RPC node answers there "
-                           f"({err}); start one, e.g. `npx ganache --server.port PORT`") \
-                from None
+            raise EvmError(f"no Ethereum JSON-RPC node answers at {url} ({err.problem}); "
+                           "start one, e.g. `npx ganache --server.port PORT`") from None
         if not self._faucet:
-            raise EvmError(f"--ledger evm+{url}: the node has no unlocked account to fund "
-                           "the run's accounts from")
+            raise EvmError(f"the node at {url} has no unlocked account to fund the run's "
+                           "accounts from")
 
     def rpc(self, method: str, params: list[Any]) -> Any:
         self._id += 1
@@ -322,12 +325,16 @@ class RpcChain:
             gas = int(self.rpc("eth_estimateGas", [tx]), 16)
         except _RpcError as err:
             raise ChainRevert(fn, err.reason()) from None
-        account = self._keys[sender]
-        signed = account.sign_transaction({
-            "from": sender, "to": to or b"", "data": data, "value": value,
-            "gas": gas + gas // 5, "gasPrice": int(self.rpc("eth_gasPrice", []), 16),
+        from eth_utils import to_checksum_address
+
+        fields: dict[str, Any] = {
+            "data": data, "value": value, "gas": gas + gas // 5,
+            "gasPrice": int(self.rpc("eth_gasPrice", []), 16),
             "nonce": int(self.rpc("eth_getTransactionCount", [sender, "pending"]), 16),
-            "chainId": self.chain_id})
+            "chainId": self.chain_id}
+        if to is not None:
+            fields["to"] = to_checksum_address(to)
+        signed = self._keys[sender].sign_transaction(fields)
         raw = getattr(signed, "raw_transaction", None) or signed.rawTransaction
         try:
             digest = self.rpc("eth_sendRawTransaction", ["0x" + bytes(raw).hex()])
@@ -383,10 +390,10 @@ class RpcChain:
         pass
 
 
-class _RpcError(Exception):
+class _RpcError(EvmError):
     def __init__(self, error: Mapping[str, Any]) -> None:
         self.error = dict(error)
-        super().__init__(str(error.get("message", error)))
+        super().__init__(f"the node says: {error.get('message', error)}")
 
     def reason(self) -> str:
         data = self.error.get("data")
@@ -404,7 +411,7 @@ def connect(spec: str) -> Chain:
         return EmbeddedChain()
     if spec.startswith("evm+http://") or spec.startswith("evm+https://"):
         return RpcChain(spec.removeprefix("evm+"))
-    raise EvmError(f"--ledger {spec}: expected 'sqlite', 'evm' or 'evm+http://HOST:PORT'")
+    raise EvmError(f"{spec}: expected 'sqlite', 'evm' or 'evm+http://HOST:PORT'")
 
 
 # ---- one deployment of the market -------------------------------------------------------------
@@ -535,8 +542,10 @@ class ChainLedger:
                                     import_aud_per_kwh=import_aud_per_kwh,
                                     feed_in_aud_per_kwh=feed_in_aud_per_kwh,
                                     aud_per_token=aud_per_token)
+        except EvmError:
+            raise
         except ValueError as err:
-            raise EvmError(f"--ledger {spec}: {err}") from None
+            raise EvmError(f"{spec}: {err}") from None
         for h, micro in opening_micro.items():
             if micro:
                 self.market.deposit(h, micro * units.WEI_PER_MICRO)
@@ -560,11 +569,19 @@ class ChainLedger:
         return None
 
     def clear(self) -> Clearing:
-        return self.market.clear()
+        try:
+            return self.market.clear()
+        except ChainRevert as err:
+            raise EvmError(f"the contract refused to clear: {err.reason}") from None
 
     def settle(self, metered_kwh: Mapping[str, Fraction]) -> dict[str, int]:
         """Post the readings; the contract settles. Returns the balances after (micro-ETH)."""
-        self.market.settle(metered_kwh)
+        try:
+            self.market.settle(metered_kwh)
+        except ChainRevert as err:
+            raise EvmError(f"the contract refused the meter readings: {err.reason}") from None
+        except ValueError as err:
+            raise EvmError(str(err)) from None
         self.interval_s.append(time.perf_counter() - self._t0)
         self._t0 = 0.0
         return self.market.balances()

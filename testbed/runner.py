@@ -87,19 +87,16 @@ def open_chain(spec: str, scenario: Scenario, opening: dict[str, int]) -> ChainB
     """``--ledger``: ``sqlite`` (the signed ledger alone) or an EVM back-end beside it."""
     if spec == "sqlite":
         return None
-    from testbed.evm_ledger import ChainLedger, EvmError
+    from testbed.evm_ledger import ChainLedger
 
     if scenario.mechanism not in ("dual_bidding", "grid_only"):
         raise InputError(f"--ledger {spec}", "the EVM contract implements dual bidding; "
                          f"scenario {scenario.name!r} uses {scenario.mechanism!r}")
-    try:
-        return ChainLedger(spec, [h.id for h in scenario.households], opening,
-                           alpha=scenario.alpha,
-                           import_aud_per_kwh=scenario.tariff.import_aud_per_kwh,
-                           feed_in_aud_per_kwh=scenario.tariff.feed_in_aud_per_kwh,
-                           aud_per_token=scenario.aud_per_token)
-    except EvmError as err:
-        raise InputError(f"--ledger {spec}", str(err)) from None
+    return ChainLedger(spec, [h.id for h in scenario.households], opening,  # InputError
+                       alpha=scenario.alpha,
+                       import_aud_per_kwh=scenario.tariff.import_aud_per_kwh,
+                       feed_in_aud_per_kwh=scenario.tariff.feed_in_aud_per_kwh,
+                       aud_per_token=scenario.aud_per_token)
 
 
 def chain_checks(index: int, suite_of: str, python: Clearing, chain: Clearing,

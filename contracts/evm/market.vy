@@ -1,4 +1,6 @@
 # pragma version ~=0.4.3
+# pragma evm-version shanghai
+# (shanghai: what ganache 7 and most lab nodes execute; cancun adds nothing used here)
 """
 @title Dual-bidding community energy market (market.md section 1) on the EVM
 @notice The same rules as contracts/dual_bidding.py and contracts/settlement.py, in
