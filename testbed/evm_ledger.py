@@ -436,7 +436,7 @@ class EvmMarket:
 
     def __init__(self, chain: Chain, households: Sequence[str], *, alpha: Fraction,
                  import_aud_per_kwh: Fraction, feed_in_aud_per_kwh: Fraction,
-                 aud_per_token: Fraction) -> None:
+                 aud_per_token: Fraction, household_wei: int = HOUSEHOLD_GAS_WEI) -> None:
         self.chain = chain
         self.gas = GasLog()
         self.names = {i + 1: h for i, h in enumerate(sorted(households, key=natural_key))}
@@ -456,7 +456,7 @@ class EvmMarket:
         self.accounts: dict[str, str] = {}
         self.keys: dict[str, str] = {}
         for hid, name in self.names.items():
-            address, key = chain.new_account(HOUSEHOLD_GAS_WEI)
+            address, key = chain.new_account(household_wei)
             self.accounts[name], self.keys[name] = address, key
             self.gas.add("certify", self._tx(self.operator, "certify", [address]).gas)
             assert hid == self.view("hid_of", address)
