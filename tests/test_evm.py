@@ -10,11 +10,13 @@ its reason. Both on the embedded py-evm and on a JSON-RPC node (ganache on loopb
 
 from __future__ import annotations
 
-import json
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
 from fractions import Fraction
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +27,11 @@ from contracts.evm import WEI_PER_ETH
 from contracts.orders import Order, Side
 from contracts.settlement import GRID, Tariff, apply, settle
 from testbed.evm_ledger import ChainRevert, EmbeddedChain, EvmMarket, RpcChain, encode_call
+from testbed.report import summarise
+from testbed.rigfile import load_rig
+from testbed.runner import run_scenario
+from testbed.scenario import load_scenario
+from testbed.store import Store
 from tests.evm_fixtures import evm_node  # noqa: F401  (a fixture)
 
 HOUSEHOLDS = [str(i) for i in range(1, 121)]  # 60 buyers and 60 sellers at most
@@ -60,6 +67,7 @@ def node_market(evm_node: str) -> EvmMarket:  # noqa: F811
 # milli-kWh up to 5 kWh (escrow <= 2.5 AUD), prices on a 0.005 AUD grid.
 ENERGY = st.integers(1, 50).map(lambda n: Fraction(n, 10)) | st.integers(1, 5000).map(
     lambda n: Fraction(n, 1000))
+WHOLE = st.integers(1, 2).map(Fraction)  # a book of 1 and 2 kWh often meets exactly: method 1
 PRICE = st.integers(20, 40).map(lambda n: Fraction(n, 200))
 DEVIATION = st.integers(-300_000, 300_000)  # micro-kWh the meter differs from the trade
 
@@ -69,8 +77,9 @@ def books(draw: st.DrawFn, max_side: int = 60) -> tuple[list[Order], dict[str, F
     ids = draw(st.permutations(HOUSEHOLDS[:2 * max_side]))
     n_buy = draw(st.integers(0, max_side))
     n_sell = draw(st.integers(0, max_side))
-    orders = [Order(h, Side.BUY, draw(ENERGY), draw(PRICE)) for h in ids[:n_buy]]
-    orders += [Order(h, Side.SELL, draw(ENERGY), draw(PRICE))
+    energy = draw(st.sampled_from([ENERGY, WHOLE]))
+    orders = [Order(h, Side.BUY, draw(energy), draw(PRICE)) for h in ids[:n_buy]]
+    orders += [Order(h, Side.SELL, draw(energy), draw(PRICE))
                for h in ids[n_buy:n_buy + n_sell]]
     orders = draw(st.permutations(orders))  # the order of arrival must not matter
     deviation = {h: draw(DEVIATION) * MICRO_KWH for h in HOUSEHOLDS[:2 * max_side]}
@@ -220,21 +229,27 @@ def test_wrong_priority_proposal_and_readings_are_refused(fresh: EvmMarket) -> N
 
 # ---- the paper's scenarios through `testbed run --ledger ...` -------------------------------
 
-def run_cli(*args: str) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-m", "testbed.cli", "run", *args, "--json"],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return dict(json.loads(out.stdout))
+def run_scenario_on(scenario: str, ledger: str, db: Path) -> dict[str, Any]:
+    """``testbed run SCENARIO --ledger LEDGER --json`` in this process (the compiled
+    contract is shared), as the summary the CLI prints."""
+    store = Store(db)
+    try:
+        outcome = asyncio.run(run_scenario(load_scenario(scenario), load_rig("mock"), store,
+                                           ledger=ledger))
+    finally:
+        store.close()
+    return summarise(outcome)
 
 
 @pytest.mark.parametrize("scenario", ["scenario1", "scenario2", "scenario3"])
-def test_scenarios_on_the_embedded_evm_match_the_sqlite_ledger(scenario: str, tmp_path) -> None:
+def test_scenarios_on_the_embedded_evm_match_the_sqlite_ledger(scenario: str,
+                                                                tmp_path: Path) -> None:
     """The chain clears and settles; the run's checks compare its clearing with
     contracts/ and every balance with the SQLite ledger of the same run."""
-    evm = run_cli(scenario, "--ledger", "evm", "--db", str(tmp_path / "e.db"))
-    assert evm["validation"]["failed"] == []  # type: ignore[index]
-    rows = evm["evm"]["balances"]  # type: ignore[index]
-    by_id = {h["id"]: h["balance_after_eth"] for h in evm["households"]}  # type: ignore[union-attr]
+    evm = run_scenario_on(scenario, "evm", tmp_path / "e.db")
+    assert evm["validation"]["failed"] == []
+    rows = evm["evm"]["balances"]
+    by_id = {h["id"]: h["balance_after_eth"] for h in evm["households"]}
     assert all(r["equal"] for r in rows) and len(rows) == len(by_id) + 1
     assert {r["account"]: r["after_eth"] for r in rows if r["account"] != "grid"} == by_id
     if scenario == "scenario2":
@@ -242,15 +257,15 @@ def test_scenarios_on_the_embedded_evm_match_the_sqlite_ledger(scenario: str, tm
                 evm["community_net_aud"]) == (0.16, 12.7, 0.944882, -0.103)
 
 
-def test_scenario2_on_the_node(evm_node: str, tmp_path) -> None:  # noqa: F811
-    evm = run_cli("scenario2", "--ledger", f"evm+{evm_node}", "--db", str(tmp_path / "n.db"))
+def test_scenario2_on_the_node(evm_node: str, tmp_path: Path) -> None:  # noqa: F811
+    evm = run_scenario_on("scenario2", f"evm+{evm_node}", tmp_path / "n.db")
     assert (evm["clearing_price"], evm["method"], evm["volume_kwh"],
             evm["community_net_aud"]) == (0.16, 2, 12.7, -0.103)
-    assert all(r["equal"] for r in evm["evm"]["balances"])  # type: ignore[index]
-    assert evm["validation"]["failed"] == []  # type: ignore[index]
+    assert all(r["equal"] for r in evm["evm"]["balances"])
+    assert evm["validation"]["failed"] == []
 
 
-def test_no_node_is_one_clear_message(tmp_path) -> None:
+def test_no_node_is_one_clear_message(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "testbed.cli", "run", "scenario2", "--ledger",
                           "evm+http://127.0.0.1:9", "--db", str(tmp_path / "x.db")],
                          capture_output=True, text=True, timeout=120)
