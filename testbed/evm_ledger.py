@@ -34,6 +34,7 @@ from contracts.evm import ChainOrder, clearing_from_events, micro_units, priorit
 from contracts.mechanism import Clearing
 from contracts.orders import natural_key
 from testbed.errors import InputError
+from testbed.store import Store
 
 GRID_HID = 0
 GAS_LIMIT = 30_000_000  # one block at the usual limit
@@ -535,6 +536,11 @@ class ChainLedger:
                  *, alpha: Fraction, import_aud_per_kwh: Fraction,
                  feed_in_aud_per_kwh: Fraction, aud_per_token: Fraction) -> None:
         self.spec = spec
+        self.params = {"households": list(households), "alpha": str(alpha),
+                       "import_aud_per_kwh": str(import_aud_per_kwh),
+                       "feed_in_aud_per_kwh": str(feed_in_aud_per_kwh),
+                       "aud_per_token": str(aud_per_token)}
+        self._recorded = 0
         self.chain = connect(spec)
         started = time.perf_counter()
         try:
@@ -594,3 +600,146 @@ class ChainLedger:
                 "before_micro": self.before, "after_micro": self.market.balances(),
                 "gas": {k: sum(v) for k, v in self.market.gas.by_kind.items()},
                 "setup_s": self.setup_s, "interval_s": self.interval_s}
+
+    def record(self, store: Store, run_id: str) -> None:
+        """Write the deployment and the events since the last call to the run database
+        (inside the caller's transaction), for ``testbed ledger verify``."""
+        store.db["evm"].upsert({  # type: ignore[union-attr]
+            "run_id": run_id, "backend": self.spec, "contract": self.market.address,
+            "deploy_block": self.market.deploy_block,
+            "body": json.dumps({**self.params, "accounts": self.market.accounts})},
+            pk="run_id")
+        events = self.market.events()
+        store.insert("evm_events", [{"run_id": run_id, "seq": self._recorded + i,
+                                     "block": e.block, "name": e.name,
+                                     "body": json.dumps(e.args)}
+                                    for i, e in enumerate(events[self._recorded:])])
+        self._recorded = len(events)
+
+
+# ---- testbed ledger verify ---------------------------------------------------------------------
+
+def _comparable(events: Sequence[Event]) -> list[tuple[str, dict[str, Any]]]:
+    """Events without what a replay cannot reproduce: accounts' addresses and blocks."""
+    return [(e.name, {k: v for k, v in e.args.items() if k != "account"}) for e in events]
+
+
+def replay_embedded(params: Mapping[str, Any], recorded: Sequence[Event]) -> list[Event]:
+    """Re-execute a run's transactions on a fresh embedded EVM from deployment, the inputs
+    read from the recorded events (deposits, orders, clearings, meter readings), and return
+    the events this chain emits."""
+    market = EvmMarket(EmbeddedChain(), params["households"], alpha=Fraction(params["alpha"]),
+                       import_aud_per_kwh=Fraction(params["import_aud_per_kwh"]),
+                       feed_in_aud_per_kwh=Fraction(params["feed_in_aud_per_kwh"]),
+                       aud_per_token=Fraction(params["aud_per_token"]),
+                       household_wei=HOUSEHOLD_GAS_WEI + sum(
+                           e.args["amount"] for e in recorded if e.name == "Deposit"))
+    readings: dict[str, Fraction] = {}
+    for e in recorded:
+        a = e.args
+        try:
+            if e.name == "Deposit":
+                if a["hid"] == GRID_HID:
+                    market.fund_grid(a["amount"])
+                else:
+                    market.deposit(market.names[a["hid"]], a["amount"])
+            elif e.name == "OrderPlaced":
+                market.place(market.names[a["hid"]], "buy" if a["is_buy"] else "sell",
+                             Fraction(a["energy"], 10**6), Fraction(a["price"], 10**6),
+                             nonce=a["nonce"])
+            elif e.name == "Cleared":
+                market.clear()
+            elif e.name == "Reading":
+                readings[market.names[a["hid"]]] = Fraction(a["metered"], 10**6)
+            elif e.name == "Settled":
+                market.settle(readings)
+                readings = {}
+        except (ChainRevert, KeyError, ValueError) as err:
+            raise EvmError(f"replaying {e.name} {a}: {err}") from None
+    return market.events()
+
+
+def verify_evm(store: Store, run_id: str) -> str | None:
+    """Check an EVM run: the chain's events from the contract's deployment (read from the
+    node, or re-executed on a fresh embedded EVM) equal those recorded, and agree with the
+    run's clearings, trades, meter readings and the SQLite ledger's balances. Returns the
+    first disagreement, or None (also for a run without an EVM back-end)."""
+    row = store.db.execute("select backend, contract, deploy_block, body from evm "
+                           "where run_id = ?", [run_id]).fetchone() \
+        if store.db["evm"].exists() else None
+    if row is None:
+        return None
+    backend, contract, deploy_block, body = row
+    params = json.loads(body)
+    recorded = [Event(r["name"], json.loads(r["body"]), r["block"]) for r in store.db.query(
+        "select * from evm_events where run_id = ? order by seq", [run_id])]
+    try:
+        if backend == "evm":
+            live = replay_embedded(params, recorded)
+        else:
+            live = RpcChain(backend.removeprefix("evm+")).logs(contract, deploy_block)
+    except EvmError as err:
+        return f"cannot replay the chain: {err.problem}"
+    if _comparable(live) != _comparable(recorded):
+        first = next((i for i, (x, y) in enumerate(zip(_comparable(live),
+                                                       _comparable(recorded), strict=False))
+                      if x != y), min(len(live), len(recorded)))
+        return (f"event {first}: the chain ({backend}) has {len(live)} events, the run "
+                f"recorded {len(recorded)}; they first differ at "
+                f"{live[first].name if first < len(live) else 'the end'}")
+    return _check_against_run(store, run_id, recorded)
+
+
+def _check_against_run(store: Store, run_id: str, events: Sequence[Event]) -> str | None:
+    params_row = store.db.execute("select body from evm where run_id = ?", [run_id]).fetchone()
+    households = sorted(json.loads(params_row[0])["households"], key=natural_key)
+    names = {i + 1: h for i, h in enumerate(households)}
+    names[GRID_HID] = "grid"
+    micro: dict[str, int] = {}
+    interval = 0
+    fills: list[tuple[str, str, Fraction]] = []
+    for e in events:
+        a = e.args
+        if e.name == "Deposit":
+            micro[names[a["hid"]]] = micro.get(names[a["hid"]], 0) + a["amount"] // 10**12
+        elif e.name == "Fill":
+            seller, buyer = names[a["seller"]], names[a["buyer"]]
+            micro[seller] = micro.get(seller, 0) + a["money"]
+            micro[buyer] = micro.get(buyer, 0) - a["money"]
+            fills.append((seller, buyer, Fraction(a["energy"], 10**6)))
+        elif e.name == "Transfer":
+            for hid, sign in ((a["source"], -1), (a["target"], 1)):
+                micro[names[hid]] = micro.get(names[hid], 0) + sign * (a["amount"] // 10**12)
+        elif e.name == "Cleared":
+            row = store.db.execute("select clearing_price, method from intervals where "
+                                   "run_id = ? and idx = ?", [run_id, a["interval"]]).fetchone()
+            price = (None if a["method"] == 0 else
+                     str(Fraction(a["price_num"], a["price_den"] * 10**6)))
+            if row is None or (row[0], row[1]) != (price, a["method"] or None):
+                return (f"interval {a['interval']}: the chain cleared at {price} (method "
+                        f"{a['method']}), the run database says {row}")
+            interval = a["interval"]
+        elif e.name == "Reading":
+            got = store.db.execute("select body from results where run_id = ? and "
+                                   "interval = ? and household = ?",
+                                   [run_id, a["interval"], names[a["hid"]]]).fetchone()
+            metered = None if got is None else Fraction(json.loads(got[0])["metered_kwh"])
+            if metered != Fraction(a["metered"], 10**6):
+                return (f"interval {a['interval']} household {names[a['hid']]}: the oracle "
+                        f"posted {Fraction(a['metered'], 10**6)} kWh, the meters "
+                        f"{metered} kWh")
+        elif e.name == "Settled":
+            trades = [(r["seller"], r["buyer"], Fraction(r["energy_kwh"])) for r in
+                      store.db.query("select * from trades where run_id = ? and interval = ? "
+                                     "order by seq", [run_id, interval])]
+            if trades != fills:
+                return (f"interval {interval}: the chain's {len(fills)} fills differ from "
+                        f"the run database's {len(trades)} trades")
+            fills = []
+    ledger = {r["account"]: r["micro"] for r in store.db.query(
+        "select account, micro from balances where run_id = ?", [run_id])}
+    for account, amount in sorted(ledger.items()):
+        if micro.get(account, 0) != amount:
+            return (f"account {account}: the chain's events give {micro.get(account, 0)} µETH, "
+                    f"the SQLite ledger {amount} µETH")
+    return None

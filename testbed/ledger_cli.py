@@ -58,9 +58,10 @@ def verify(db: DbArg, run: RunOpt = None,
             e = verify_run(store, rid)
             blocks = store.db.execute("select count(*) from blocks where run_id = ?",
                                       [rid]).fetchone()[0]
-            results.append({"run_id": rid, "ok": e is None, "blocks": blocks,
+            chain = _verify_chain(store, rid) if e is None else None
+            results.append({"run_id": rid, "ok": e is None and chain is None, "blocks": blocks,
                             "bad_block": None if e is None else e.height,
-                            "reason": None if e is None else e.reason})
+                            "reason": chain if e is None else e.reason})
     finally:
         store.close()
     if as_json:
@@ -70,6 +71,9 @@ def verify(db: DbArg, run: RunOpt = None,
             if r["ok"]:
                 console.print(f"[green]ok[/green]   run {r['run_id']}: {r['blocks']} blocks "
                               "verified from genesis")
+            elif r["bad_block"] is None:
+                console.print(f"[red]BAD[/red]  run {r['run_id']}: EVM: {r['reason']}",
+                              highlight=False)
             else:
                 console.print(f"[red]BAD[/red]  run {r['run_id']}: block {r['bad_block']}: "
                               f"{r['reason']}", highlight=False)
@@ -77,6 +81,16 @@ def verify(db: DbArg, run: RunOpt = None,
         err.print(f"{db}: no runs")
     if any(not r["ok"] for r in results):
         raise typer.Exit(1)
+
+
+def _verify_chain(store: Any, run_id: str) -> str | None:
+    """An EVM run (``--ledger evm...``): its chain's events against the run; else None."""
+    if not store.db["evm"].exists() or store.db.execute(
+            "select count(*) from evm where run_id = ?", [run_id]).fetchone()[0] == 0:
+        return None
+    from testbed.evm_ledger import verify_evm
+
+    return verify_evm(store, run_id)
 
 
 def _describe(tx: dict[str, Any]) -> str:

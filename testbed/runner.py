@@ -81,6 +81,7 @@ class ChainBackend(Protocol):
     def clear(self) -> Clearing: ...
     def settle(self, metered_kwh: dict[str, Fraction]) -> dict[str, int]: ...  # micro
     def describe(self) -> dict[str, Any]: ...
+    def record(self, store: Store, run_id: str) -> None: ...  # inside the transaction
 
 
 def open_chain(spec: str, scenario: Scenario, opening: dict[str, int]) -> ChainBackend | None:
@@ -257,6 +258,7 @@ class Run:
         with self.store.transaction():
             block = ledger.seal(index, draft)
             if self.chain is not None:
+                self.chain.record(self.store, run_id)
                 checks += chain_checks(index, "EVM", python_clearing, clearing, rejected,
                                        chain_rejected, dict(ledger.balances), on_chain)
             self._write_interval(index, clearing, settlement, measured, rejected, checks)
@@ -310,6 +312,8 @@ def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
                                                     "time_scale": rig.time_scale}),
                               "summary": None})
         ledger = Ledger.create(store, run_id, ids, opening, scenario.aud_per_token)
+        if chain is not None:
+            chain.record(store, run_id)
     return Run(scenario, rig, store, clock, events, run_id, ledger, opening, 0, chain)
 
 

@@ -38,6 +38,11 @@ SCHEMA: dict[str, tuple[dict[str, type], list[str]]] = {
     "balances": ({"run_id": str, "account": str, "micro": int}, ["run_id", "account"]),
     "keystore": ({"run_id": str, "account": str, "private_key": str}, ["run_id", "account"]),
     "safety": ({"run_id": str, "at": str, "event": str, "body": str}, []),
+    # --ledger evm...: the deployment (back-end, contract, parameters) and its events
+    "evm": ({"run_id": str, "backend": str, "contract": str, "deploy_block": int,
+             "body": str}, ["run_id"]),
+    "evm_events": ({"run_id": str, "seq": int, "block": int, "name": str, "body": str},
+                   ["run_id", "seq"]),
 }
 
 

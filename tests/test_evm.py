@@ -11,6 +11,7 @@ its reason. Both on the embedded py-evm and on a JSON-RPC node (ganache on loopb
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -263,6 +264,17 @@ def test_scenario2_on_the_node(evm_node: str, tmp_path: Path) -> None:  # noqa: 
             evm["community_net_aud"]) == (0.16, 2, 12.7, -0.103)
     assert all(r["equal"] for r in evm["evm"]["balances"])
     assert evm["validation"]["failed"] == []
+    from testbed.evm_ledger import verify_evm
+
+    store = Store(tmp_path / "n.db")
+    try:  # the node's logs from the deployment, against the run database
+        assert verify_evm(store, evm["run_id"]) is None
+        with store.transaction():
+            store.db.execute("update trades set energy_kwh = '1' where run_id = ? and seq = 0",
+                             [evm["run_id"]])
+        assert "fills differ" in (verify_evm(store, evm["run_id"]) or "")
+    finally:
+        store.close()
 
 
 def test_no_node_is_one_clear_message(tmp_path: Path) -> None:
@@ -272,3 +284,42 @@ def test_no_node_is_one_clear_message(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "no Ethereum JSON-RPC node answers at http://127.0.0.1:9" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# ---- testbed ledger verify on an EVM run ------------------------------------------------------
+
+def test_verify_replays_the_embedded_chain_and_catches_tampering(tmp_path: Path) -> None:
+    from testbed.evm_ledger import verify_evm
+
+    db = tmp_path / "v.db"
+    run_id = run_scenario_on("scenario2", "evm", db)["run_id"]
+    store = Store(db)
+    try:
+        assert verify_evm(store, run_id) is None
+        with store.transaction():  # a meter reading changed after the run
+            row = store.db.execute("select body from results where run_id = ? and "
+                                   "household = '7'", [run_id]).fetchone()[0]
+            store.db.execute("update results set body = ? where run_id = ? and household = '7'",
+                             [row.replace('"metered_kwh": "15/2"', '"metered_kwh": "7.4"'),
+                              run_id])
+        assert "household 7" in (verify_evm(store, run_id) or "")
+        with store.transaction():
+            store.db.execute("update results set body = ? where run_id = ? and household = '7'",
+                             [row, run_id])
+            seq, body = store.db.execute("select seq, body from evm_events where run_id = ? "
+                                         "and name = 'Fill'", [run_id]).fetchone()
+            forged = {**json.loads(body), "money": json.loads(body)["money"] + 1}
+            store.db.execute("update evm_events set body = ? where run_id = ? and seq = ?",
+                             [json.dumps(forged), run_id, seq])
+        assert "differ" in (verify_evm(store, run_id) or "")  # the chain says otherwise
+        with store.transaction():
+            store.db.execute("update evm_events set body = ? where run_id = ? and seq = ?",
+                             [body, run_id, seq])
+        assert verify_evm(store, run_id) is None
+        with store.transaction():  # a recorded event dropped: the replay has one more
+            store.db.execute("delete from evm_events where run_id = ? and seq = (select "
+                             "max(seq) from evm_events where run_id = ? and name = 'Fill')",
+                             [run_id, run_id])
+        assert "differ" in (verify_evm(store, run_id) or "")
+    finally:
+        store.close()
