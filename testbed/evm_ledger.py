@@ -94,7 +94,7 @@ def _keccak(data: bytes) -> bytes:
 def compiled() -> Abi:
     """The market contract's ABI and bytecode, compiled by the installed vyper package."""
     try:
-        import vyper
+        import vyper  # type: ignore[import-untyped]
     except ImportError:
         raise EvmError("the EVM back-end needs the 'evm' extra: pip install 'testbed[evm]'") \
             from None
@@ -117,14 +117,14 @@ def compiled() -> Abi:
 
 
 def encode_call(fn: str, args: Sequence[Any]) -> bytes:
-    from eth_abi import encode
+    from eth_abi.abi import encode
 
     selector, types, _ = compiled().functions[fn]
     return selector + encode(types, list(args))
 
 
 def decode_result(fn: str, data: bytes) -> Any:
-    from eth_abi import decode
+    from eth_abi.abi import decode
 
     out = compiled().functions[fn][2]
     values = decode(out, data)
@@ -133,7 +133,7 @@ def decode_result(fn: str, data: bytes) -> Any:
 
 def decode_log(topics: Sequence[bytes], data: bytes, block: int = 0) -> Event | None:
     """A log of the market contract as an :class:`Event`; ``None`` for any other log."""
-    from eth_abi import decode
+    from eth_abi.abi import decode
 
     if not topics or topics[0] not in compiled().events:
         return None
@@ -148,7 +148,7 @@ def decode_log(topics: Sequence[bytes], data: bytes, block: int = 0) -> Event | 
 
 def revert_reason(data: bytes) -> str:
     """The string of a Solidity/Vyper ``Error(string)`` revert, or a description."""
-    from eth_abi import decode
+    from eth_abi.abi import decode
 
     if data[:4] == bytes.fromhex("08c379a0"):
         return str(decode(["string"], data[4:])[0])
@@ -199,14 +199,15 @@ class Chain(Protocol):
 class EmbeddedChain:
     """py-evm in this process (titanoboa's environment): no server, no gas price.
 
-    A transaction's gas is the executed gas plus the intrinsic gas a node charges, so the
-    figures compare with a node's receipts."""
+    Each call is charged as a node charges a transaction: storage and accounts start cold
+    (EIP-2929; titanoboa would keep them warm across calls), the intrinsic gas is added and
+    the refund capped at a fifth (EIP-3529), so the gas equals a node's receipt."""
 
     label = "evm (embedded py-evm)"
 
     def __init__(self) -> None:
         try:
-            import boa
+            import boa  # type: ignore[import-untyped]
         except ImportError:
             raise EvmError("the EVM back-end needs the 'evm' extra: "
                            "pip install 'testbed[evm]'") from None
@@ -221,23 +222,31 @@ class EmbeddedChain:
         return str(address), ""
 
     def deploy(self, sender: str, data: bytes) -> tuple[str, int, int]:
+        self._new_transaction()
         address, comp = self.env.deploy(sender=sender, bytecode=data, gas=GAS_LIMIT)
         if comp.is_error:
             raise ChainRevert("deploy", revert_reason(bytes(comp.output)))
         self._collect(comp)
-        return str(address), 0, comp.get_gas_used() + intrinsic_gas(data, create=True)
+        return str(address), 0, _charged(comp, intrinsic_gas(data, create=True))
 
     def transact(self, sender: str, to: str, data: bytes, value: int = 0) -> Receipt:
         fn = _name_of(data)
         if self.env.get_balance(sender) < value:
             raise ChainRevert(fn, "insufficient funds for the value sent")
+        self._new_transaction()
         comp = self.env.execute_code(to_address=to, sender=sender, data=data, value=value,
                                      gas=GAS_LIMIT)
         self._block += 1
         if comp.is_error:
             raise ChainRevert(fn, revert_reason(bytes(comp.output)))
         events = self._collect(comp)
-        return Receipt(comp.get_gas_used() + intrinsic_gas(data), events)
+        return Receipt(_charged(comp, intrinsic_gas(data)), events)
+
+    def _new_transaction(self) -> None:
+        """What a node does between transactions: storage's original values are the state
+        so far (EIP-2200 pricing) and every slot and account is cold again (EIP-2929)."""
+        self.env.evm.vm.state.lock_changes()
+        self.env._reset_access_counters()
 
     def _collect(self, comp: Any) -> list[Event]:
         events = [e for _, _, topics, data in sorted(comp.get_raw_log_entries())
@@ -260,6 +269,13 @@ class EmbeddedChain:
 
     def close(self) -> None:
         pass
+
+
+def _charged(comp: Any, intrinsic: int) -> int:
+    """A transaction's gas as a receipt states it: executed plus intrinsic, less the
+    storage refund capped at a fifth of that (EIP-3529)."""
+    gross = int(comp.get_gas_used()) + intrinsic
+    return gross - min(int(comp.get_gas_refund()), gross // 5)
 
 
 def _name_of(data: bytes) -> str:
@@ -326,7 +342,7 @@ class RpcChain:
             gas = int(self.rpc("eth_estimateGas", [tx]), 16)
         except _RpcError as err:
             raise ChainRevert(fn, err.reason()) from None
-        from eth_utils import to_checksum_address
+        from eth_utils.address import to_checksum_address
 
         fields: dict[str, Any] = {
             "data": data, "value": value, "gas": gas + gas // 5,
@@ -444,7 +460,7 @@ class EvmMarket:
         self.hid = {h: i for i, h in self.names.items()}
         self.operator, self.operator_key = chain.new_account(OPERATOR_FUNDS)
         abi = compiled()
-        from eth_abi import encode
+        from eth_abi.abi import encode
 
         alpha = Fraction(alpha)
         args = [alpha.numerator, alpha.denominator,
