@@ -205,7 +205,8 @@ class EmbeddedChain:
 
     label = "evm (embedded py-evm)"
 
-    def __init__(self) -> None:
+    def __init__(self, gas_limit: int = GAS_LIMIT) -> None:
+        self.gas_limit = gas_limit  # per transaction; above a block's only to measure
         try:
             import boa  # type: ignore[import-untyped]
         except ImportError:
@@ -223,9 +224,9 @@ class EmbeddedChain:
 
     def deploy(self, sender: str, data: bytes) -> tuple[str, int, int]:
         self._new_transaction()
-        address, comp = self.env.deploy(sender=sender, bytecode=data, gas=GAS_LIMIT)
+        address, comp = self.env.deploy(sender=sender, bytecode=data, gas=self.gas_limit)
         if comp.is_error:
-            raise ChainRevert("deploy", revert_reason(bytes(comp.output)))
+            raise ChainRevert("deploy", _failure(comp))
         self._collect(comp)
         return str(address), 0, _charged(comp, intrinsic_gas(data, create=True))
 
@@ -235,10 +236,10 @@ class EmbeddedChain:
             raise ChainRevert(fn, "insufficient funds for the value sent")
         self._new_transaction()
         comp = self.env.execute_code(to_address=to, sender=sender, data=data, value=value,
-                                     gas=GAS_LIMIT)
+                                     gas=self.gas_limit)
         self._block += 1
         if comp.is_error:
-            raise ChainRevert(fn, revert_reason(bytes(comp.output)))
+            raise ChainRevert(fn, _failure(comp))
         events = self._collect(comp)
         return Receipt(_charged(comp, intrinsic_gas(data)), events)
 
@@ -269,6 +270,13 @@ class EmbeddedChain:
 
     def close(self) -> None:
         pass
+
+
+def _failure(comp: Any) -> str:
+    """Why an embedded call failed: its revert string, else the VM's error (out of gas)."""
+    if comp.output:
+        return revert_reason(bytes(comp.output))
+    return f"{type(comp.error).__name__}: {comp.error}".rstrip(": ")
 
 
 def _charged(comp: Any, intrinsic: int) -> int:

@@ -23,6 +23,7 @@ COMMANDS: dict[str, list[str]] = {
     "cycle": ["--households", "2", "--cycles", "4", "--repeats", "1", "--turnaround-ms", "1"],
     "community": ["--households", "4", "--settlement-minutes", "0", "--no-profile"],
     "ledger": ["--households", "4", "--blocks", "2", "--profile"],
+    "evm_gas": ["--orders", "2,3"],
 }
 
 KEYS: dict[str, set[str]] = {
@@ -34,6 +35,7 @@ KEYS: dict[str, set[str]] = {
               "phase_s", "single_s", "controller"},
     "community": {"households", "day_s", "rows", "target"},
     "ledger": {"orders_verified_per_s", "verify_per_block_s", "signatures", "chain", "target"},
+    "evm_gas": {"rows", "block", "block_source", "node_rows"},
 }
 
 

@@ -323,3 +323,25 @@ def test_verify_replays_the_embedded_chain_and_catches_tampering(tmp_path: Path)
         assert "differ" in (verify_evm(store, run_id) or "")
     finally:
         store.close()
+
+
+def test_embedded_gas_equals_the_node_receipts(evm_node: str) -> None:  # noqa: F811
+    """The same seeded interval costs the same gas in py-evm as in the node's receipts
+    (cold storage each transaction, EIP-2200 originals, capped refunds); only the deploy
+    differs, by ganache 7 not charging EIP-3860's initcode words."""
+    from bench.evm_gas import one_interval
+
+    embedded, node = one_interval(EmbeddedChain(), 5), one_interval(RpcChain(evm_node), 5)
+    keys = ("order_gas", "order_gas_max", "clear_gas", "settle_gas", "fills")
+    assert {k: embedded[k] for k in keys} == {k: node[k] for k in keys}
+    assert embedded["deploy_gas"] - node["deploy_gas"] == 2 * ((len(
+        compiled_initcode()) + 31) // 32)
+
+
+def compiled_initcode() -> bytes:
+    from eth_abi.abi import encode
+
+    from testbed.evm_ledger import compiled
+
+    abi = compiled()
+    return abi.bytecode + encode(abi.constructor, [1, 5, 370_000_000, 370_000, 60_000])
