@@ -38,7 +38,7 @@ from testbed.store import Store
 
 GRID_HID = 0
 GAS_LIMIT = 30_000_000  # one block at the usual limit
-OPERATOR_FUNDS = 10**20  # wei the operator account gets on a chain it funds itself
+OPERATOR_FUNDS = 10**19  # wei the operator account gets on a chain it funds itself
 HOUSEHOLD_GAS_WEI = 10**17  # wei for each household account's own gas
 
 
