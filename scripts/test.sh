@@ -42,4 +42,4 @@ export PATH="$PWD/$VENV/bin:$PATH"   # tests start `testbed` as a subprocess
 "$PY" -m ruff check .
 "$PY" -m mypy
 "$PY" -m pytest -n 2 -q -p no:cacheprovider -m "not serial" "$@"
-"$PY" -m pytest -q -p no:cacheprovider -m serial "$@"
+"$PY" -m pytest -q -p no:cacheprovider -m serial "$@" || [ $? -eq 5 ]  # 5: no serial test here

@@ -484,7 +484,9 @@ class EvmMarket:
             address, key = chain.new_account(household_wei)
             self.accounts[name], self.keys[name] = address, key
             self.gas.add("certify", self._tx(self.operator, "certify", [address]).gas)
-            assert hid == self.view("hid_of", address)
+            if self.view("hid_of", address) != hid:
+                raise EvmError(f"the contract at {self.address} numbered household {name} "
+                               f"{self.view('hid_of', address)}, not {hid}")
         self.interval = 0
         self._book: list[ChainOrder] = []
 

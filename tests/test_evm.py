@@ -345,3 +345,22 @@ def compiled_initcode() -> bytes:
 
     abi = compiled()
     return abi.bytecode + encode(abi.constructor, [1, 5, 370_000_000, 370_000, 60_000])
+
+
+def test_the_runs_checks_fail_when_the_chain_and_contracts_disagree() -> None:
+    """The runner's three EVM checks: each must fail on a disagreement it guards."""
+    import dataclasses
+
+    from testbed.runner import chain_checks
+
+    book = [Order("1", Side.BUY, Fraction(2), Fraction("0.2")),
+            Order("2", Side.SELL, Fraction(1), Fraction("0.1"))]
+    python = py_clear(book, ALPHA)
+    same = chain_checks(0, "EVM", python, python, {}, {}, {"1": 5, "grid": 0},
+                        {"1": 5, "grid": 0})
+    assert [c.passed for c in same] == [True, True, True]
+    other_price = dataclasses.replace(python, price=Fraction("0.15"))
+    bad = chain_checks(0, "EVM", python, other_price, {"1": "x"}, {}, {"1": 5, "grid": 0},
+                       {"1": 6, "grid": 0})
+    assert [c.passed for c in bad] == [False, False, False]
+    assert "1: ledger 5 µ, chain 6 µ" in bad[2].message
