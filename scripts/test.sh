@@ -2,7 +2,8 @@
 # Set up and pass every test, on a fresh machine or a used one.
 #   bash scripts/test.sh [extra pytest args]
 # 1. Installs the system tools the tests talk to (socat, mbpoll, mosquitto and its clients,
-#    Debian's chromium for the dashboard test) when missing.
+#    Debian's chromium for the dashboard test) when missing, and ganache from
+#    tests/evm-node/package-lock.json (npm ci) for the EVM tests' JSON-RPC node.
 # 2. Makes a virtual environment .venv with exactly the versions in requirements-test.lock
 #    (hash-checked; made anew when the lock changes), then installs the project itself
 #    without dependencies.
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 missing=()
 # command:Debian package (the browser test drives Debian's chromium, not a downloaded one)
 for pair in socat:socat mbpoll:mbpoll mosquitto:mosquitto mosquitto_sub:mosquitto-clients \
-            chromium:chromium; do
+            chromium:chromium node:nodejs npm:npm; do
   tool="${pair%%:*}"
   [ -x "/usr/sbin/$tool" ] || command -v "$tool" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
@@ -24,6 +25,11 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# The Ethereum JSON-RPC node of the EVM tests: ganache, exactly as tests/evm-node's lock says
+# (npm ci; nothing is fetched while the tests run). The README's commands need no node.
+[ -f tests/evm-node/node_modules/ganache/dist/node/cli.js ] ||
+  npm ci --prefix tests/evm-node --no-audit --no-fund --ignore-scripts --loglevel=error
 
 VENV="${TESTBED_VENV:-.venv}"
 PY="$VENV/bin/python"

@@ -19,6 +19,7 @@ from contracts.numbers import exact
 from contracts.orders import OrderError, parse_book
 from drivers.bench.health import DeviceUnavailable
 from rigs import builtin
+from testbed import json_input
 from testbed.errors import InputError
 
 # Plain help and usage errors (rich_markup_mode=None): rich's help renderer loads markdown-it,
@@ -131,6 +132,10 @@ def run(
     generating: Annotated[float, typer.Option(
         help="cesdt: share of homes with PV and a battery, in [0, 1]")] = 0.5,
     seed: Annotated[int, typer.Option(help="cesdt: seed of the homes' load and PV types")] = 1,
+    ledger: Annotated[str, typer.Option(
+        help="sqlite (the signed ledger), or also the contract on an EVM: 'evm' (embedded "
+             "py-evm, needs the evm extra) or 'evm+http://HOST:PORT' (a JSON-RPC node)")
+    ] = "sqlite",
 ) -> None:
     """Run a market scenario on a rig: clear, route, meter, settle, and record the ledger.
 
@@ -165,6 +170,10 @@ def run(
 
             telemetry_errors = (TelemetryError,)
             parse_broker_url(mqtt)
+        known = ledger in ("sqlite", "evm") or ledger.startswith(("evm+http://", "evm+https://"))
+        if not known or (community and ledger != "sqlite"):
+            raise InputError(f"--ledger {ledger}", "expected 'sqlite', 'evm' or "
+                             "'evm+http://HOST:PORT' (scenario files only)")
     except InputError as e:
         fail(str(e))
     run_id = resume or uuid.uuid4().hex[:12]  # known before the run: it names the topics
@@ -178,7 +187,7 @@ def run(
                                    observers=observers, clock=clock,
                                    on_controller=on_controller, run_id=run_id)
         return run_scenario(sc, rg, store, clock=clock, resume=resume, run_id=run_id,
-                            observers=observers, on_controller=on_controller)
+                            observers=observers, on_controller=on_controller, ledger=ledger)
 
     async def start(hook: Any) -> Any:
         if mqtt is None:
@@ -281,13 +290,11 @@ def clear(
     from testbed.tomlfile import read_text
 
     try:
-        raw = json.loads(read_text(orders))
+        raw = json_input.loads(read_text(orders))
     except InputError as e:
         fail(str(e))
     except json.JSONDecodeError as e:
         fail(f"{orders}: not valid JSON: {e}")
-    except RecursionError:
-        fail(f"{orders}: JSON nested too deeply")
     except ValueError as e:  # an integer of thousands of digits
         fail(f"{orders}: not valid JSON: {e}")
     try:

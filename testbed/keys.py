@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from testbed import json_input
 from testbed.errors import InputError
 
 HOME_ENV = "TESTBED_HOME"
@@ -247,7 +248,7 @@ class Keyring:
         body = self._body(path)
         opened = self._open(body.get("keys"), path)
         try:
-            plain = json.loads(opened)
+            plain = json_input.loads(opened)
             keys = {str(a): Ed25519PrivateKey.from_private_bytes(bytes.fromhex(h))
                     for a, h in plain.items()}
         except (KeyError, ValueError, TypeError, AttributeError):
@@ -260,7 +261,7 @@ class Keyring:
     def _body(self, path: Path) -> dict[str, Any]:
         data = _read_private(path)
         try:
-            body = json.loads(data.decode("utf-8"))
+            body = json_input.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise InputError(str(path), "damaged keystore: not JSON") from None
         if not isinstance(body, dict):

@@ -15,7 +15,6 @@ the end is noticed) live in the operator's key folder, :mod:`testbed.keys`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contracts import ledger as rules
 from contracts.settlement import GRID, Transfer
+from testbed import json_input
 from testbed.errors import InputError
 from testbed.keys import Keyring, load_anchor
 from testbed.keys import public_hex as _public_hex
@@ -249,8 +249,8 @@ def verify_run(store: Store, run_id: str, anchor: str | None = None,
             if row["seq"] != i:
                 return rules.ChainError(h, f"tx row {row['seq']} where {i} is due")
             try:
-                tx = json.loads(row["body"])
-            except (json.JSONDecodeError, TypeError, RecursionError):
+                tx = json_input.loads(row["body"])
+            except (ValueError, TypeError, RecursionError):
                 return rules.ChainError(h, f"tx {i} is not JSON")
             try:
                 form = rules.canonical(tx).decode()

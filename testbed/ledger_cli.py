@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts.numbers import MICRO
+from testbed import json_input
 
 ledger_app = typer.Typer(help="Audit a run database's ledger.", no_args_is_help=True,
                          rich_markup_mode=None)
@@ -77,9 +78,10 @@ def verify(db: DbArg, run: RunOpt = None, operator_key: KeyOpt = None,
             e = verify_run(store, rid, anchor)
             blocks = store.db.execute("select count(*) from blocks where run_id = ?",
                                       [rid]).fetchone()[0]
-            results.append({"run_id": rid, "ok": e is None, "blocks": blocks,
+            chain = _verify_chain(store, rid) if e is None else None
+            results.append({"run_id": rid, "ok": e is None and chain is None, "blocks": blocks,
                             "bad_block": None if e is None else e.height,
-                            "reason": None if e is None else e.reason,
+                            "reason": chain if e is None else e.reason,
                             "disputed": _disputes(store, rid)})
     finally:
         store.close()
@@ -94,6 +96,9 @@ def verify(db: DbArg, run: RunOpt = None, operator_key: KeyOpt = None,
                     console.print(f"     disputed, not settled: interval {d['interval']} "
                                   f"household {d['household']} (block {d['block']}): "
                                   f"{d['reason']}", highlight=False, soft_wrap=True)
+            elif r["bad_block"] is None:
+                console.print(f"[red]BAD[/red]  run {r['run_id']}: EVM: {r['reason']}",
+                              highlight=False)
             else:
                 console.print(f"[red]BAD[/red]  run {r['run_id']}: block {r['bad_block']}: "
                               f"{r['reason']}", highlight=False)
@@ -110,8 +115,11 @@ def _disputes(store: Any, run_id: str) -> list[dict[str, Any]]:
                           "order by height, seq", [run_id, '%"type":"dispute"%'])
     out = []
     for row in rows:
-        tx = json.loads(row["body"])
-        if tx.get("type") == "dispute":
+        try:
+            tx = json_input.loads(row["body"])
+        except ValueError:
+            continue  # verify names the block; this list only reads what parses
+        if isinstance(tx, dict) and tx.get("type") == "dispute":
             out.append({"block": row["height"], "interval": tx.get("interval"),
                         "household": tx.get("household"), "reason": tx.get("reason"),
                         "escrows_kept": len(tx.get("orders", []))})
@@ -126,6 +134,16 @@ _DESCRIBE_LEDGER_RULES: dict[str, Any] = {
                            f"{tx['energy_kwh']} kWh in {tx['hours']} h"),
     "rating": lambda tx: f"{tx['account']} rated {tx['max_kw']} kW",
 }
+
+
+def _verify_chain(store: Any, run_id: str) -> str | None:
+    """An EVM run (``--ledger evm...``): its chain's events against the run; else None."""
+    if not store.db["evm"].exists() or store.db.execute(
+            "select count(*) from evm where run_id = ?", [run_id]).fetchone()[0] == 0:
+        return None
+    from testbed.evm_ledger import verify_evm
+
+    return verify_evm(store, run_id)
 
 
 def _describe(tx: dict[str, Any]) -> str:

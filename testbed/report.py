@@ -135,7 +135,21 @@ def summarise(run: RunOutcome) -> dict[str, Any]:
         "ledger": {"blocks": run.ledger_blocks, "head": run.ledger_head,
                    "total_micro": sum(run.balances.values()),
                    "grid_balance_eth": run.balances.get("grid", 0) / MICRO},
+        **({"evm": evm_summary(run.extra["evm"], run.balances)} if "evm" in run.extra else {}),
     }
+
+
+def evm_summary(evm: dict[str, Any], ledger_micro: dict[str, int]) -> dict[str, Any]:
+    """The contract's balances (ETH held for each account) before and after, beside the
+    SQLite ledger's after, with gas and wall time (``--ledger evm...``)."""
+    before, after = evm["before_micro"], evm["after_micro"]
+    return {"backend": evm["backend"], "contract": evm["contract"], "gas": evm["gas"],
+            "setup_s": round(evm["setup_s"], 3),
+            "interval_s": [round(x, 3) for x in evm["interval_s"]],
+            "balances": [{"account": a, "address": evm["accounts"].get(a),
+                          "before_eth": before.get(a, 0) / MICRO, "after_eth": after[a] / MICRO,
+                          "ledger_after_eth": ledger_micro.get(a, 0) / MICRO,
+                          "equal": after[a] == ledger_micro.get(a, 0)} for a in after]}
 
 
 def _num(x: float | None, fmt: str) -> str:
@@ -176,6 +190,8 @@ def render(summary: dict[str, Any], console: Console) -> None:
     for hid, why in summary.get("orders_rejected", {}).items():
         console.print(f"[yellow]household {hid}'s order refused:[/yellow] {why}",
                       highlight=False)
+    if "evm" in summary:
+        _render_evm(summary["evm"], console)
     led = summary["ledger"]
     console.print(f"ledger: {led['blocks']} blocks, head {led['head'][:16]}…, "
                   f"money conserved: {led['total_micro']} µ{summary['token']['symbol']} in all "
@@ -184,3 +200,15 @@ def render(summary: dict[str, Any], console: Console) -> None:
     for where, why in summary["disputed"].items():  # energy the ledger holds unsettled
         console.print(f"[red]disputed, not settled: {escape(where)}: {escape(why)}[/red]",
                       highlight=False)
+
+
+def _render_evm(evm: dict[str, Any], console: Console) -> None:
+    t = Table(title=f"ETH held by the contract {evm['contract']} on {evm['backend']}")
+    for col in ("account", "ETH before", "ETH after", "SQLite ledger after", "equal"):
+        t.add_column(col, justify="left" if col == "account" else "right")
+    for b in evm["balances"]:
+        t.add_row(b["account"], f"{b['before_eth']:.6f}", f"{b['after_eth']:.6f}",
+                  f"{b['ledger_after_eth']:.6f}", "yes" if b["equal"] else "[red]NO[/red]")
+    console.print(t)
+    console.print(f"gas: {', '.join(f'{k} {v:,}' for k, v in evm['gas'].items())}; "
+                  f"wall time per interval {evm['interval_s']} s", highlight=False)

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 from contracts import ledger as rules
 from contracts.mechanism import Clearing, Fill, Mechanism
@@ -72,6 +72,57 @@ class RunOutcome:
     @property
     def checks(self) -> list[Check]:
         return [c for iv in self.intervals for c in iv.checks]
+
+
+class ChainBackend(Protocol):
+    """A market contract on a chain beside the SQLite ledger (``--ledger evm...``,
+    :class:`testbed.evm_ledger.ChainLedger`): it receives the same signed orders and meter
+    readings, and its clearing and balances are the run's."""
+
+    def place(self, order: dict[str, Any]) -> str | None: ...  # refusal reason or None
+    def clear(self) -> Clearing: ...
+    def settle(self, metered_kwh: dict[str, Fraction]) -> dict[str, int]: ...  # micro
+    def describe(self) -> dict[str, Any]: ...
+    def record(self, store: Store, run_id: str) -> None: ...  # inside the transaction
+
+
+def open_chain(spec: str, scenario: Scenario, opening: dict[str, int]) -> ChainBackend | None:
+    """``--ledger``: ``sqlite`` (the signed ledger alone) or an EVM back-end beside it."""
+    if spec == "sqlite":
+        return None
+    from testbed.evm_ledger import ChainLedger
+
+    if scenario.mechanism not in ("dual_bidding", "grid_only"):
+        raise InputError(f"--ledger {spec}", "the EVM contract implements dual bidding; "
+                         f"scenario {scenario.name!r} uses {scenario.mechanism!r}")
+    return ChainLedger(spec, [h.id for h in scenario.households], opening,  # InputError
+                       alpha=scenario.alpha,
+                       import_aud_per_kwh=scenario.tariff.import_aud_per_kwh,
+                       feed_in_aud_per_kwh=scenario.tariff.feed_in_aud_per_kwh,
+                       aud_per_token=scenario.aud_per_token)
+
+
+def chain_checks(index: int, suite_of: str, python: Clearing, chain: Clearing,
+                 python_rejected: dict[str, str], chain_rejected: dict[str, str],
+                 ledger: dict[str, int], on_chain: dict[str, int]) -> list[Check]:
+    """The chain against the Python contract and the SQLite ledger, one check per rule."""
+    suite = f"interval {index} {suite_of}"
+    same_book = set(python_rejected) == set(chain_rejected)
+    same_clearing = (python.fills, python.price, python.method, python.rejected) == (
+        chain.fills, chain.price, chain.method, chain.rejected)
+    diff = sorted(a for a in set(ledger) | set(on_chain) if ledger.get(a) != on_chain.get(a))
+    return [
+        Check(suite, "orders refused alike", same_book, len(python_rejected),
+              len(chain_rejected), f"ledger refused {sorted(python_rejected)}, "
+                                   f"chain refused {sorted(chain_rejected)}"),
+        Check(suite, "clearing equals contracts/", same_clearing, float(python.volume),
+              float(chain.volume), f"price {python.price} vs {chain.price}, method "
+                                   f"{python.method} vs {chain.method}, "
+                                   f"{len(python.fills)} vs {len(chain.fills)} fills"),
+        Check(suite, "balances equal the SQLite ledger's", not diff, len(ledger),
+              len(on_chain), "every account to the micro-ETH" if not diff else
+              f"{diff[0]}: ledger {ledger.get(diff[0])} µ, chain {on_chain.get(diff[0])} µ"),
+    ]
 
 
 def check_scenario_fits_rig(scenario: Scenario, rig: RigSpec) -> None:
@@ -177,8 +228,9 @@ class Run:
 
     def __init__(self, scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
                  events: EventBus, run_id: str, ledger: Ledger, opening: dict[str, int],
-                 next_interval: int) -> None:
+                 next_interval: int, chain: ChainBackend | None = None) -> None:
         self.scenario, self.rig, self.store, self.clock = scenario, rig, store, clock
+        self.chain = chain
         self.events, self.run_id, self.ledger = events, run_id, ledger
         self.opening, self.next_interval = opening, next_interval
         self.mechanism: Mechanism = mechanism_for(scenario)
@@ -215,9 +267,11 @@ class Run:
         signed = [ledger.sign_order(_order_payload(run_id, index, h.id, h.side, h.order_kwh,
                                                    h.price))
                   for h in sc.households if h.side is not None and h.price is not None]
-        book, rejected = [], {}
+        book, rejected, chain_rejected = [], {}, {}
         for o in signed:
             reason = draft.submit(o)
+            if self.chain is not None and (why := self.chain.place(o)) is not None:
+                chain_rejected[o["household"]] = why
             if reason is None:
                 book.append(Order(o["household"], Side(o["side"]), Fraction(o["energy_kwh"]),
                                   Fraction(o["price"])))
@@ -228,6 +282,9 @@ class Run:
 
         # 2. Clear.
         clearing = self.mechanism.clear(book)
+        python_clearing = clearing
+        if self.chain is not None:  # the chain decides; the Python contract is checked
+            clearing = dataclasses.replace(self.chain.clear(), details=clearing.details)
         events.emit("clearing", {
             "interval": index, "price": None if clearing.price is None else float(clearing.price),
             "method": clearing.method, "volume_kwh": float(clearing.volume),
@@ -259,6 +316,7 @@ class Run:
                                  measured.tripped)
         checks += [dataclasses.replace(c, suite=f"interval {index} DUT")
                    for c in measured.dut_checks]
+        on_chain = self.chain.settle(metered) if self.chain is not None else {}
 
         # 5. Seal orders, fills, transfers and escrow releases in one block; write the
         #    interval atomically.
@@ -271,6 +329,10 @@ class Run:
         txs = draft.txs
         with self.store.transaction():
             block = ledger.seal(index, draft)
+            if self.chain is not None:
+                self.chain.record(self.store, run_id)
+                checks += chain_checks(index, "EVM", python_clearing, clearing, rejected,
+                                       chain_rejected, dict(ledger.balances), on_chain)
             self._write_interval(index, clearing, settlement, measured, rejected, checks,
                                  funding)
         for i, f in enumerate(clearing.fills):
@@ -314,9 +376,10 @@ class Run:
 
 
 def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
-           events: EventBus, run_id: str) -> Run:
+           events: EventBus, run_id: str, chain_spec: str = "sqlite") -> Run:
     ids = [h.id for h in scenario.households]
     opening = {h.id: to_micro(scenario.opening_tokens(h)) for h in scenario.households}
+    chain = open_chain(chain_spec, scenario, opening)
     with store.transaction():
         store.insert("runs", {"id": run_id, "scenario": scenario.name, "rig": rig.name,
                               "mechanism": scenario.mechanism, "status": "running",
@@ -327,7 +390,9 @@ def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
                               "summary": None})
         ledger = Ledger.create(store, run_id, ids, opening, scenario.aud_per_token,
                                ratings=ratings(rig, ids))
-    return Run(scenario, rig, store, clock, events, run_id, ledger, opening, 0)
+        if chain is not None:
+            chain.record(store, run_id)
+    return Run(scenario, rig, store, clock, events, run_id, ledger, opening, 0, chain)
 
 
 def _resume(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
@@ -385,8 +450,13 @@ async def until_done(coro: Any) -> None:
 async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
                        clock: Clock | None = None, observers: list[Observer] | None = None,
                        resume: str | None = None, run_id: str | None = None,
-                       on_controller: Callable[[Controller], None] | None = None) -> RunOutcome:
-    """Run (or resume) ``scenario`` on ``rig``; the bench is left safe however it ends."""
+                       on_controller: Callable[[Controller], None] | None = None,
+                       ledger: str = "sqlite") -> RunOutcome:
+    """Run (or resume) ``scenario`` on ``rig``; the bench is left safe however it ends.
+    ``ledger``: ``sqlite``, or ``evm``/``evm+http://HOST:PORT`` for the contract on an EVM
+    beside it (raises :class:`InputError` when that back-end cannot start)."""
+    if resume and ledger != "sqlite":
+        raise InputError(f"--ledger {ledger}", "an EVM run cannot be resumed: start it again")
     check_scenario_fits_rig(scenario, rig)
     mechanism_for(scenario)  # fail on an unknown mechanism before touching anything
     plans = plans_for(scenario)
@@ -396,8 +466,8 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     events = EventBus([*(observers or []), store.safety_log(run_id)], context={"run": run_id})
     bench = build_bench(rig, clock)
     await require_a_meter(bench, rig)
-    make = _resume if resume else _start
-    run = make(scenario, rig, store, clock, events, run_id)
+    run = (_resume(scenario, rig, store, clock, events, run_id) if resume else
+           _start(scenario, rig, store, clock, events, run_id, ledger))
     events.emit("status", {"status": "running", "scenario": scenario.name, "rig": rig.name})
     live = preflight.unwatched(rig)
     if live:  # pre-flight: what a dead controller would leave on
@@ -428,6 +498,7 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
             with store.transaction():
                 store.update_run(run_id, status=status, finished_at=_now())
             events.emit("status", {"status": status})
+    extra = {} if run.chain is None else {"evm": run.chain.describe()}
     return RunOutcome(run_id, scenario, rig, outcomes, run.opening, dict(run.ledger.balances),
                       run.ledger.head, run.ledger.height, status,
-                      resumed_from=run.next_interval if resume else None)
+                      resumed_from=run.next_interval if resume else None, extra=extra)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from testbed import json_input
 from testbed.errors import InputError
 
 
@@ -71,6 +72,11 @@ SCHEMA: dict[str, tuple[dict[str, type], list[str]]] = {
     "keys": ({"run_id": str, "account": str, "public_key": str}, ["run_id", "account"]),
     "balances": ({"run_id": str, "account": str, "micro": int}, ["run_id", "account"]),
     "safety": ({"run_id": str, "at": str, "event": str, "body": str}, []),
+    # --ledger evm...: the deployment (back-end, contract, parameters) and its events
+    "evm": ({"run_id": str, "backend": str, "contract": str, "deploy_block": int,
+             "body": str}, ["run_id"]),
+    "evm_events": ({"run_id": str, "seq": int, "block": int, "name": str, "body": str},
+                   ["run_id", "seq"]),
 }
 
 
@@ -212,7 +218,7 @@ class Store:
         for b in self.db.query("select * from blocks where run_id = ? order by height",
                                [run_id]):
             try:
-                txs = [json.loads(r["body"]) for r in self.db.query(
+                txs = [json_input.loads(r["body"]) for r in self.db.query(
                     "select body from txs where run_id = ? and height = ? order by seq",
                     [run_id, b["height"]])]
             except (TypeError, ValueError, RecursionError):

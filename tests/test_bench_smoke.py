@@ -24,6 +24,7 @@ COMMANDS: dict[str, list[str]] = {
     "community": ["--households", "4", "--settlement-minutes", "0", "--no-profile"],
     "ledger": ["--households", "4", "--blocks", "2", "--profile"],
     "startup": ["--repeat", "1"],
+    "evm_gas": ["--orders", "2,3"],
 }
 
 KEYS: dict[str, set[str]] = {
@@ -37,6 +38,7 @@ KEYS: dict[str, set[str]] = {
     "ledger": {"orders_verified_per_s", "verify_per_block_s", "signatures", "chain", "target"},
     "startup": {"best_s", "best_cpu_s", "help_over_floor", "run_over_floor",
                 "cpu_help_over_floor", "cpu_run_over_floor", "targets"},
+    "evm_gas": {"rows", "block", "block_source", "node_rows"},
 }
 
 

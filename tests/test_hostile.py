@@ -520,3 +520,22 @@ def test_serve_mqtt_drops_messages_with_unbounded_numbers() -> None:
         before = dict(hub.snapshot())
         bridge.handle("testbed/r1/clearing", body)
         assert hub.snapshot() == before
+
+
+def test_deep_json_is_refused_before_the_parser_even_with_py_evms_recursion_limit(
+        tmp_path: Path) -> None:
+    """py-evm raises the recursion limit to 100,000 for the whole process; the C JSON parser
+    then overflows the stack on deep nesting (a segmentation fault, not an exception). The
+    bound is checked before parsing, so the run with ``--ledger evm`` is safe too."""
+    import sys
+
+    from testbed.json_input import loads
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        with pytest.raises(ValueError, match="nested 100000 levels deep"):
+            loads("[" * 100_000 + "]" * 100_000)
+        assert loads('{"a": [[["[[[[[[ in a string ]]"]]]}') == {"a": [[["[[[[[[ in a string ]]"]]]}
+    finally:
+        sys.setrecursionlimit(limit)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import uuid
@@ -28,6 +27,7 @@ from typing import Any
 
 import aiomqtt
 
+from testbed import json_input
 from testbed.api.live import LiveHub
 from testbed.errors import InputError
 from testbed.events import TOPICS
@@ -94,7 +94,7 @@ class MqttBridge:
                         MAX_MESSAGE)
             return
         try:
-            data = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
+            data = json_input.loads(body, parse_float=_finite, parse_constant=_no_constant)
         except (ValueError, RecursionError) as e:
             log.warning("MQTT %s: not JSON (%s); ignored", topic, e)
             return

@@ -9,13 +9,13 @@ Exact values are stored as fraction strings (``"21/10"``); they are read with
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 from contracts.numbers import exact
+from testbed import json_input
 from testbed.store import DamagedDatabase, Store
 
 _SOURCE = re.compile(r"^built-in (rig|scenario) '(.+)'$")
@@ -54,7 +54,7 @@ def _loads(text: str | None) -> Any:
     if not text:
         return None
     try:
-        return json.loads(text)
+        return json_input.loads(text)
     except ValueError:
         return None
 
