@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 VISA_FORMS = "TCPIP[n]::HOST::PORT::SOCKET or ASRL<device path or number>::INSTR"
@@ -91,8 +92,8 @@ def _modbus(text: str) -> Resource:
     if unknown:
         raise ResourceError(text, f"unknown option {sorted(unknown)[0]!r} "
                                   f"(known: {', '.join(sorted(_QUERY))})")
-    opts = {field: conv(text, key, query[key]) for key, (field, conv) in _QUERY.items()
-            if key in query}
+    opts: dict[str, Any] = {field: conv(text, key, query[key])
+                            for key, (field, conv) in _QUERY.items() if key in query}
     if not 0 <= opts.get("unit", 1) <= 247:
         raise ResourceError(text, "unit must lie in 0..247")
     if scheme == "modbus+tcp":

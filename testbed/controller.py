@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from drivers.clock import Clock
 from drivers.registry import Bench, HouseholdDevices
-from drivers.roles import MeterReading
+from drivers.roles import BatteryReading, MeterReading
 from drivers.spec import RigSpec
 from testbed.dut import DutTracker
 from testbed.events import EventBus
@@ -437,6 +437,6 @@ class Controller:
         )
 
     async def _sample_dut(self, tracker: DutTracker, h: HouseholdDevices,
-                          meter: MeterReading, bat: Any) -> None:
+                          meter: MeterReading, bat: BatteryReading) -> None:
         pv, load = await asyncio.gather(h.pv.read(), h.load.read())
         tracker.sample(meter, pv, load, bat)

@@ -75,13 +75,13 @@ def verify(db: DbArg, run: RunOpt = None, operator_key: KeyOpt = None,
     try:
         results = []
         for rid in _run_ids(store, run):
-            e = verify_run(store, rid, anchor)
+            bad = verify_run(store, rid, anchor)
             blocks = store.db.execute("select count(*) from blocks where run_id = ?",
                                       [rid]).fetchone()[0]
-            chain = _verify_chain(store, rid) if e is None else None
-            results.append({"run_id": rid, "ok": e is None and chain is None, "blocks": blocks,
-                            "bad_block": None if e is None else e.height,
-                            "reason": chain if e is None else e.reason,
+            chain = _verify_chain(store, rid) if bad is None else None
+            results.append({"run_id": rid, "ok": bad is None and chain is None,
+                            "blocks": blocks, "bad_block": None if bad is None else bad.height,
+                            "reason": chain if bad is None else bad.reason,
                             "disputed": _disputes(store, rid)})
     finally:
         store.close()

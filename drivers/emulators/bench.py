@@ -251,7 +251,7 @@ class EmulatedBench:
 
 def _limits(spec: DeviceSpec) -> dict[str, Any]:
     lim = spec.limits
-    return {k: getattr(lim, k) for k in lim.__slots__}  # type: ignore[attr-defined]
+    return {k: getattr(lim, k) for k in lim.__slots__}
 
 
 _BINDINGS: dict[str, type[Binding]] = {

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from drivers.clock import Clock
-from drivers.mock.plant import Plant, RigModel
+from drivers.mock.plant import BatteryModel, GridModel, MeterModel, Plant, RigModel
 
 Getter = Callable[[int], Any]
 Setter = Callable[[int, Any], None]
@@ -144,7 +144,9 @@ class BatteryBinding(_RigBinding):
 
     def __init__(self, *args: Any, alarm_bits: tuple[str, ...] = ()) -> None:
         super().__init__(*args)
-        b = lambda: self.rig.battery  # noqa: E731 - the model object, looked up each time
+        def b() -> BatteryModel:  # the model object, looked up each time
+            return self.rig.battery
+
         self.getters |= {
             "soc": lambda ch: b().soc,
             "energy_wh": lambda ch: b().energy_wh,
@@ -153,8 +155,8 @@ class BatteryBinding(_RigBinding):
             "voltage_v": lambda ch: self.v_bus,
             "current_a": lambda ch: b().actual_w / self.v_bus,
             "temperature_c": lambda ch: b().temperature_c,
-            "alarms": lambda ch: sum(1 << i for i, n in enumerate(alarm_bits)
-                                     if n in b().alarms),
+            "alarms": lambda ch: sum((1 << i for i, n in enumerate(alarm_bits)
+                                      if n in b().alarms), 0),
             "enabled": lambda ch: b().enabled,
             "power_setpoint_w": lambda ch: b().setpoint_w,
             "watchdog_s": lambda ch: self.watchdog_s,
@@ -179,7 +181,9 @@ class MeterBinding(_RigBinding):
 
     def __init__(self, *args: Any, unit: int = 1) -> None:
         super().__init__(*args)
-        m = lambda: self.rig.meter  # noqa: E731
+        def m() -> MeterModel:
+            return self.rig.meter
+
         self.getters |= {
             "voltage_v": lambda ch: self.v_bus,
             "current_a": lambda ch: m().power_w / self.v_bus,
@@ -195,7 +199,9 @@ class MeterBinding(_RigBinding):
 class GridBinding(Binding):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        g = lambda: self.plant.grid  # noqa: E731
+        def g() -> GridModel:
+            return self.plant.grid
+
         self.getters |= {
             "voltage_v": lambda ch: self.v_bus,
             "current_a": lambda ch: g().meter.power_w / self.v_bus,

@@ -48,7 +48,7 @@ class EmulatedScpiDevice:
         error_query = instrument.error_query or "SYST:ERR?"
         self._builtin: dict[str, Callable[[], str | None]] = {
             "*IDN?": lambda: str(self.binding.identity),
-            "*CLS": self.errors.clear,  # type: ignore[dict-item]
+            "*CLS": self.errors.clear,
             "*RST": lambda: None,
             "*OPC?": lambda: "1",
             _norm(error_query): self._pop_error,

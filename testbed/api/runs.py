@@ -109,7 +109,7 @@ class RunManager:
         from testbed.runner import run_scenario
         from testbed.store import Store
 
-        active.task = asyncio.current_task()  # type: ignore[assignment]
+        active.task = asyncio.current_task()
 
         def relay(topic: str, payload: dict[str, Any]) -> None:
             with contextlib.suppress(RuntimeError):

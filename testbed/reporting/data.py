@@ -187,7 +187,7 @@ def households(store: Store, run_id: str) -> list[dict[str, Any]]:
         rows.append({"interval": interval, "household": hid,
                      **{k: f6(x) for k, x in v.items()},
                      "net_aud": f6(v["market_aud"] + v["grid_aud"])})
-    rows.sort(key=lambda r: (r["interval"], _natural(r["household"])))
+    rows.sort(key=lambda r: (r["interval"], _natural(str(r["household"]))))
     return rows
 
 
