@@ -167,6 +167,7 @@ class Controller:
         self._estop_reason = ""
         # Real instruments are asked concurrently; in-process mocks in turn (see settle_all).
         self._concurrent = not bench.in_process
+        self._rated = {h.id: h.rated_power_w for h in bench.rig.households}  # lab W or None
 
     # -- safety -------------------------------------------------------------------------
 
@@ -255,7 +256,7 @@ class Controller:
         if not 0.0 <= reading.voltage_v <= VOLTAGE_MARGIN * rig.bus_voltage_v:
             return f"meter voltage {reading.voltage_v:.6g} V outside [0, " \
                    f"{VOLTAGE_MARGIN * rig.bus_voltage_v:g}] V"
-        rated = rig.household(household).rated_power_w
+        rated = self._rated[household]
         if rated is not None and abs(reading.power_w) > POWER_MARGIN * rated:
             return f"meter power {reading.power_w:.6g} W beyond {POWER_MARGIN:g} x the " \
                    f"rig's {rated:g} W rating"
@@ -266,8 +267,7 @@ class Controller:
         and take the rig off the bus. True when the reading may be used."""
         prev = self.last_meter.get(household)
         fault = None if prev is None else counter_fault(
-            prev, reading, self.rig.household(household).rated_power_w,
-            self.rig.control_period_s)
+            prev, reading, self._rated[household], self.rig.control_period_s)
         if fault is not None:
             self.disputed.setdefault(household, f"meter counter fault: {fault}")
             await self.trip(household, f"meter counter fault: {fault}")

@@ -17,11 +17,13 @@ class _MockDevice:
         self.clock = clock
         self.name = name
         self._rig_id = rig_id
+        # the plant's rigs are made once, with the plant: look this one up once too
+        self._rig = plant.rigs[rig_id] if rig_id is not None else None
 
     @property
     def rig(self) -> RigModel:
-        assert self._rig_id is not None
-        return self.plant.rigs[self._rig_id]
+        assert self._rig is not None, f"{self.name} belongs to no rig"
+        return self._rig
 
     def _sync(self) -> float:
         now = self.clock.now()
