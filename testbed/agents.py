@@ -154,6 +154,8 @@ def enrol(households: list[str], out: Path, lab_held: bool = False) -> list[Path
         (reg / f"{h}.pub").write_text(public_hex(key) + "\n", "ascii")
         if lab_held:
             _write_private(reg / f"{h}.key", pem)
+        else:  # a key the lab held before is no longer this household's
+            (reg / f"{h}.key").unlink(missing_ok=True)
         paths.append(out / f"{h}.key")
     return paths
 

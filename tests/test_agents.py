@@ -33,6 +33,13 @@ pytestmark = [pytest.mark.skipif(not mosquitto_available(), reason="needs mosqui
 ROOT = Path(__file__).resolve().parent.parent
 
 
+
+@pytest.fixture(autouse=True)
+def own_key_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test registers its agents in a key folder of its own."""
+    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
+
+
 def agent_scenario(agents: set[str], absent: str = "none") -> Any:
     source, text = resolve("scenarios", "scenario2")
     data = parse(source, text)
