@@ -176,3 +176,31 @@ def test_acl_lets_each_agent_publish_only_its_own_order_topic() -> None:
     assert "user agent-1\ntopic write testbed/+/orders/1\n" in text
     assert "topic write testbed/+/orders/2" not in text.split("user agent-2")[0].split(
         "user agent-1")[1]
+
+
+def test_the_command_line_runs_a_scenario_with_an_agent(tmp_path: Path) -> None:
+    source, text = resolve("scenarios", "scenario2")
+    needle = '{ id = "1",  net_kwh = -3.0, price = 0.20 }'
+    assert needle in text
+    scenario = tmp_path / "agents.toml"
+    scenario.write_text(text.replace(needle, needle[:-2] + ', orders = "agent" }'))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cli = [sys.executable, "-m", "testbed.cli"]
+    keys = subprocess.run([*cli, "agents", "keys", "mock", str(tmp_path / "keys")], env=env,
+                          capture_output=True, text=True, cwd=ROOT, check=True)
+    assert len(keys.stdout.split()) == 10
+    with broker(tmp_path / "mq") as mq:
+        agent = spawn_agent(mq.port, "1", tmp_path / "keys/1.key", "0.2", None)
+        run = subprocess.run([*cli, "run", str(scenario), "--db", str(tmp_path / "r.db"),
+                              "--agents", mq.url, "--gate-s", "60", "--json",
+                              "--junit", str(tmp_path / "j.xml")],
+                             env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        log = agent.communicate(timeout=60)[0]
+    assert run.returncode == 0, run.stderr
+    suites = {s.get("name"): s for s in ET.parse(tmp_path / "j.xml").getroot()}
+    assert suites["agent 1"].get("failures") == "0" and int(suites["agent 1"].get("tests")) > 1
+    assert '"event": "result"' in log
+    bad = subprocess.run([*cli, "run", str(scenario), "--db", str(tmp_path / "r.db")],
+                         env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "--agents mqtt://HOST:PORT" in bad.stderr
+    assert "Traceback" not in bad.stderr
