@@ -25,7 +25,6 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -192,27 +191,82 @@ def acl(households: list[str], market_user: str = "testbed") -> str:
 # -- the market side: an order source over MQTT ---------------------------------------------
 
 
-@dataclass
-class MqttOrderSource:
-    """The runner's order source over MQTT: publishes each gate, collects the orders that
-    arrive on ``testbed/{run}/orders/+`` until it closes (or, with ``close_when_complete``,
-    once every agent household has sent a valid-looking order), keeps what comes late, and
-    publishes each household's result. Use ``async with``."""
+class Intake:
+    """What every transport's order source shares: the gate's window. Messages that arrive
+    while a gate is open are taken in arrival order until it closes (or, with
+    ``close_when_complete``, once every agent household has sent a well-formed order);
+    the rest are kept as late. A transport calls :meth:`arrive` and implements
+    :meth:`announce` and :meth:`results`."""
 
-    url: str
-    run_id: str
-    gate_s: float = 10.0
-    close_when_complete: bool = True
-    _client: Any = None
-    _queue: asyncio.Queue[tuple[str, bytes, float]] = field(default_factory=asyncio.Queue)
-    _task: asyncio.Task[None] | None = None
-    _open: bool = False
-    _late: list[tuple[str, bytes]] = field(default_factory=list)
+    def __init__(self, run_id: str, gate_s: float = 10.0,
+                 close_when_complete: bool = True) -> None:
+        from testbed.telemetry import topic_part
+
+        self.run_id, self.gate_s = topic_part(run_id), gate_s
+        self.close_when_complete = close_when_complete
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._open = False
+        self._late: list[tuple[str, bytes]] = []
+        self.gate: dict[str, Any] | None = None
+
+    def arrive(self, household: str, raw: bytes) -> None:
+        if self._open:
+            self._queue.put_nowait((household, raw))
+        else:
+            self._late.append((household, raw))
+
+    async def announce(self, gate: dict[str, Any]) -> None:
+        self.gate = gate
+
+    async def results(self, results: Mapping[str, dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    async def collect(self, gate: dict[str, Any], households: list[str],
+                      ) -> list[tuple[str, bytes]]:
+        """Announce ``gate`` and return the (household, raw message) pairs that came before
+        it closed, in arrival order."""
+        while not self._queue.empty():
+            self._late.append(self._queue.get_nowait())
+        self._open = True
+        await self.announce(gate)
+        deadline = time.monotonic() + self.gate_s
+        got: list[tuple[str, bytes]] = []
+        waiting = set(households)
+        while time.monotonic() < deadline and not (self.close_when_complete and not waiting):
+            try:
+                h, raw = await asyncio.wait_for(self._queue.get(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+            got.append((h, raw))
+            if check_order(raw, h, gate["run"], gate["interval"])[0] is not None:
+                waiting.discard(h)
+        self._open = False
+        while not self._queue.empty():
+            got.append(self._queue.get_nowait())
+        await self.announce({**gate, "state": "closed"})
+        return got
+
+    def late(self) -> list[tuple[str, bytes]]:
+        """Messages that came while no gate was open (since the last call)."""
+        out, self._late = self._late, []
+        return out
+
+
+class MqttOrderSource(Intake):
+    """The runner's order source over MQTT (:class:`testbed.runner.OrderSource`): the gate on
+    ``testbed/{run}/gate`` (retained), orders from ``testbed/{run}/orders/+``, results to
+    ``testbed/{run}/results/{household}``. Use ``async with``."""
+
+    def __init__(self, url: str, run_id: str, gate_s: float = 10.0,
+                 close_when_complete: bool = True) -> None:
+        super().__init__(run_id, gate_s, close_when_complete)
+        self.url = url
+        self._client: Any = None
+        self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> MqttOrderSource:
-        from testbed.telemetry import make_client, parse_broker_url, topic_part
+        from testbed.telemetry import make_client, parse_broker_url
 
-        self.run_id = topic_part(self.run_id)
         self._client = make_client(parse_broker_url(self.url), None,
                                    f"testbed-market-{self.run_id}", 5.0)
         await self._client.__aenter__()
@@ -233,51 +287,109 @@ class MqttOrderSource:
     async def _listen(self) -> None:
         async for message in self._client.messages:
             household = str(message.topic).rsplit("/", 1)[-1]
-            raw = bytes(message.payload or b"")[:MAX_MESSAGE + 1]
-            if self._open:
-                self._queue.put_nowait((household, raw, time.time()))
-            else:
-                self._late.append((household, raw))
+            self.arrive(household, bytes(message.payload or b"")[:MAX_MESSAGE + 1])
 
-    async def collect(self, gate: dict[str, Any], households: list[str],
-                      ) -> list[tuple[str, bytes]]:
-        """Publish ``gate`` and return the (household, raw message) pairs that came before
-        it closed, in arrival order."""
-        while not self._queue.empty():  # before the gate opened: late for the last one
-            h, raw, _ = self._queue.get_nowait()
-            self._late.append((h, raw))
-        self._open = True
+    async def announce(self, gate: dict[str, Any]) -> None:
+        self.gate = gate
         await self._client.publish(gate_topic(self.run_id), json.dumps(gate).encode(),
                                    qos=1, retain=True)
-        deadline = time.monotonic() + self.gate_s
-        got: list[tuple[str, bytes]] = []
-        waiting = set(households)
-        while time.monotonic() < deadline and not (self.close_when_complete and not waiting):
-            try:
-                h, raw, _ = await asyncio.wait_for(self._queue.get(),
-                                                   deadline - time.monotonic())
-            except TimeoutError:
-                break
-            got.append((h, raw))
-            if check_order(raw, h, gate["run"], gate["interval"])[0] is not None:
-                waiting.discard(h)
-        self._open = False
-        while not self._queue.empty():
-            h, raw, _ = self._queue.get_nowait()
-            got.append((h, raw))
-        await self._client.publish(gate_topic(self.run_id), json.dumps(
-            {**gate, "state": "closed"}).encode(), qos=1, retain=True)
-        return got
-
-    def late(self) -> list[tuple[str, bytes]]:
-        """Messages that came while no gate was open (since the last call)."""
-        out, self._late = self._late, []
-        return out
 
     async def results(self, results: Mapping[str, dict[str, Any]]) -> None:
         for h, body in results.items():
             await self._client.publish(result_topic(self.run_id, h),
                                        json.dumps(body).encode(), qos=1)
+
+
+class HttpOrderSource(Intake):
+    """The order source over HTTP for devices without MQTT (docs/agents.md): the market
+    listens on ``host:port`` and answers ``GET /gate``, ``POST /orders/{household}`` (the
+    order as the body, at most 4096 bytes; 202 when taken, the verdict comes in the result)
+    and ``GET /results/{household}`` (404 until there is one). Use ``async with``."""
+
+    def __init__(self, url: str, run_id: str, gate_s: float = 10.0,
+                 close_when_complete: bool = True) -> None:
+        from urllib.parse import urlsplit
+
+        super().__init__(run_id, gate_s, close_when_complete)
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme != "http" or not parts.hostname or port is None:
+            raise InputError("--agents", f"expected http://HOST:PORT to listen on, got {url!r}")
+        self.host, self.port = parts.hostname, port
+        self._results: dict[str, dict[str, Any]] = {}
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> HttpOrderSource:
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        except OSError as e:
+            raise InputError("--agents", f"cannot listen on {self.host}:{self.port}: "
+                             f"{e.strerror}") from None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def results(self, results: Mapping[str, dict[str, Any]]) -> None:
+        self._results.update(results)
+
+    async def _serve(self, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        try:
+            status, body = await asyncio.wait_for(self._answer(reader), 10)
+        except (TimeoutError, ValueError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError, ConnectionError):
+            status, body = 400, {"error": "bad request"}
+        data = json.dumps(body).encode()
+        reason = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found",
+                  413: "Payload Too Large"}[status]
+        with contextlib.suppress(ConnectionError):
+            writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+                         .encode() + data)
+            await writer.drain()
+        writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if len(head) > 8192:
+            return 400, {"error": "headers too long"}
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        headers = {k.strip().lower(): v.strip() for k, _, v in
+                   (line.partition(":") for line in lines[1:] if line)}
+        parts = path.split("?", 1)[0].strip("/").split("/")
+        if method == "GET" and parts == ["gate"]:
+            return (200, self.gate) if self.gate is not None else (404, {"error": "no gate"})
+        if method == "GET" and len(parts) == 2 and parts[0] == "results":
+            found = self._results.get(parts[1])
+            return (200, found) if found is not None else (404, {"error": "no result yet"})
+        if method == "POST" and len(parts) == 2 and parts[0] == "orders":
+            length = int(headers.get("content-length", "-1"))
+            if not 0 <= length <= MAX_MESSAGE:
+                return 413, {"error": f"an order is 0 to {MAX_MESSAGE} bytes"}
+            self.arrive(parts[1], await reader.readexactly(length))
+            return 202, {"received": True}
+        return 404, {"error": "GET /gate, POST /orders/ID, GET /results/ID"}
+
+
+# URL scheme of ``--agents`` -> the transport's order source
+SOURCES: dict[str, type[MqttOrderSource] | type[HttpOrderSource]] = {
+    "mqtt": MqttOrderSource, "mqtts": MqttOrderSource, "http": HttpOrderSource}
+
+
+def order_source(url: str, run_id: str, gate_s: float) -> MqttOrderSource | HttpOrderSource:
+    """The order source for ``--agents URL`` (mqtt://, mqtts:// or http://)."""
+    kind = SOURCES.get(url.split("://", 1)[0])
+    if kind is None:
+        raise InputError("--agents", f"expected mqtt://HOST:PORT or http://HOST:PORT, "
+                                     f"got {url!r}")
+    return kind(url, run_id, gate_s)
 
 
 # -- the reference agent (``testbed agent``) ------------------------------------------------

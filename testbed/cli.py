@@ -138,7 +138,8 @@ def run(
     ] = "sqlite",
     agents: Annotated[str | None, typer.Option(
         help="broker of the household agents (households with orders = 'agent'), "
-             "mqtt://host[:port] (docs/agents.md)")] = None,
+             "mqtt://host[:port], or http://host:port to listen on for agents without MQTT "
+             "(docs/agents.md)")] = None,
     gate_s: Annotated[float, typer.Option(
         help="seconds each interval's order gate stays open for agents")] = 10.0,
 ) -> None:
@@ -254,13 +255,13 @@ async def _with_agents(url: str, gate_s: float, sc: Any, rg: Any, store: Any, cl
     """A scenario run whose agent households bid over MQTT at ``url``."""
     import aiomqtt
 
-    from testbed.agents import MqttOrderSource
+    from testbed.agents import order_source
     from testbed.runner import run_scenario
 
     if not 0.1 <= gate_s <= 3600:
         raise InputError("--gate-s", f"expected seconds in [0.1, 3600], got {gate_s}")
     try:
-        async with MqttOrderSource(url, run_id, gate_s) as source:
+        async with order_source(url, run_id, gate_s) as source:
             return await run_scenario(sc, rg, store, clock=clock, resume=resume,
                                       run_id=run_id, observers=observers,
                                       on_controller=on_controller, ledger=ledger,

@@ -190,3 +190,15 @@ def test_the_generated_acl_stops_an_agent_publishing_for_another(tmp_path: Path)
         publish(mq.port, "testbed/r/orders/1", "own", "-u", "agent-1", "-P", "pw")
         assert sub.wait_for(lambda m: m[1] == "testbed/r/orders/1")
         assert [t for _, t, _ in sub.messages() if t != probe] == ["testbed/r/orders/1"]
+
+
+def test_the_agents_url_picks_the_transport_or_says_what_is_expected() -> None:
+    from testbed.agents import HttpOrderSource, MqttOrderSource, order_source
+    from testbed.errors import InputError
+
+    assert isinstance(order_source("mqtt://127.0.0.1:1883", "r", 1), MqttOrderSource)
+    assert isinstance(order_source("http://127.0.0.1:8089", "r", 1), HttpOrderSource)
+    with pytest.raises(InputError, match="expected mqtt://HOST:PORT or http://HOST:PORT"):
+        order_source("ftp://127.0.0.1", "r", 1)
+    with pytest.raises(InputError, match="expected http://HOST:PORT to listen on"):
+        order_source("http://127.0.0.1", "r", 1)

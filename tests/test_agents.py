@@ -179,7 +179,7 @@ def test_acl_lets_each_agent_publish_only_its_own_order_topic() -> None:
 
 
 def test_the_command_line_runs_a_scenario_with_an_agent(tmp_path: Path) -> None:
-    source, text = resolve("scenarios", "scenario2")
+    _, text = resolve("scenarios", "scenario2")
     needle = '{ id = "1",  net_kwh = -3.0, price = 0.20 }'
     assert needle in text
     scenario = tmp_path / "agents.toml"
@@ -204,3 +204,65 @@ def test_the_command_line_runs_a_scenario_with_an_agent(tmp_path: Path) -> None:
                          env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "--agents mqtt://HOST:PORT" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def http_agent(port: int, key: Any, out: dict[str, Any]) -> None:
+    """Household 1's agent over HTTP with urllib only: poll the gate, post, poll the result."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    base = f"http://{HOST}:{port}"
+
+    def get(path: str) -> Any:
+        try:
+            with urllib.request.urlopen(base + path, timeout=5) as r:
+                return json.loads(r.read())
+        except (urllib.error.URLError, ConnectionError):  # not listening yet, or a 404
+            return None
+
+    deadline = time.monotonic() + 60
+    while (gate := get("/gate")) is None or gate["state"] != "open":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    big = urllib.request.Request(base + "/orders/1", data=b"x" * 5000, method="POST")
+    try:
+        urllib.request.urlopen(big, timeout=5)
+    except urllib.error.HTTPError as e:
+        out["too_large"] = e.code
+    order = sign_order(key, {"type": "order", "run": gate["run"], "interval": 0,
+                             "household": "1", "side": "buy", "energy_kwh": "3",
+                             "price": "0.2", "nonce": 0})
+    req = urllib.request.Request(base + "/orders/1", data=json.dumps(order).encode(),
+                                 method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        out["posted"] = r.status
+    while (result := get("/results/1")) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    out["result"] = result
+
+
+def test_an_agent_without_mqtt_bids_over_http(tmp_path: Path) -> None:
+    import threading
+
+    from testbed.agents import HttpOrderSource, load_key
+    from tests.fixtures_mqtt import free_port
+
+    enrol(["1"], tmp_path / "keys")
+    port, out = free_port(), {}
+    agent = threading.Thread(target=http_agent, daemon=True,
+                             args=(port, load_key(tmp_path / "keys/1.key"), out))
+    agent.start()
+    store = Store(tmp_path / "h.db")
+
+    async def main() -> Any:
+        async with HttpOrderSource(f"http://{HOST}:{port}", "http", gate_s=60) as source:
+            run = await run_scenario(agent_scenario({"1"}), load_rig("mock"), store,
+                                     run_id="http", orders=source, gate_s=60)
+            await asyncio.to_thread(agent.join, 30)  # the result is served until we leave
+            return run
+    run = asyncio.run(main())
+    assert out["too_large"] == 413 and out["posted"] == 202
+    assert out["result"]["order"]["status"] == "accepted" and out["result"]["fills"]
+    assert run.status == "finished" and verify_run(store, "http") is None
