@@ -423,19 +423,24 @@ async def reference_agent(household: str, url: str, key: Ed25519PrivateKey, *,
                           price: Fraction | None = None, energy: Fraction | None = None,
                           runs: int = 1) -> list[dict[str, Any]]:
     """Run the reference HEMS of ``household``: for each gate of a run (``runs`` runs, then
-    return), read its rig's readings, forecast, sign and publish its order, and log what it
-    committed and what it got (one JSON line each on the log). Returns the results."""
+    return), forecast (:func:`reference_order`), sign and publish its order, follow its
+    rig's PV, load and battery readings (``testbed/{run}/readings/{household}``, published
+    when the run has ``--mqtt`` on the same broker), and log what it committed and what it
+    got, with the last reading (one JSON line each on stdout). Returns the results."""
     from testbed.telemetry import make_client, parse_broker_url
 
     results: list[dict[str, Any]] = []
     measured: dict[str, Fraction] = {}  # run -> net kWh the meter gave for the last interval
     seen: set[tuple[str, int]] = set()
+    rig: dict[str, dict[str, Any]] = {}  # run -> its rig's last reading
+    readings: dict[str, int] = {}
     done_runs: set[str] = set()
     client = make_client(parse_broker_url(url), None,
                          f"agent-{household}-{time.time_ns() % 10**9}", 5.0)
     async with client:
         await client.subscribe([(f"{PREFIX}/+/gate", 1),
-                                (f"{PREFIX}/+/results/{household}", 1)])
+                                (f"{PREFIX}/+/results/{household}", 1),
+                                (f"{PREFIX}/+/readings/{household}", 0)])
         print(json.dumps({"agent": household, "event": "ready"}), flush=True)
         async for message in client.messages:
             topic = str(message.topic)
@@ -449,6 +454,10 @@ async def reference_agent(household: str, url: str, key: Ed25519PrivateKey, *,
             if not isinstance(body, dict):
                 continue
             run = topic.split("/")[1]
+            if "/readings/" in topic:  # its rig's PV, load and battery (docs/telemetry.md)
+                rig[run] = {k: body.get(k) for k in RIG_FIELDS}
+                readings[run] = readings.get(run, 0) + 1
+                continue
             if topic.endswith("/gate"):
                 key_ = (run, int(body.get("interval", -1)))
                 if body.get("state") != "open" or key_ in seen or run in done_runs or \
@@ -470,12 +479,17 @@ async def reference_agent(household: str, url: str, key: Ed25519PrivateKey, *,
             else:
                 results.append(body)
                 measured[run] = Fraction(str(body.get("metered_kwh", "0")))
-                print(json.dumps({"agent": household, "event": "result", **body}), flush=True)
+                print(json.dumps({"agent": household, "event": "result", **body,
+                                  "readings_seen": readings.get(run, 0),
+                                  "rig": rig.get(run)}), flush=True)
                 if body.get("last"):
                     done_runs.add(run)
                     if len(done_runs) >= runs:
                         return results
     return results
+
+
+RIG_FIELDS = ("pv_w", "load_w", "battery_w", "soc", "meter_net_wh", "hour")
 
 
 def _closed(closes: object) -> bool:

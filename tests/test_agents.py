@@ -192,14 +192,16 @@ def test_the_command_line_runs_a_scenario_with_an_agent(tmp_path: Path) -> None:
     with broker(tmp_path / "mq") as mq:
         agent = spawn_agent(mq.port, "1", tmp_path / "keys/1.key", "0.2", None)
         run = subprocess.run([*cli, "run", str(scenario), "--db", str(tmp_path / "r.db"),
-                              "--agents", mq.url, "--gate-s", "60", "--json",
+                              "--agents", mq.url, "--mqtt", mq.url, "--gate-s", "60",
+                              "--json",
                               "--junit", str(tmp_path / "j.xml")],
                              env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
         log = agent.communicate(timeout=60)[0]
     assert run.returncode == 0, run.stderr
     suites = {s.get("name"): s for s in ET.parse(tmp_path / "j.xml").getroot()}
     assert suites["agent 1"].get("failures") == "0" and int(suites["agent 1"].get("tests")) > 1
-    assert '"event": "result"' in log
+    result = [json.loads(line) for line in log.splitlines() if '"event": "result"' in line]
+    assert len(result) == 1 and isinstance(result[0]["readings_seen"], int)
     bad = subprocess.run([*cli, "run", str(scenario), "--db", str(tmp_path / "r.db")],
                          env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "--agents mqtt://HOST:PORT" in bad.stderr
