@@ -37,6 +37,11 @@ controller wrote is valid exactly when replaying it gives the same state. Transa
                  blocks until a ``resolve`` releases them.
 ``resolve``      the operator's decision on a dispute (``reason``): the frozen escrow of
                  ``order`` is released (the settlement it decides comes as transfers).
+``refused``      an agent's message the market refused before the rules saw an order
+                 (late, malformed, for another run or interval, another household's topic,
+                 a second order) or a household whose agent sent nothing by the gate:
+                 ``household``, ``interval``, ``reason`` and ``payload_sha256`` of the raw
+                 message (informational; it moves nothing).
 """
 
 from __future__ import annotations
@@ -360,6 +365,14 @@ class LedgerState:
             self.frozen[digest] = self.holds.pop(digest)
         self.disputes.append((self.height, interval, who, reason))
 
+    def _refused(self, tx: Mapping[str, Json]) -> None:
+        who, reason = str(tx["household"]), str(tx["reason"])
+        if who not in self.balances or not reason or not isinstance(tx["interval"], int):
+            raise TxError(f"refusal for unknown account {who!r}, without a reason or an "
+                          "interval")
+        if not isinstance(tx["payload_sha256"], str | None):
+            raise TxError("refusal's payload_sha256 must be a hex string or null")
+
     def _resolve(self, tx: Mapping[str, Json]) -> None:
         digest, reason = str(tx["order"]), str(tx["reason"])
         if digest not in self.frozen or not reason:
@@ -389,6 +402,7 @@ _HANDLERS = {
     "transfer": LedgerState._transfer, "release": LedgerState._release,
     "rating": LedgerState._rating, "metered": LedgerState._metered,
     "dispute": LedgerState._dispute, "resolve": LedgerState._resolve,
+    "refused": LedgerState._refused,
 }
 
 

@@ -136,6 +136,12 @@ def run(
         help="sqlite (the signed ledger), or also the contract on an EVM: 'evm' (embedded "
              "py-evm, needs the evm extra) or 'evm+http://HOST:PORT' (a JSON-RPC node)")
     ] = "sqlite",
+    agents: Annotated[str | None, typer.Option(
+        help="broker of the household agents (households with orders = 'agent'), "
+             "mqtt://host[:port], or http://host:port to listen on for agents without MQTT "
+             "(docs/agents.md)")] = None,
+    gate_s: Annotated[float, typer.Option(
+        help="seconds each interval's order gate stays open for agents")] = 10.0,
 ) -> None:
     """Run a market scenario on a rig: clear, route, meter, settle, and record the ledger.
 
@@ -186,6 +192,9 @@ def run(
                                    rig=rg, store=store, progress=not as_json,
                                    observers=observers, clock=clock,
                                    on_controller=on_controller, run_id=run_id)
+        if agents is not None:
+            return _with_agents(agents, gate_s, sc, rg, store, clock, resume, run_id,
+                                observers, on_controller, ledger)
         return run_scenario(sc, rg, store, clock=clock, resume=resume, run_id=run_id,
                             observers=observers, on_controller=on_controller, ledger=ledger)
 
@@ -238,6 +247,27 @@ def run(
     if summary["validation"]["failed"]:
         err.print(f"[red]{len(summary['validation']['failed'])} validation check(s) failed[/red]")
         raise typer.Exit(1)
+
+
+async def _with_agents(url: str, gate_s: float, sc: Any, rg: Any, store: Any, clock: Any,
+                       resume: str | None, run_id: str, observers: list[Any],
+                       on_controller: Any, ledger: str) -> Any:
+    """A scenario run whose agent households bid over MQTT at ``url``."""
+    import aiomqtt
+
+    from testbed.agents import order_source
+    from testbed.runner import run_scenario
+
+    if not 0.1 <= gate_s <= 3600:
+        raise InputError("--gate-s", f"expected seconds in [0.1, 3600], got {gate_s}")
+    try:
+        async with order_source(url, run_id, gate_s) as source:
+            return await run_scenario(sc, rg, store, clock=clock, resume=resume,
+                                      run_id=run_id, observers=observers,
+                                      on_controller=on_controller, ledger=ledger,
+                                      orders=source, gate_s=gate_s)
+    except (OSError, aiomqtt.MqttError) as e:
+        raise InputError("--agents", f"broker {url}: {e}") from None
 
 
 def _print_community(summary: dict[str, Any], as_json: bool) -> None:
@@ -351,10 +381,11 @@ def scenarios() -> None:
 
 
 def _register_subcommands() -> None:
-    from testbed import lab_cli, ledger_cli
+    from testbed import agents_cli, lab_cli, ledger_cli
     from testbed.community import commands as community_commands
 
     lab_cli.register(app)
+    agents_cli.register(app)
     ledger_cli.register(app)
     community_commands.register(app)
 

@@ -72,6 +72,7 @@ class Ledger:
     state: rules.LedgerState = field(default_factory=rules.LedgerState)
     head: str = rules.GENESIS_PREV
     genesis: str = ""
+    external: dict[str, str] = field(default_factory=dict)  # agent keys we hold no secret of
     _issued: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -85,13 +86,16 @@ class Ledger:
     @classmethod
     def create(cls, store: Store, run_id: str, accounts: list[str], opening: dict[str, int],
                aud_per_token: Fraction = AUD_PER_TOKEN, keyring: Keyring | None = None,
-               ratings: Mapping[str, Fraction] | None = None) -> Ledger:
+               ratings: Mapping[str, Fraction] | None = None,
+               agents: Mapping[str, str | Ed25519PrivateKey] | None = None) -> Ledger:
         """A key for every account, signed by the operator's key from ``keyring`` (default:
         the operator's key folder, created on first use), and the genesis block (inside the
         caller's transaction). The households' keys go to the run's keystore file;
-        ``ratings``: account -> rated market kW of its rig."""
+        ``ratings``: account -> rated market kW of its rig; ``agents``: account -> the key
+        its agent signs with, registered with the operator (:mod:`testbed.agents`): a
+        public key (64 hex digits) or, for a lab-held agent key, the private key."""
         led = cls(store, run_id, keyring or Keyring())
-        led.new_keys(accounts)
+        led.new_keys(accounts, agents or {})
         led.append(None, led.genesis_txs(opening, aud_per_token, ratings))
         return led
 
@@ -117,17 +121,25 @@ class Ledger:
         return rules.balances_from(self.store.blocks(self.run_id)[:1])
 
     def public(self, account: str) -> str:
+        if account in self.external:
+            return self.external[account]
         return _public_hex(self.keys[account])
 
-    def new_keys(self, accounts: list[str]) -> list[dict[str, Any]]:
-        """An Ed25519 key per account beside the operator's; writes the public keys to the
-        ``keys`` table (the private ones reach the keystore file with genesis) and returns
-        the public rows."""
+    def new_keys(self, accounts: list[str],
+                 agents: Mapping[str, str | Ed25519PrivateKey] | None = None,
+                 ) -> list[dict[str, Any]]:
+        """An Ed25519 key per account beside the operator's (an agent's account takes its
+        registered key from ``agents``); writes the public keys to the ``keys`` table (the
+        private ones reach the keystore file with genesis) and returns the public rows."""
         self.keys[OPERATOR] = self.keyring.operator()
         for account in accounts:
-            self.keys[account] = Ed25519PrivateKey.generate()
-        rows = [{"run_id": self.run_id, "account": a, "public_key": _public_hex(k)}
-                for a, k in self.keys.items()]
+            given = (agents or {}).get(account)
+            if isinstance(given, str):
+                self.external[account] = given
+            else:
+                self.keys[account] = given or Ed25519PrivateKey.generate()
+        rows = [{"run_id": self.run_id, "account": a, "public_key": self.public(a)}
+                for a in [*self.keys, *self.external]]
         self.store.insert("keys", rows)
         return rows
 
@@ -139,7 +151,7 @@ class Ledger:
         op = self.keys[OPERATOR]
         txs: list[dict[str, Any]] = [{"type": "operator", "public_key": self.public(OPERATOR),
                                       "aud_per_token": str(aud_per_token)}]
-        for account in self.keys:
+        for account in [*self.keys, *self.external]:
             if account != OPERATOR:
                 pub = self.public(account)
                 txs.append({"type": "certificate", "account": account, "public_key": pub,

@@ -17,14 +17,14 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol
 
 from contracts import ledger as rules
 from contracts.mechanism import Clearing, Fill, Mechanism
-from contracts.numbers import MICRO, to_micro
+from contracts.numbers import MICRO, fmt, to_micro
 from contracts.orders import Order, Side
 from contracts.settlement import GRID, Funding, Settlement, fund, settle
 from drivers.clock import Clock, RealClock, VirtualClock
@@ -34,7 +34,7 @@ from testbed import preflight
 from testbed.controller import Controller, EmergencyStop, IntervalMeasurement, RigPlan
 from testbed.errors import InputError
 from testbed.events import EventBus, Observer
-from testbed.ledger import Ledger
+from testbed.ledger import BlockDraft, Ledger
 from testbed.mechanisms import mechanism_for
 from testbed.profiles import day_profile
 from testbed.scenario import Scenario
@@ -84,6 +84,33 @@ class ChainBackend(Protocol):
     def settle(self, metered_kwh: dict[str, Fraction]) -> dict[str, int]: ...  # micro
     def describe(self) -> dict[str, Any]: ...
     def record(self, store: Store, run_id: str) -> None: ...  # inside the transaction
+
+
+class OrderSource(Protocol):
+    """Where agent households' orders come from (:class:`testbed.agents.MqttOrderSource`):
+    the runner announces each interval's gate and receives raw messages; checking them is
+    the runner's (:func:`testbed.agents.check_order`, then the ledger's rules)."""
+
+    async def collect(self, gate: dict[str, Any], households: list[str],
+                      ) -> list[tuple[str, bytes]]: ...  # (topic's household, raw) by arrival
+    def late(self) -> list[tuple[str, bytes]]: ...  # what came while no gate was open
+    async def results(self, results: Mapping[str, dict[str, Any]]) -> None: ...
+
+
+def gate_message(run_id: str, index: int, sc: Scenario, agents: list[str],
+                 gate_s: float) -> dict[str, Any]:
+    """The gate announcement (docs/agents.md, schema ``gate``)."""
+    now = dt.datetime.now(dt.UTC)
+    return {"type": "gate", "state": "open", "run": run_id, "interval": index,
+            "opens": now.isoformat(timespec="milliseconds"),
+            "closes": (now + dt.timedelta(seconds=gate_s)).isoformat(timespec="milliseconds"),
+            "start_hour": fmt(Fraction(str(sc.interval_hours)) * index, 9),
+            "hours": fmt(Fraction(str(sc.interval_hours)), 9),
+            "tariff": {"import_aud_per_kwh": fmt(sc.tariff.import_aud_per_kwh, 9),
+                       "feed_in_aud_per_kwh": fmt(sc.tariff.feed_in_aud_per_kwh, 9)},
+            "suggested_price": None,  # dual bidding: each household names its own price
+            "households": agents,
+            "forecast_kwh": {h.id: fmt(h.net_kwh, 9) for h in sc.households if h.id in agents}}
 
 
 def open_chain(spec: str, scenario: Scenario, opening: dict[str, int]) -> ChainBackend | None:
@@ -219,6 +246,58 @@ def _dispute_txs(index: int, disputed: dict[str, str], held: tuple[Fill, ...],
     return out
 
 
+def _refused_tx(household: str, index: int, reason: str, raw: bytes | None,
+                ) -> dict[str, Any]:
+    from testbed.agents import digest
+
+    return {"type": "refused", "household": household, "interval": index, "reason": reason,
+            "payload_sha256": None if raw is None else digest(raw)}
+
+
+def agent_checks(index: int, agents: list[str], status: Mapping[str, Mapping[str, Any]],
+                 checks: list[Check]) -> list[Check]:
+    """One JUnit suite per agent (``agent H``): its order by the gate, then what it committed
+    (its fills) against what its rig's meter measured (the interval's checks of H)."""
+    out = []
+    for h in agents:
+        suite = f"agent {h}"
+        st = status.get(h, {"status": "absent", "refused": []})
+        refused = "; ".join(st["refused"]) or "none"
+        out.append(Check(suite, f"interval {index} order by the gate",
+                         st["status"] == "accepted", 1.0,
+                         1.0 if st["status"] == "accepted" else 0.0,
+                         f"{st['status']}; refused messages: {refused}"))
+        mine = [c for c in checks if c.name.endswith(f"er {h}")
+                or c.name == f"household {h} net energy"]
+        out += [dataclasses.replace(c, suite=suite, name=f"interval {index} {c.name}")
+                for c in mine]
+    return out
+
+
+def agent_results(run_id: str, index: int, last: bool, agents: list[str],
+                  status: Mapping[str, Mapping[str, Any]], clearing: Clearing,
+                  routed: Mapping[str, Fraction], metered: Mapping[str, Fraction],
+                  settlement: Settlement) -> dict[str, dict[str, Any]]:
+    """Each agent's ``result`` message (docs/agents.md)."""
+    per = {s.id: s for s in settlement.households}
+    out = {}
+    for h in agents:
+        s = per.get(h)
+        out[h] = {"type": "result", "run": run_id, "interval": index, "household": h,
+                  "last": last, "order": dict(status.get(h, {})),
+                  "fills": [{"seller": f.seller, "buyer": f.buyer,
+                             "energy_kwh": fmt(f.energy, 9), "price": fmt(f.price, 9)}
+                            for f in clearing.fills if h in (f.seller, f.buyer)],
+                  "routed_kwh": fmt(Fraction(routed.get(h, 0)), 9),
+                  "metered_kwh": fmt(Fraction(metered.get(h, 0)), 9),
+                  "settlement": None if s is None else {
+                      "market_aud": fmt(s.market_aud, 9), "grid_aud": fmt(s.grid_aud, 9),
+                      "grid_import_kwh": fmt(s.grid_import_kwh, 9),
+                      "grid_export_kwh": fmt(s.grid_export_kwh, 9),
+                      "disputed": s.disputed}}
+    return out
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -228,9 +307,10 @@ class Run:
 
     def __init__(self, scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
                  events: EventBus, run_id: str, ledger: Ledger, opening: dict[str, int],
-                 next_interval: int, chain: ChainBackend | None = None) -> None:
+                 next_interval: int, chain: ChainBackend | None = None,
+                 orders: OrderSource | None = None, gate_s: float = 10.0) -> None:
         self.scenario, self.rig, self.store, self.clock = scenario, rig, store, clock
-        self.chain = chain
+        self.chain, self.orders, self.gate_s = chain, orders, gate_s
         self.events, self.run_id, self.ledger = events, run_id, ledger
         self.opening, self.next_interval = opening, next_interval
         self.mechanism: Mechanism = mechanism_for(scenario)
@@ -264,11 +344,17 @@ class Run:
         # 1. Each household's HEMS signs its order (with a fresh nonce); the ledger admits
         #    it (certified key, signature, nonce, escrow for buyers) or records why not.
         draft = ledger.draft()
+        agents = [h.id for h in sc.households if h.orders == "agent"]
         signed = [ledger.sign_order(_order_payload(run_id, index, h.id, h.side, h.order_kwh,
                                                    h.price))
-                  for h in sc.households if h.side is not None and h.price is not None]
-        book, rejected, chain_rejected = [], {}, {}
-        for o in signed:
+                  for h in sc.households if h.side is not None and h.price is not None
+                  and h.orders != "agent"]
+        book: list[Order] = []
+        rejected: dict[str, str] = {}
+        chain_rejected: dict[str, str] = {}
+        agent_status: dict[str, dict[str, Any]] = {}
+
+        def submit(o: dict[str, Any]) -> str | None:
             reason = draft.submit(o)
             if self.chain is not None and (why := self.chain.place(o)) is not None:
                 chain_rejected[o["household"]] = why
@@ -277,8 +363,15 @@ class Run:
                                   Fraction(o["price"])))
             else:
                 rejected[o["household"]] = reason
+            return reason
+
+        for o in signed:
+            submit(o)
+        if agents:
+            signed += await self._intake(index, sc, agents, draft, submit, agent_status)
         events.emit("orderbook", {"interval": index, "orders": signed, "rejected": rejected,
-                                  "funding": funding})
+                                  "funding": funding, **({"agents": agent_status}
+                                                         if agents else {})})
 
         # 2. Clear.
         clearing = self.mechanism.clear(book)
@@ -326,6 +419,9 @@ class Run:
         draft.add(_dispute_txs(index, disputed, settlement.held, signed, draft.state.holds))
         draft.add(ledger.transfer_txs(settlement.transfers))
         draft.release_escrow()
+        if agents and self.orders is not None:
+            draft.add(self._late_txs(index, agents))
+            checks += agent_checks(index, agents, agent_status, checks)
         txs = draft.txs
         with self.store.transaction():
             block = ledger.seal(index, draft)
@@ -340,8 +436,73 @@ class Run:
                                   "buyer": f.buyer, "energy_kwh": float(f.energy),
                                   "price": float(f.price)})
         events.emit("block", {**block, "txs": len(txs)})
+        if agents and self.orders is not None:
+            await self.orders.results(agent_results(
+                run_id, index, index == self.n_intervals - 1, agents, agent_status, clearing,
+                routed, metered, settlement))
         return IntervalOutcome(index, clearing, settlement, measured, routed, rejected, block,
                                checks, funding)
+
+    async def _intake(self, index: int, sc: Scenario, agents: list[str], draft: BlockDraft,
+                      submit: Callable[[dict[str, Any]], str | None],
+                      status: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Agent households' orders: announce the gate, take what came by its close, and
+        record every refusal in the block (``refused``, or the rules' ``rejected``); a
+        household with no valid order gets the scenario's ``agent_absent`` default.
+        Returns the orders submitted to the ledger."""
+        if self.orders is None:
+            raise InputError(self.scenario.source, f"households {agents} bid through agents: "
+                             "give the run an agent broker (--agents mqtt://HOST:PORT)")
+        gate = gate_message(self.run_id, index, sc, agents, self.gate_s)
+        arrivals = await self.orders.collect(gate, agents)
+        from testbed.agents import check_order
+
+        submitted: list[dict[str, Any]] = []
+        accepted: dict[str, str] = {}  # household -> hash of its order in the book
+        refusals: dict[str, list[str]] = {h: [] for h in agents}
+        for household, raw in arrivals:
+            if household not in refusals:  # not an agent household (or no account at all)
+                if household in draft.state.balances:
+                    draft.add([_refused_tx(household, index, "not an agent household: its "
+                                           "orders come from the scenario", raw)])
+                continue
+            order, why = check_order(raw, household, self.run_id, index)
+            if order is not None and household in accepted and \
+                    rules.tx_hash(order) != accepted[household]:
+                order, why = None, "second order: one order per household and interval"
+            if order is None:
+                draft.add([_refused_tx(household, index, str(why), raw)])
+                refusals[household].append(str(why))
+                continue
+            submitted.append(order)
+            reason = submit(order)
+            if reason is None:
+                accepted[household] = rules.tx_hash(order)
+            else:
+                refusals[household].append(reason)
+        for h in agents:
+            status[h] = {"status": "accepted" if h in accepted else "absent",
+                         "refused": refusals[h]}
+            if h in accepted:
+                continue
+            default = next(x for x in sc.households if x.id == h)
+            use = sc.agent_absent == "scenario" and default.side is not None \
+                and default.price is not None and h in self.ledger.keys
+            draft.add([_refused_tx(h, index, "absent: no valid order by the gate; "
+                                   + ("the scenario's order placed" if use else "no order"),
+                                   None)])
+            if use:
+                o = self.ledger.sign_order(_order_payload(
+                    self.run_id, index, h, str(default.side), default.order_kwh,
+                    Fraction(default.price or 0)))
+                submitted.append(o)
+                submit(o)
+        return submitted
+
+    def _late_txs(self, index: int, agents: list[str]) -> list[dict[str, Any]]:
+        assert self.orders is not None
+        return [_refused_tx(h, index, "late: came after the gate closed", raw)
+                for h, raw in self.orders.late() if h in agents]
 
     def _write_interval(self, index: int, clearing: Clearing, settlement: Settlement,
                         measured: IntervalMeasurement, rejected: dict[str, str],
@@ -378,6 +539,9 @@ class Run:
 def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
            events: EventBus, run_id: str, chain_spec: str = "sqlite") -> Run:
     ids = [h.id for h in scenario.households]
+    from testbed.agents import registered
+
+    agent_keys = registered([h.id for h in scenario.households if h.orders == "agent"])
     opening = {h.id: to_micro(scenario.opening_tokens(h)) for h in scenario.households}
     chain = open_chain(chain_spec, scenario, opening)
     with store.transaction():
@@ -389,7 +553,7 @@ def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
                                                     "time_scale": rig.time_scale}),
                               "summary": None})
         ledger = Ledger.create(store, run_id, ids, opening, scenario.aud_per_token,
-                               ratings=ratings(rig, ids))
+                               ratings=ratings(rig, ids), agents=agent_keys)
         if chain is not None:
             chain.record(store, run_id)
     return Run(scenario, rig, store, clock, events, run_id, ledger, opening, 0, chain)
@@ -451,10 +615,17 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
                        clock: Clock | None = None, observers: list[Observer] | None = None,
                        resume: str | None = None, run_id: str | None = None,
                        on_controller: Callable[[Controller], None] | None = None,
-                       ledger: str = "sqlite") -> RunOutcome:
+                       ledger: str = "sqlite", orders: OrderSource | None = None,
+                       gate_s: float = 10.0) -> RunOutcome:
     """Run (or resume) ``scenario`` on ``rig``; the bench is left safe however it ends.
     ``ledger``: ``sqlite``, or ``evm``/``evm+http://HOST:PORT`` for the contract on an EVM
-    beside it (raises :class:`InputError` when that back-end cannot start)."""
+    beside it (raises :class:`InputError` when that back-end cannot start). ``orders``:
+    where the households marked ``orders = "agent"`` bid from (``gate_s``: seconds each
+    gate stays open); InputError when such a household has none."""
+    agents = [h.id for h in scenario.households if h.orders == "agent"]
+    if agents and orders is None:
+        raise InputError(scenario.source, f"households {agents} bid through agents: give "
+                         "the run an agent broker (--agents mqtt://HOST:PORT)")
     if resume and ledger != "sqlite":
         raise InputError(f"--ledger {ledger}", "an EVM run cannot be resumed: start it again")
     check_scenario_fits_rig(scenario, rig)
@@ -468,6 +639,7 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     await require_a_meter(bench, rig)
     run = (_resume(scenario, rig, store, clock, events, run_id) if resume else
            _start(scenario, rig, store, clock, events, run_id, ledger))
+    run.orders, run.gate_s = orders, gate_s
     events.emit("status", {"status": "running", "scenario": scenario.name, "rig": rig.name})
     live = preflight.unwatched(rig)
     if live:  # pre-flight: what a dead controller would leave on

@@ -18,6 +18,7 @@ class ScenarioHousehold:
     net_kwh: Fraction  # + surplus, - deficit over one interval
     price: Fraction | None  # ask or bid; None = places no order
     offer_kwh: Fraction | None = None  # what a seller offers if not its surplus
+    orders: str = "scenario"  # who bids: ORDER_SOURCES (docs/agents.md)
 
     @property
     def side(self) -> str | None:
@@ -56,9 +57,17 @@ class Scenario:
     profiles: Profiles
     paper: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    agent_absent: str = "none"  # an agent's household with no order by the gate: ABSENT
 
     def opening_tokens(self, h: ScenarioHousehold) -> Fraction:
         return self.opening_buyer if h.net_kwh < 0 else self.opening_seller
+
+
+# A household's ``orders``: the scenario's own order, or a signed order from its agent (an
+# external HEMS or ``testbed agent``) over the agent protocol (docs/agents.md).
+ORDER_SOURCES = ("scenario", "agent")
+# ``agent_absent``: what an agent's household gets when nothing valid came by the gate.
+ABSENT = ("none", "scenario")
 
 
 def load_scenario(name_or_path: str) -> Scenario:
@@ -109,7 +118,12 @@ def scenario_from_dict(source: str, data: dict[str, Any]) -> Scenario:
         offer = _exact(h, "offer_kwh", None)
         if offer is not None and offer <= 0:
             raise InputError(h.where("offer_kwh"), f"must be > 0, got {offer}")
-        households.append(ScenarioHousehold(h.text("id"), _exact(h, "net_kwh"), price, offer))
+        orders = h.text("orders", "scenario")
+        if orders not in ORDER_SOURCES:
+            raise InputError(h.where("orders"), f"expected one of {list(ORDER_SOURCES)}, "
+                                                f"got {orders!r}")
+        households.append(ScenarioHousehold(h.text("id"), _exact(h, "net_kwh"), price, offer,
+                                            orders))
         h.reject_unknown()
     ids = [h.id for h in households]
     if not households:
@@ -142,7 +156,11 @@ def scenario_from_dict(source: str, data: dict[str, Any]) -> Scenario:
         ),
         paper=dict(top.raw("paper", {})),
         source=source,
+        agent_absent=top.text("agent_absent", "none"),
     )
+    if scenario.agent_absent not in ABSENT:
+        raise InputError(top.where("agent_absent"), f"expected one of {list(ABSENT)}, got "
+                                                     f"{scenario.agent_absent!r}")
     if scenario.aud_per_token <= 0:
         raise InputError(token_t.where("aud_per_token"), "must be > 0")
     for t in (top, tariff_t, token_t, prof_t):

@@ -1,0 +1,102 @@
+"""``testbed agent`` (the reference HEMS as its own process) and ``testbed agents keys|acl``.
+
+The work is in :mod:`testbed.agents`; the protocol in docs/agents.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from contracts.numbers import exact
+from testbed.errors import InputError
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _households(rig: str) -> list[str]:
+    from testbed.rigfile import load_rig
+
+    return [h.id for h in load_rig(rig).households]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``agent`` and the ``agents`` sub-app to ``app``."""
+    agents_app = typer.Typer(help="Household agents: keys and broker ACL (docs/agents.md).",
+                             no_args_is_help=True, rich_markup_mode=None)
+
+    @app.command("agent")
+    def agent(
+        household: Annotated[str, typer.Option(help="the household this agent bids for")],
+        broker: Annotated[str, typer.Option(help="mqtt://[user:pass@]host[:port]")],
+        key: Annotated[Path, typer.Option(help="the agent's Ed25519 key (PEM, mode 0600)")],
+        price: Annotated[str | None, typer.Option(
+            help="limit price AUD/kWh (default: the gate's suggested price, else the "
+                 "midpoint of the tariffs)")] = None,
+        energy: Annotated[str | None, typer.Option(
+            help="order energy kWh (default: the forecast net)")] = None,
+        runs: Annotated[int, typer.Option(help="exit after this many runs' last result")] = 1,
+    ) -> None:
+        """Run the reference HEMS for one household: forecast, bid, log (JSON lines)."""
+        from testbed.agents import load_key, reference_agent
+        from testbed.telemetry import parse_broker_url
+
+        try:
+            parse_broker_url(broker)
+            signer = load_key(key)
+            limit: Fraction | None = None if price is None else exact(price)
+            amount: Fraction | None = None if energy is None else exact(energy)
+        except InputError as e:
+            _fail(str(e))
+            return
+        except ValueError as e:
+            _fail(f"--price/--energy: {e}")
+            return
+        try:
+            asyncio.run(reference_agent(household, broker, signer, price=limit,
+                                        energy=amount, runs=runs))
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        except Exception as e:  # the broker went away: one line, not a traceback
+            _fail(f"agent {household}: {type(e).__name__}: {e}")
+
+    @agents_app.command("keys")
+    def keys(
+        rig: Annotated[str, typer.Argument(help="built-in rig name or a rig TOML file")],
+        out: Annotated[Path, typer.Argument(help="folder for the agents' key files")],
+        lab_held: Annotated[bool, typer.Option(
+            help="the operator also keeps each private key (needed for agent_absent = "
+                 "'scenario')")] = False,
+    ) -> None:
+        """A key per household for its agent (OUT/ID.key), registered with the operator."""
+        from testbed.agents import enrol
+
+        try:
+            paths = enrol(_households(rig), out, lab_held)
+        except InputError as e:
+            _fail(str(e))
+            return
+        for p in paths:
+            typer.echo(str(p))
+
+    @agents_app.command("acl")
+    def acl(
+        rig: Annotated[str, typer.Argument(help="built-in rig name or a rig TOML file")],
+        market_user: Annotated[str, typer.Option(help="the testbed's broker user")] = "testbed",
+    ) -> None:
+        """Print a mosquitto acl_file: each agent publishes only its own order topic."""
+        from testbed.agents import acl as make_acl
+
+        try:
+            typer.echo(make_acl(_households(rig), market_user))
+        except InputError as e:
+            _fail(str(e))
+
+    app.add_typer(agents_app, name="agents")
