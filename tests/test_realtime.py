@@ -54,18 +54,27 @@ async def test_lost_meter_takes_rig_off_bus_and_run_completes(tmp_path: Path) ->
         events: list[tuple[str, dict]] = []  # type: ignore[type-arg]
 
         async def drop_meter_later() -> None:
-            await asyncio.sleep(4.0)
+            # a third of the way into its day, by the energy it has drawn, not by the wall
+            # clock: on a loaded machine the run may take seconds to start
+            meter = emu.plant.rigs["3"].meter
+            while meter.import_wh < 3.5 * rig.energy_scale / 3:
+                await asyncio.sleep(0.05)
             emu.device("household 3 meter").faults.inject("no_reply")
 
         dropper = asyncio.create_task(drop_meter_later())
         out = await run_scenario(scenario, rig, store, clock=RealClock(),
                                  observers=[lambda t, p: events.append((t, p))])
-        await dropper
+        dropped = dropper.done()
+        dropper.cancel()
         plant = emu.plant
+
+    assert dropped, "household 3 never drew a third of its energy: the meter was not cut"
 
     assert out.status == "finished"
     iv = out.intervals[0]
-    assert set(iv.measurement.tripped) == {"3"}, iv.measurement.tripped
+    # Household 3 leaves the bus for its meter. (On a machine loaded beyond real time, a
+    # healthy rig may also miss its deadlines and be taken off: correct, and not judged here.)
+    assert "meter" in iv.measurement.tripped.get("3", ""), iv.measurement.tripped
     assert any(t == "safety" and p.get("event") == "rig_off_bus" and p["household"] == "3"
                for t, p in events)
     assert not plant.rigs["3"].relay_closed and not plant.rigs["3"].pv.on
