@@ -147,6 +147,7 @@ def run(
     """
     import uuid
 
+    from drivers.bench.factories import DriverConfigError
     from testbed.controller import EmergencyStop
     from testbed.report import render, summarise
     from testbed.rigfile import load_rig
@@ -211,7 +212,7 @@ def run(
         fail(str(e))
     try:
         outcome = _run_until_signal(start)
-    except InputError as e:
+    except (InputError, DriverConfigError) as e:  # set-up: a file, resource or model
         fail(str(e))
     except telemetry_errors as e:
         fail(f"--mqtt: {e}")

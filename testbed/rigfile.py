@@ -2,8 +2,10 @@
 
 A ``[defaults.ROLE]`` table applies to every household unless the household overrides a
 key in its own ``[households.ROLE]`` table. Keys that are limits become :class:`Limits`;
-``driver``, ``resource``, ``model`` and ``dut`` say how to reach the device; everything
-else is a device parameter (a battery's capacity and efficiencies, say).
+``driver``, ``resource``, ``model`` and ``dut`` say how to reach the device; the rest are
+the device parameters its role declares (``ROLE_PARAMS``: a battery's capacity and
+efficiencies, a link's baud rate). Any other key is an error naming file:line, the table (a
+household by its id) and the nearest known key: a typo never silently drops a limit.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from drivers.roles import ROLES
 from drivers.spec import DeviceSpec, HouseholdSpec, Limits, RigSpec
 from testbed.errors import InputError
-from testbed.tomlfile import Table, parse, resolve
+from testbed.tomlfile import Table, load_table, resolve
 
 # Device parameters the drivers and models read, with their bounds: (kind, low, high,
 # low_open). Checked when the rig file is read, so a bad value names its key.
@@ -36,6 +38,16 @@ PARAM_BOUNDS: dict[str, tuple[type, float, float, bool]] = {
 # /lab/x.toml): never a name that walks out of the instrument folder.
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
+# The parameters each role's devices take (beyond limits and access keys): every driver's
+# link and watchdog keys, and the battery model's (drivers/mock/plant.py, preflight).
+LINK_KEYS = ("watchdog_s", "timeout_s", "baud", "channel")
+BATTERY_KEYS = ("capacity_wh", "soc_initial", "eta_charge", "eta_discharge",
+                "self_discharge_per_h", "temperature_c", "firmware_energy_gain")
+ROLE_PARAMS: dict[str, tuple[str, ...]] = {
+    "pv": LINK_KEYS, "load": LINK_KEYS, "meter": LINK_KEYS, "relay": LINK_KEYS,
+    "battery": LINK_KEYS + BATTERY_KEYS, "grid": LINK_KEYS,
+}
+
 LIMIT_KEYS = ("max_power_w", "max_voltage_v", "max_current_a", "soc_min", "soc_max",
               "max_temperature_c")
 ACCESS_KEYS = ("driver", "resource", "model", "dut")
@@ -43,16 +55,20 @@ ACCESS_KEYS = ("driver", "resource", "model", "dut")
 
 def load_rig(name_or_path: str) -> RigSpec:
     source, text = resolve("rigs", name_or_path)
-    return rig_from_dict(source, parse(source, text))
+    return rig_from_table(load_table(source, text))
 
 
 def rig_from_dict(source: str, data: dict[str, Any]) -> RigSpec:
-    top = Table(source, "", data)
+    """A rig from parsed TOML (no line numbers in its messages)."""
+    return rig_from_table(Table(source, "", data))
+
+
+def rig_from_table(top: Table) -> RigSpec:
+    """A rig from its top-level table; InputError naming FILE:LINE, table and key."""
+    source = top.source
     defaults = top.table("defaults", {})
-    default_roles = {role: dict(defaults.table(role, {}).data) for role in ROLES}
-    for key in defaults.data:
-        if key not in ROLES:
-            raise InputError(defaults.where(key), f"unknown role (roles: {', '.join(ROLES)})")
+    default_roles = {role: defaults.table(role, {}) for role in ROLES}
+    defaults.reject_unknown()
 
     households = []
     seen: set[str] = set()
@@ -61,11 +77,14 @@ def rig_from_dict(source: str, data: dict[str, Any]) -> RigSpec:
         if hid in seen:
             raise InputError(h.where("id"), f"duplicate household id {hid!r}")
         seen.add(hid)
+        h.rename(f"households id={hid}")
         devices = {}
         for role in ROLES:
-            merged = {**default_roles[role], **(dict(h.table(role, {}).data))}
-            devices[role] = _device(Table(source, f"{h.path}.{role}", merged),
-                                    f"household {hid} {role}", role)
+            base, own = default_roles[role], h.table(role, {})
+            origin = {k: (base.path, base.line(k)) for k in base.data}
+            origin |= {k: (own.path, own.line(k)) for k in own.data}
+            merged = h.child(role, {**base.data, **own.data}, origin=origin)
+            devices[role] = _device(merged, f"household {hid} {role}", role)
         h.reject_unknown()
         households.append(HouseholdSpec(hid, devices))
     if not households:
@@ -111,6 +130,7 @@ def _device(t: Table, name: str, role: str) -> DeviceSpec:
         params={k: v for k, v in t.data.items() if k not in LIMIT_KEYS + ACCESS_KEYS},
         dut=dut,
     )
+    t.reject_unknown(LIMIT_KEYS + ACCESS_KEYS + ROLE_PARAMS[role])
     for key, value in spec.params.items():
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise InputError(t.where(key), f"expected a number or string, got {value!r}")
