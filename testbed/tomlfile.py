@@ -8,7 +8,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rigs import builtin
 from testbed.errors import InputError
@@ -109,9 +109,9 @@ def locate(text: str) -> Lines:
                 continue
             if "{" in line:
                 element += 1
-                lines.setdefault(inline + (str(element),), number)
+                lines.setdefault((*inline, str(element)), number)
                 for k in _INLINE_KEY.findall(line):
-                    lines.setdefault(inline + (str(element), k), number)
+                    lines.setdefault((*inline, str(element), k), number)
             continue
         key = _KEY.match(line)
         if key:
@@ -125,7 +125,7 @@ def locate(text: str) -> Lines:
                 inline, element = path, -1
                 if "{" in rest:
                     element = 0
-                    lines.setdefault(path + ("0",), number)
+                    lines.setdefault((*path, "0"), number)
     return lines
 
 
@@ -176,8 +176,8 @@ class Table:
         """The line ``key`` is written on (None: this table's header), if known."""
         if key is not None and key in self.origin:
             return self.origin[key][1]
-        if key is not None and self.keypath + (key,) in self.lines:
-            return self.lines[self.keypath + (key,)]
+        if key is not None and (*self.keypath, key) in self.lines:
+            return self.lines[(*self.keypath, key)]
         return self.lines.get(self.keypath)
 
     def where(self, key: str) -> str:
@@ -193,7 +193,7 @@ class Table:
         """A sub-table ``key`` holding ``data`` (which may be merged from elsewhere)."""
         shown = path if path is not None else f"{self.path}.{key}" if self.path else key
         return Table(self.source, shown, data, lines=self.lines,
-                     keypath=self.keypath + (key,), origin=origin)
+                     keypath=(*self.keypath, key), origin=origin)
 
     def has(self, key: str) -> bool:
         return key in self.data
@@ -217,7 +217,7 @@ class Table:
         ``positive``, within [low, high] when given; else InputError naming the key."""
         value = self.raw(key, default)
         if value is None and default is None:
-            return value  # type: ignore[no-any-return]
+            return cast(float, None)  # an optional number: the caller passed default=None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputError(self.where(key), f"expected a number, got {value!r}")
         if not math.isfinite(value) or abs(value) >= MAX_MAGNITUDE:
@@ -234,7 +234,7 @@ class Table:
         value = self.raw(key, default)
         if value is not None and not isinstance(value, str | int):
             raise InputError(self.where(key), f"expected a string, got {value!r}")
-        return value if value is None else str(value)
+        return cast(str, None) if value is None else str(value)  # default=None: optional
 
     def table(self, key: str, default: Any = ...) -> Table:
         return self.child(key, self.raw(key, default))
@@ -245,7 +245,7 @@ class Table:
             raise InputError(self.where(key), "expected an array of tables ([[...]])")
         base = f"{self.path}.{key}" if self.path else key
         return [Table(self.source, f"{base}[{i}]", v, lines=self.lines,
-                      keypath=self.keypath + (key, str(i))) for i, v in enumerate(value)]
+                      keypath=(*self.keypath, key, str(i))) for i, v in enumerate(value)]
 
     def unused(self) -> list[str]:
         return [k for k in self.data if k not in self._used]
