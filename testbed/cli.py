@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -34,7 +35,15 @@ DB_DEFAULT = Path("testbed.db")
 COMMUNITY = "cesdt"  # `testbed run cesdt`: the CE-SDT community day, not a scenario file
 
 
-def fail(message: str, code: int = 2) -> None:
+# Set by a command given --json: its failures print {"error": ..., "exit": ...} on stdout too.
+JSON_ERRORS: ContextVar[bool] = ContextVar("JSON_ERRORS", default=False)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr (and a JSON object on stdout under --json), then exit ``code``
+    (2: bad input or set-up)."""
+    if JSON_ERRORS.get():
+        print(json.dumps({"error": message, "exit": code}))
     # escape: a message naming a TOML table such as [profiles] is not rich markup
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(code)
@@ -95,6 +104,10 @@ def _safety_printer(topic: str, payload: dict[str, Any]) -> None:
     if payload.get("event") == "safe_state" and payload.get("complete"):
         err.print("[green]safe state: every output off, every relay open[/green]")
         return
+    if payload.get("event") == "lab_plan":  # before a real-time run: lab energy and power
+        err.print("pre-flight: lab energy and mean power per household this interval:\n  "
+                  + "\n  ".join(escape(line) for line in payload["households"]), highlight=False)
+        return
     if payload.get("event") == "preflight":
         err.print("[yellow]pre-flight: no communication watchdog, so these would stay live "
                   f"if the controller died: {escape(', '.join(payload['live_if_controller_dies']))}"
@@ -145,6 +158,7 @@ def run(
     Exits 1 when a validation check fails, 2 on bad input, 3 after an emergency stop, 130
     when stopped by a signal.
     """
+    JSON_ERRORS.set(as_json)
     import uuid
 
     from drivers.bench.factories import DriverConfigError
@@ -259,6 +273,7 @@ def runs(
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False,
 ) -> None:
     """List the runs in a database (running, finished, aborted or failed)."""
+    JSON_ERRORS.set(as_json)
     from testbed.store import Store
 
     try:
@@ -288,6 +303,7 @@ def clear(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Clear one order book with the dual-bidding contract."""
+    JSON_ERRORS.set(as_json)
     from testbed.tomlfile import read_text
 
     try:

@@ -106,3 +106,25 @@ def test_rig_check_json_prints_json_on_a_config_error(tmp_path: Path) -> None:
     assert result.exit_code == 2
     payload = json.loads(result.stdout)
     assert payload["error"].startswith(f"{path}:{line}")
+
+
+def test_run_json_prints_json_on_a_config_error(tmp_path: Path) -> None:
+    path, line = _rig_with_load_typo(tmp_path)
+    result = CliRunner().invoke(app, ["run", "scenario2", "--rig", str(path), "--json",
+                                      "--db", str(tmp_path / "t.db")])
+    assert result.exit_code == 2
+    payload = json.loads(result.stdout)
+    assert payload == {"error": payload["error"], "exit": 2}
+    assert payload["error"].startswith(f"{path}:{line}") and "max_power_w" in payload["error"]
+
+
+def test_a_missing_instrument_file_is_one_line_with_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "rig.toml"
+    path.write_text(MOCK.replace('[defaults.meter]         # DC energy meter at the rig\'s bus '
+                                 'connection\ndriver = "mock"',
+                                 '[defaults.meter]\ndriver = "modbus"\nmodel = "./nowhere.toml"'
+                                 '\nresource = "modbus+tcp://127.0.0.1:9?unit=1"'))
+    result = CliRunner().invoke(app, ["run", "scenario2", "--rig", str(path),
+                                      "--db", str(tmp_path / "t.db")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "key 'model'" in result.output and len(result.output.strip().splitlines()) == 1

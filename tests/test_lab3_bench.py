@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,11 +60,17 @@ async def test_the_lab3_bench_runs_to_a_passing_junit(tmp_path: Path) -> None:
         for table in [data["grid"], *(t for h in data["households"] for t in h.values()
                                       if isinstance(t, dict))]:
             table["timeout_s"] = 0.5
+        said: list[dict[str, Any]] = []
         out = await run_scenario(sc, rig_from_dict("lab3-emulated", data),
-                                 Store(tmp_path / "lab3.db"), clock=RealClock())
+                                 Store(tmp_path / "lab3.db"), clock=RealClock(),
+                                 observers=[lambda topic, p: said.append(p)
+                                            if p.get("event") == "lab_plan" else None])
         # channel 2 of the one supply really fed household 2
         assert emu.plant.rigs["2"].meter.export_wh > 0
     assert out.status == "finished"
+    # before the real-time run: -3 kWh * 1000 * 0.01 / 8640 lab Wh over 86400 / 8640 = 10 s
+    assert said[0]["households"][0] == \
+        "household 1: -3 kWh -> -0.003472 lab Wh over 10 lab s (mean -1.25 W)"
     junit = tmp_path / "lab3.xml"
     write_junit(junit, out.checks, "testbed.lab3")
     suite = ET.parse(junit).getroot()
