@@ -368,9 +368,10 @@ def scenarios() -> None:
 
 
 def _register_subcommands() -> None:
-    from testbed import lab_cli, ledger_cli
+    from testbed import instrument_cli, lab_cli, ledger_cli
     from testbed.community import commands as community_commands
 
+    instrument_cli.register(app)
     lab_cli.register(app)
     ledger_cli.register(app)
     community_commands.register(app)

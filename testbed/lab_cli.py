@@ -119,7 +119,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("emulate")
     def emulate(
-        rig: Annotated[str, typer.Argument(help="The mock rig whose instruments to serve.")],
+        rig: Annotated[str, typer.Argument(
+            help="The rig to serve: mock devices get emulated instruments, a rig of real "
+                 "instruments is served as written (only the addresses change).")],
         write_rig: Annotated[Path, typer.Option("--write-rig", help="Rig file to write.")],
         time_scale: Annotated[float | None, typer.Option(
             help="time_scale in the written rig (e.g. 2880: a market day in 30 lab seconds)."
@@ -141,7 +143,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
         host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
     ) -> None:
-        """Serve every instrument of RIG over Modbus TCP/RTU and SCPI until Ctrl-C."""
+        """Serve every instrument of RIG over Modbus TCP/RTU and SCPI until Ctrl-C: the
+        models, RTU lines, gateways, unit ids and channels the rig names, on loopback."""
         import asyncio
 
         from testbed.lab import serve_emulated
