@@ -44,7 +44,8 @@ class EmulatedScpiDevice:
         self._queries: dict[str, tuple[Command, int]] = {}
         self._settings: list[tuple[re.Pattern[str], Command, int]] = []
         self.add_channel(self.channel, binding)
-        self._init = {_norm(line) for line in instrument.init}
+        # init and remote lines are accepted as they are (no state behind them here)
+        self._init = {_norm(line) for line in (*instrument.init, *instrument.remote)}
         error_query = instrument.error_query or "SYST:ERR?"
         self._builtin: dict[str, Callable[[], str | None]] = {
             "*IDN?": lambda: str(self.binding.identity),
