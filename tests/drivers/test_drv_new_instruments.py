@@ -6,6 +6,7 @@ import asyncio
 
 from drivers.clock import RealClock
 from drivers.emulators.bench import EmulatedBench
+from drivers.emulators.scpi_server import EmulatedScpiDevice
 from drivers.registry import build_bench
 from drivers.spec import RigSpec
 from tests.drivers.conftest import emulated_rig
@@ -24,6 +25,7 @@ async def test_itech_it8500plus_load_draws_what_it_is_set_to(small_rig: RigSpec)
             reading = await load.read()
             assert reading.on and reading.power_w == 40.0
             device = emu.device("household 1 load")
+            assert isinstance(device, EmulatedScpiDevice)
             assert "SYST:REM" in device.lines_seen  # remote mode first, accepted
             assert not device.errors
         finally:
