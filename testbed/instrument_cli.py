@@ -20,8 +20,10 @@ RATINGS_FOR_ROLE: dict[str, tuple[str, ...]] = {
     "load": ("voltage_v", "current_a", "power_w", "directions"),
     "battery": ("voltage_v", "current_a", "power_w", "directions"),
     "grid": ("voltage_v", "current_a", "power_w", "directions"),
+    "converter": ("voltage_v", "current_a", "power_w", "directions"),
     "meter": (),
     "relay": (),
+    "bms": (),
 }
 
 

@@ -108,6 +108,49 @@ def rig_from_table(top: Table) -> RigSpec:
     return rig
 
 
+# A battery of two instruments: ``bms = { driver, model, resource }`` and ``converter =
+# { ... }`` in its table (driver "split", implied). Each part takes the link keys.
+BATTERY_PARTS = ("bms", "converter")
+PART_KEYS = ("driver", "resource", "model", *LINK_KEYS)
+
+
+def _parts(t: Table, name: str) -> dict[str, DeviceSpec]:
+    if not any(t.has(k) for k in BATTERY_PARTS):
+        return {}
+    parts = {}
+    for key in BATTERY_PARTS:
+        sub = t.table(key)
+        sub.rename(f"{t.origin.get(key, (t.path, None))[0]}.{key}")
+        part = DeviceSpec(name=f"{name} {key}", role=key, driver=sub.text("driver"),
+                          limits=Limits(), resource=sub.text("resource", None),
+                          model=sub.text("model", None),
+                          params={k: v for k, v in sub.data.items()
+                                  if k in LINK_KEYS})
+        for k in LINK_KEYS:
+            if k in part.params:
+                _param(sub, k, part.params[k])
+        if part.driver not in ("scpi", "modbus") or not part.model or not part.resource:
+            raise InputError(sub.where("driver"), "a battery part is an instrument: driver "
+                             "'scpi' or 'modbus', with a model and a resource")
+        _access(sub, part)
+        sub.reject_unknown(PART_KEYS)
+        parts[key] = part
+    return parts
+
+
+def _access(t: Table, spec: DeviceSpec) -> None:
+    """The resource parses and the model exists (InputError at the key)."""
+    if spec.resource is not None:
+        from drivers.resources import parse_resource
+
+        try:
+            parse_resource(spec.resource)
+        except ValueError as err:
+            raise InputError(t.where("resource"), str(err)) from None
+    if spec.model is not None:
+        _model(t, spec.model)
+
+
 def _device(t: Table, name: str, role: str) -> DeviceSpec:
     limits = Limits(**{k: t.number(k, None) for k in LIMIT_KEYS})
     for key in ("soc_min", "soc_max"):
@@ -120,31 +163,30 @@ def _device(t: Table, name: str, role: str) -> DeviceSpec:
     dut = t.raw("dut", False)
     if not isinstance(dut, bool):
         raise InputError(t.where("dut"), f"expected true or false, got {dut!r}")
+    parts = _parts(t, name) if role == "battery" else {}
     spec = DeviceSpec(
         name=name,
         role=role,
-        driver=t.text("driver"),
+        driver=t.text("driver", "split" if parts else ...),
         resource=t.text("resource", None),
         model=t.text("model", None),
         limits=limits,
-        params={k: v for k, v in t.data.items() if k not in LIMIT_KEYS + ACCESS_KEYS},
+        params={k: v for k, v in t.data.items()
+                if k not in LIMIT_KEYS + ACCESS_KEYS + BATTERY_PARTS},
         dut=dut,
+        parts=parts,
     )
-    t.reject_unknown(LIMIT_KEYS + ACCESS_KEYS + ROLE_PARAMS[role])
+    if (spec.driver == "split") != bool(parts):
+        raise InputError(t.where("driver"), "driver 'split' is a battery of two instruments: "
+                         "give its bms and converter tables (and no driver), or neither")
+    t.reject_unknown(LIMIT_KEYS + ACCESS_KEYS + ROLE_PARAMS[role]
+                     + (BATTERY_PARTS if role == "battery" else ()))
     for key, value in spec.params.items():
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise InputError(t.where(key), f"expected a number or string, got {value!r}")
         if key in PARAM_BOUNDS:
             _param(t, key, value)
-    if spec.resource is not None:
-        from drivers.resources import parse_resource
-
-        try:
-            parse_resource(spec.resource)
-        except ValueError as err:
-            raise InputError(t.where("resource"), str(err)) from None
-    if spec.model is not None:
-        _model(t, spec.model)
+    _access(t, spec)
     return spec
 
 

@@ -25,6 +25,12 @@ RIG = ROOT / "rigs" / "examples" / "university-lab3.toml"
 SCENARIO = ROOT / "rigs" / "examples" / "lab3-scenario.toml"
 
 
+def _scpi(emu: EmulatedBench, name: str) -> EmulatedScpiDevice:
+    device = emu.device(name)
+    assert isinstance(device, EmulatedScpiDevice)
+    return device
+
+
 async def test_emulate_serves_the_rig_as_written() -> None:
     rig = load_rig(str(RIG))
     async with EmulatedBench(rig) as emu:
@@ -46,10 +52,15 @@ async def test_emulate_serves_the_rig_as_written() -> None:
         assert [m.unit for m in meters] == [1, 2, 3]
         relay = parse_resource(got[("1", "relay")]["resource"])
         assert relay.link == "serial" and relay.device != meters[0].device
-        # batteries behind one gateway, units 1..3
-        bats = [parse_resource(got[(h, "battery")]["resource"]) for h in "123"]
-        assert len({b.link_key for b in bats}) == 1 and [b.unit for b in bats] == [1, 2, 3]
-        assert all(b.host == "127.0.0.1" for b in bats)
+        # each battery is two instruments: BMSs behind one gateway (units 1..3), and a
+        # bidirectional SCPI supply each as the converter
+        bms = [parse_resource(got[(h, "battery")]["bms"]["resource"]) for h in "123"]
+        assert len({b.link_key for b in bms}) == 1 and [b.unit for b in bms] == [1, 2, 3]
+        assert all(b.host == "127.0.0.1" for b in bms)
+        conv = [got[(h, "battery")]["converter"] for h in "123"]
+        assert {c["model"] for c in conv} == {"generic-scpi-bidirectional"}
+        assert len({c["resource"] for c in conv}) == 3
+        assert rig_from_dict("x", data).household("2").devices["battery"].driver == "split"
 
 
 @pytest.mark.serial
@@ -65,8 +76,14 @@ async def test_the_lab3_bench_runs_to_a_passing_junit(tmp_path: Path) -> None:
                                  Store(tmp_path / "lab3.db"), clock=RealClock(),
                                  observers=[lambda topic, p: said.append(p)
                                             if p.get("event") == "lab_plan" else None])
-        # channel 2 of the one supply really fed household 2
+        settings = [float(line.split()[1]) for h in "123"
+                    for line in _scpi(emu, f"household {h} battery converter").lines_seen
+                    if line.upper().startswith("SOUR:POW ")]
+        directions = {"source" if v > 0 else "sink" for v in settings if v}
+        # channel 2 of the one supply really fed household 2; the converters both sourced
+        # and sank (the battery charged and discharged through the sign of the setpoint)
         assert emu.plant.rigs["2"].meter.export_wh > 0
+        assert directions == {"source", "sink"}
     assert out.status == "finished"
     # before the real-time run: -3 kWh * 1000 * 0.01 / 8640 lab Wh over 86400 / 8640 = 10 s
     assert said[0]["households"][0] == \

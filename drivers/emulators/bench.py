@@ -28,6 +28,7 @@ from drivers.clock import Clock, RealClock
 from drivers.emulators.bindings import (
     BatteryBinding,
     Binding,
+    ConverterScpiBinding,
     GridBinding,
     LoadBinding,
     MeterBinding,
@@ -108,12 +109,14 @@ class EmulatedBench:
             self.workdir = Path(self._tmp.name)
         households = list(self.rig.households)
         written: list[tuple[DeviceSpec, str | None]] = [
-            (spec, h.id) for h in households for spec in h.devices.values()
-                   if self._written(spec)]
+            (spec, h.id) for h in households for device in h.devices.values()
+            for spec in (device.parts.values() if device.parts else (device,))
+            if self._written(spec)]
         if self._written(self.rig.grid):
             written.append((self.rig.grid, None))
         await self._as_written(written)
-        done = {spec.name for spec, _ in written}
+        done = {spec.name for spec, _ in written} | {
+            h.devices["battery"].name for h in households if h.devices["battery"].parts}
         for i, h in enumerate(households):
             for role in ("pv", "load"):
                 if h.devices[role].name not in done:
@@ -162,7 +165,7 @@ class EmulatedBench:
                 raise ValueError(f"{spec.name}: shares {key} with {spec0.name} but names "
                                  f"model {spec.model}, not {model}")
             channel = int(spec.params.get("channel", instrument.channel))
-            binding = self._binding(spec, hid, model)
+            binding = self._binding(spec, hid, model, kinds=_SCPI_BINDINGS)
             if device is None:
                 device = EmulatedScpiDevice(instrument, binding, channel=channel)
             elif channel in device.bindings:
@@ -237,10 +240,10 @@ class EmulatedBench:
             self._add(spec, hid, str(spec.model), where + query, units[res.unit])
 
     def _binding(self, spec: DeviceSpec, household: str | None, model: str,
-                 **extra: Any) -> Binding:
+                 kinds: dict[str, type[Binding]] | None = None, **extra: Any) -> Binding:
         args = (self.plant, self.clock, spec.name, self._identity(model, spec.name))
         role_args = (*args, household) if household is not None else args
-        return _BINDINGS[spec.role](*role_args, **extra)
+        return {**_BINDINGS, **(kinds or {})}[spec.role](*role_args, **extra)
 
     async def _scpi(self, spec: DeviceSpec, household: str, model: str) -> None:
         instrument = load_instrument(model)
@@ -257,7 +260,7 @@ class EmulatedBench:
     async def _modbus_tcp(self, spec: DeviceSpec, household: str | None, model: str) -> None:
         instrument = load_instrument(model)
         assert isinstance(instrument, ModbusMap)
-        extra = {"alarm_bits": instrument.point("alarms").bits} \
+        extra: dict[str, Any] = {"alarm_bits": instrument.point("alarms").bits} \
             if spec.role == "battery" and "alarms" in instrument.points else {}
         device = EmulatedModbusDevice(instrument, self._binding(spec, household, model, **extra))
         server = ModbusTcpServer({1: device})
@@ -366,6 +369,13 @@ class EmulatedBench:
         }
 
     def _device_table(self, spec: DeviceSpec) -> dict[str, Any]:
+        if spec.parts:  # a battery of two instruments: each part as served, driver implied
+            limits = {k: v for k, v in _limits(spec).items() if v is not None}
+            parts = {key: {k: v for k, v in self._device_table(part).items()
+                           if k in ("driver", "resource", "model", "channel", "timeout_s",
+                                    "baud", "watchdog_s")}
+                     for key, part in spec.parts.items()}
+            return parts | limits | dict(spec.params)
         end = self.endpoints[spec.name]
         limits = {k: v for k, v in _limits(spec).items() if v is not None}
         table: dict[str, Any] = {"driver": end.emulated.instrument.protocol,
@@ -396,6 +406,10 @@ _BINDINGS: dict[str, type[Binding]] = {
     "pv": SupplyBinding,
     "load": LoadBinding,
     "battery": BatteryBinding,
+    "bms": BatteryBinding,
+    "converter": BatteryBinding,
     "meter": MeterBinding,
     "grid": GridBinding,
 }
+# SCPI instruments whose role's binding differs from the Modbus one (command names)
+_SCPI_BINDINGS: dict[str, type[Binding]] = {"converter": ConverterScpiBinding}

@@ -129,8 +129,10 @@ class EmulatedScpiDevice:
                                 else "Data type error"))
             return
         limit = self.ratings.get(command.name)
-        if command.type == "float" and (value < 0 or (limit is not None
-                                                       and value > limit * (1 + 1e-6))):
+        # a converter's power setpoint is signed (the sign is the direction); else >= 0
+        signed = command.name == "power" and "converter" in self.instrument.roles
+        if command.type == "float" and ((value < 0 and not signed) or (
+                limit is not None and abs(value) > limit * (1 + 1e-6))):
             self.errors.append((-222, "Data out of range"))
             return
         self.bindings[channel].set(command.name, channel, value)

@@ -25,10 +25,17 @@ ROLE_POINTS: dict[str, tuple[str, ...]] = {
     "battery": ("soc", "energy_wh", "power_w", "voltage_v", "current_a", "temperature_c",
                 "enabled", "power_setpoint_w"),
     "relay": ("closed",),
+    # a battery of two instruments: the BMS's readings, the converter's setpoint
+    "bms": ("soc", "energy_wh", "voltage_v", "current_a", "temperature_c"),
+    "converter": ("power_w", "enabled", "power_setpoint_w"),
 }
 ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
     "pv": ("identify", "output", "measured_voltage", "measured_current", "measured_power"),
     "load": ("identify", "input", "measured_voltage", "measured_current", "measured_power"),
+    # a bidirectional supply as a battery's converter: the sign of the power setpoint is
+    # the direction (+ source into the bus, - sink from it); measured_power is signed too
+    "converter": ("identify", "output", "measured_voltage", "measured_current",
+                  "measured_power"),
 }
 SETPOINT_COMMANDS: dict[str, tuple[str, ...]] = {
     "current": ("voltage", "current"),  # CC into the bus: I = P / V_bus
