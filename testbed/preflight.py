@@ -56,7 +56,10 @@ class PreflightError(InputError):
 
 
 def _ratings(spec: DeviceSpec) -> Ratings:
-    """The ratings the device's instrument file states (none for mock devices)."""
+    """The ratings the device's instrument file states (none for mock devices); a battery
+    of two instruments is rated by its converter."""
+    if "converter" in spec.parts:
+        return _ratings(spec.parts["converter"])
     if spec.driver not in ("scpi", "modbus") or not spec.model:
         return Ratings()
     try:
@@ -78,23 +81,24 @@ def ratings_refusals(rig: RigSpec) -> list[Refusal]:
     devices = [d for h in rig.households for d in h.devices.values()] + [rig.grid]
     for spec in devices:
         r = _ratings(spec)
+        model = spec.parts["converter"].model if "converter" in spec.parts else spec.model
         lim = spec.limits
         for key, limit, rating, unit in (("max_power_w", lim.max_power_w, r.power_w, "W"),
                                          ("max_voltage_v", lim.max_voltage_v, r.voltage_v, "V"),
                                          ("max_current_a", lim.max_current_a, r.current_a, "A")):
             if limit is not None and rating is not None and limit > rating:
-                out.append(Refusal(spec.name, f"{key} = {limit:g} {unit} but {spec.model} is "
+                out.append(Refusal(spec.name, f"{key} = {limit:g} {unit} but {model} is "
                                    f"rated {rating:g} {unit}: lower the limit or use a "
                                    "larger instrument"))
         if r.voltage_v is not None and spec.role in ("pv", "load", "battery", "grid"):
-            inst = load_instrument(str(spec.model))
+            inst = load_instrument(str(model))
             headroom = getattr(inst, "voltage_headroom", 1.0) \
                 if getattr(inst, "setpoint", "") == "current" else 1.0
             needed = rig.bus_voltage_v * headroom
             if needed > r.voltage_v:
                 out.append(Refusal(spec.name, f"the bus needs {needed:.4g} V (bus_voltage_v "
                                    f"{rig.bus_voltage_v:g} x headroom {headroom:g}) but "
-                                   f"{spec.model} is rated {r.voltage_v:g} V: lower "
+                                   f"{model} is rated {r.voltage_v:g} V: lower "
                                    "bus_voltage_v or use a supply rated for it"))
     return out
 
@@ -227,6 +231,7 @@ def unwatched(rig: RigSpec) -> list[str]:
     for h in rig.households:
         for role in WATCHED_ROLES:
             spec = h.devices[role]
+            spec = spec.parts.get("converter", spec)  # a split battery: its converter
             if spec.driver in ("scpi", "modbus") and spec.model:
                 try:
                     watchdog = load_instrument(spec.model).watchdog

@@ -128,3 +128,37 @@ def test_a_missing_instrument_file_is_one_line_with_exit_2(tmp_path: Path) -> No
                                       "--db", str(tmp_path / "t.db")])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "key 'model'" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_split_battery_needs_both_parts_named_at_their_line(tmp_path: Path) -> None:
+    text = MOCK.replace('[[households]]\nid = "2"\n',
+                        '[[households]]\nid = "2"\n[households.battery.bms]\n'
+                        'driver = "modbus"\nmodel = "testbed-bms"\n'
+                        'resource = "modbus+tcp://127.0.0.1:9?unit=1"\n'
+                        '[households.battery.convertor]\ndriver = "scpi"\n')
+    path = tmp_path / "split.toml"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        load_rig(str(path))
+    msg = str(err.value)
+    assert f"{path}:{_line_of(text, 'convertor')}" in msg
+    assert "did you mean 'converter'" in msg, msg
+
+
+def test_a_split_battery_part_must_serve_its_role(tmp_path: Path) -> None:
+    parts = ('[households.battery.bms]\ndriver = "modbus"\nmodel = "testbed-bms"\n'
+             'resource = "modbus+tcp://127.0.0.1:9?unit=1"\n[households.battery.converter]\n'
+             'driver = "scpi"\nmodel = "generic-scpi-bidirectional"\n'
+             'resource = "TCPIP::127.0.0.1::9::SOCKET"\nchannel = 2\n')
+    path = tmp_path / "split.toml"
+    path.write_text(MOCK.replace('[[households]]\nid = "2"\n', '[[households]]\nid = "2"\n'
+                                 + parts).replace('[defaults.battery]       # BMS + '
+                                                  'bidirectional converter (15 kWh, 5 kW '
+                                                  'market)\ndriver = "mock"',
+                                                  '[defaults.battery]'))
+    with pytest.raises(InputError, match="households id=1.battery.*key 'driver': missing"):
+        load_rig(str(path))  # household 1 has no parts and now no driver
+    path.write_text(path.read_text().replace('[defaults.battery]', '[defaults.battery]\n'
+                                             'driver = "mock"'))
+    with pytest.raises(InputError, match="driver 'split' is a battery of two instruments"):
+        load_rig(str(path))  # household 2: parts beside a driver
