@@ -156,7 +156,7 @@ def test_a_split_battery_part_must_serve_its_role(tmp_path: Path) -> None:
                                                   'bidirectional converter (15 kWh, 5 kW '
                                                   'market)\ndriver = "mock"',
                                                   '[defaults.battery]'))
-    with pytest.raises(InputError, match="households id=1.battery.*key 'driver': missing"):
+    with pytest.raises(InputError, match=r"households id=1\.battery.*key 'driver': missing"):
         load_rig(str(path))  # household 1 has no parts and now no driver
     path.write_text(path.read_text().replace('[defaults.battery]', '[defaults.battery]\n'
                                              'driver = "mock"'))
