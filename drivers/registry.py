@@ -51,7 +51,16 @@ def _modbus(spec: DeviceSpec, household: str | None, ctx: BuildContext) -> Any:
     return modbus_factory(spec, household, ctx)
 
 
-DRIVERS: dict[str, Factory] = {"mock": _mock, "scpi": _scpi, "modbus": _modbus}
+def _split(spec: DeviceSpec, household: str | None, ctx: BuildContext) -> Any:
+    """A battery of two instruments (:mod:`drivers.bench.split`)."""
+    from drivers.bench.split import SplitBattery
+
+    return SplitBattery(spec.name, build_device(spec.parts["bms"], household, ctx),
+                        build_device(spec.parts["converter"], household, ctx))
+
+
+DRIVERS: dict[str, Factory] = {"mock": _mock, "scpi": _scpi, "modbus": _modbus,
+                               "split": _split}
 
 
 class UnknownDriver(KeyError):

@@ -34,6 +34,9 @@ class DeviceSpec:
     model: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     dut: bool = False
+    # A battery of two instruments (driver "split"): its "bms" and "converter", each with
+    # its own driver, resource and model (roles "bms" and "converter").
+    parts: dict[str, DeviceSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

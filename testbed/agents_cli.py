@@ -5,7 +5,6 @@ The work is in :mod:`testbed.agents`; the protocol in docs/agents.md.
 
 from __future__ import annotations
 
-import asyncio
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated
@@ -60,6 +59,8 @@ def register(app: typer.Typer) -> None:
             _fail(f"--price/--energy: {e}")
             return
         try:
+            import asyncio
+
             asyncio.run(reference_agent(household, broker, signer, price=limit,
                                         energy=amount, runs=runs))
         except KeyboardInterrupt:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -14,10 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from contracts.dual_bidding import clear as clear_book
-from contracts.ledger import TxError
 from contracts.numbers import exact
 from contracts.orders import OrderError, parse_book
-from drivers.bench.health import DeviceUnavailable
 from rigs import builtin
 from testbed import json_input
 from testbed.errors import InputError
@@ -34,7 +33,15 @@ DB_DEFAULT = Path("testbed.db")
 COMMUNITY = "cesdt"  # `testbed run cesdt`: the CE-SDT community day, not a scenario file
 
 
-def fail(message: str, code: int = 2) -> None:
+# Set by a command given --json: its failures print {"error": ..., "exit": ...} on stdout too.
+JSON_ERRORS: ContextVar[bool] = ContextVar("JSON_ERRORS", default=False)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr (and a JSON object on stdout under --json), then exit ``code``
+    (2: bad input or set-up)."""
+    if JSON_ERRORS.get():
+        print(json.dumps({"error": message, "exit": code}))
     # escape: a message naming a TOML table such as [profiles] is not rich markup
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(code)
@@ -95,6 +102,10 @@ def _safety_printer(topic: str, payload: dict[str, Any]) -> None:
     if payload.get("event") == "safe_state" and payload.get("complete"):
         err.print("[green]safe state: every output off, every relay open[/green]")
         return
+    if payload.get("event") == "lab_plan":  # before a real-time run: lab energy and power
+        err.print("pre-flight: lab energy and mean power per household this interval:\n  "
+                  + "\n  ".join(escape(line) for line in payload["households"]), highlight=False)
+        return
     if payload.get("event") == "preflight":
         err.print("[yellow]pre-flight: no communication watchdog, so these would stay live "
                   f"if the controller died: {escape(', '.join(payload['live_if_controller_dies']))}"
@@ -151,8 +162,12 @@ def run(
     Exits 1 when a validation check fails, 2 on bad input, 3 after an emergency stop, 130
     when stopped by a signal.
     """
+    JSON_ERRORS.set(as_json)
     import uuid
 
+    from contracts.ledger import TxError
+    from drivers.bench.factories import DriverConfigError
+    from drivers.bench.health import DeviceUnavailable
     from testbed.controller import EmergencyStop
     from testbed.report import render, summarise
     from testbed.rigfile import load_rig
@@ -220,7 +235,7 @@ def run(
         fail(str(e))
     try:
         outcome = _run_until_signal(start)
-    except InputError as e:
+    except (InputError, DriverConfigError) as e:  # set-up: a file, resource or model
         fail(str(e))
     except telemetry_errors as e:
         fail(f"--mqtt: {e}")
@@ -288,6 +303,7 @@ def runs(
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False,
 ) -> None:
     """List the runs in a database (running, finished, aborted or failed)."""
+    JSON_ERRORS.set(as_json)
     from testbed.store import Store
 
     try:
@@ -317,6 +333,7 @@ def clear(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Clear one order book with the dual-bidding contract."""
+    JSON_ERRORS.set(as_json)
     from testbed.tomlfile import read_text
 
     try:
@@ -381,9 +398,10 @@ def scenarios() -> None:
 
 
 def _register_subcommands() -> None:
-    from testbed import agents_cli, lab_cli, ledger_cli
+    from testbed import agents_cli, instrument_cli, lab_cli, ledger_cli
     from testbed.community import commands as community_commands
 
+    instrument_cli.register(app)
     lab_cli.register(app)
     agents_cli.register(app)
     ledger_cli.register(app)

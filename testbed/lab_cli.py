@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -26,12 +26,20 @@ if TYPE_CHECKING:
     from testbed.lab import CheckResult
 
 
-def _load(rig: str) -> RigSpec:
+def fail(message: str, as_json: bool, code: int = 2) -> NoReturn:
+    """One line on stderr (and ``{"error": ...}`` on stdout with --json), then exit ``code``:
+    2 for a configuration or set-up error."""
+    if as_json:
+        typer.echo(json.dumps({"error": message, "exit": code}))
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _load(rig: str, as_json: bool = False) -> RigSpec:
     try:
         return load_rig(rig)
     except InputError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(err), as_json)
 
 
 def _show(results: list[CheckResult], as_json: bool, title: str) -> None:
@@ -87,7 +95,7 @@ def register(app: typer.Typer) -> None:
 
         from testbed.lab import check_rig, runs_holding
 
-        spec = _load(rig)
+        spec = _load(rig, as_json)
         for held in runs_holding(spec, db):
             typer.echo(f"warning: run {held['id']} (started {held['started_at']}) is "
                        f"recorded as running on rig {spec.name} in {db}: this check talks "
@@ -106,12 +114,14 @@ def register(app: typer.Typer) -> None:
 
         from testbed.lab import make_safe
 
-        results = asyncio.run(make_safe(_load(rig)))
+        results = asyncio.run(make_safe(_load(rig, as_json)))
         _show(results, as_json, "rig safe")
 
     @app.command("emulate")
     def emulate(
-        rig: Annotated[str, typer.Argument(help="The mock rig whose instruments to serve.")],
+        rig: Annotated[str, typer.Argument(
+            help="The rig to serve: mock devices get emulated instruments, a rig of real "
+                 "instruments is served as written (only the addresses change).")],
         write_rig: Annotated[Path, typer.Option("--write-rig", help="Rig file to write.")],
         time_scale: Annotated[float | None, typer.Option(
             help="time_scale in the written rig (e.g. 2880: a market day in 30 lab seconds)."
@@ -133,7 +143,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
         host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
     ) -> None:
-        """Serve every instrument of RIG over Modbus TCP/RTU and SCPI until Ctrl-C."""
+        """Serve every instrument of RIG over Modbus TCP/RTU and SCPI until Ctrl-C: the
+        models, RTU lines, gateways, unit ids and channels the rig names, on loopback."""
         import asyncio
 
         from testbed.lab import serve_emulated

@@ -8,10 +8,12 @@ does not start; the error names device, quantity, required and allowed values.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from drivers.instruments.model import Ratings, energy_resolution_wh, load_instrument
 from drivers.mock.plant import BatteryModel
-from drivers.spec import RigSpec
+from drivers.spec import DeviceSpec, RigSpec
 from testbed.controller import RigPlan, Timeline, setpoints
 from testbed.errors import InputError
 
@@ -34,15 +36,123 @@ class Violation:
         return text
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A rating or resolution the instrument lacks for this run, said with its figures."""
+
+    device: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.device}: {self.text}"
+
+
 class PreflightError(InputError):
-    def __init__(self, violations: list[Violation]) -> None:
+    def __init__(self, violations: Sequence[Violation | Refusal]) -> None:
         self.violations = violations
         lines = "\n  ".join(str(v) for v in violations)
-        super().__init__("pre-flight check", f"the run would exceed device limits:\n  {lines}")
+        super().__init__("pre-flight check", "the run would exceed what the rig's limits "
+                         f"and instruments allow:\n  {lines}")
+
+
+def _ratings(spec: DeviceSpec) -> Ratings:
+    """The ratings the device's instrument file states (none for mock devices); a battery
+    of two instruments is rated by its converter."""
+    if "converter" in spec.parts:
+        return _ratings(spec.parts["converter"])
+    if spec.driver not in ("scpi", "modbus") or not spec.model:
+        return Ratings()
+    try:
+        return load_instrument(spec.model).ratings
+    except ValueError:
+        return Ratings()  # the driver factory reports a bad file, with its place
+
+
+def _capped(limit: float | None, rating: float | None) -> float | None:
+    """The tighter of a rig limit and an instrument rating (None: neither stated)."""
+    given = [x for x in (limit, rating) if x is not None]
+    return min(given) if given else None
+
+
+def ratings_refusals(rig: RigSpec) -> list[Refusal]:
+    """Rig limits above the instrument's ratings, and implied settings it cannot make: a
+    current-setpoint supply holds the bus at ``bus_voltage_v * voltage_headroom``."""
+    out: list[Refusal] = []
+    devices = [d for h in rig.households for d in h.devices.values()] + [rig.grid]
+    for spec in devices:
+        r = _ratings(spec)
+        model = spec.parts["converter"].model if "converter" in spec.parts else spec.model
+        lim = spec.limits
+        for key, limit, rating, unit in (("max_power_w", lim.max_power_w, r.power_w, "W"),
+                                         ("max_voltage_v", lim.max_voltage_v, r.voltage_v, "V"),
+                                         ("max_current_a", lim.max_current_a, r.current_a, "A")):
+            if limit is not None and rating is not None and limit > rating:
+                out.append(Refusal(spec.name, f"{key} = {limit:g} {unit} but {model} is "
+                                   f"rated {rating:g} {unit}: lower the limit or use a "
+                                   "larger instrument"))
+        if r.voltage_v is not None and spec.role in ("pv", "load", "battery", "grid"):
+            inst = load_instrument(str(model))
+            headroom = getattr(inst, "voltage_headroom", 1.0) \
+                if getattr(inst, "setpoint", "") == "current" else 1.0
+            needed = rig.bus_voltage_v * headroom
+            if needed > r.voltage_v:
+                out.append(Refusal(spec.name, f"the bus needs {needed:.4g} V (bus_voltage_v "
+                                   f"{rig.bus_voltage_v:g} x headroom {headroom:g}) but "
+                                   f"{model} is rated {r.voltage_v:g} V: lower "
+                                   "bus_voltage_v or use a supply rated for it"))
+    return out
+
+
+def resolution_refusals(rig: RigSpec, plans: list[RigPlan], hours: float) -> list[Refusal]:
+    """Meters that cannot resolve a household's trade within the rig's ``tolerance_pct``.
+
+    A household's trade over an interval is ``|target_kwh|`` market kWh, that is
+    ``|target_kwh| * energy_scale`` lab Wh (``energy_scale = 1000 * power_scale /
+    time_scale``, with ``time_scale`` as ``--speed`` sets it); its meter must count it to
+    ``tolerance_pct`` %, so one count must be at most ``tolerance_pct / 100`` of it. The
+    refusal gives the figures, the energy per control period, and the largest time scale
+    (``--speed``) and smallest power scale that would do."""
+    out: list[Refusal] = []
+    tol = rig.tolerance_pct / 100
+    for plan in plans:
+        if plan.target_kwh == 0:
+            continue
+        meter = rig.household(plan.household).devices["meter"]
+        if meter.driver not in ("scpi", "modbus") or not meter.model:
+            continue
+        try:
+            step = energy_resolution_wh(load_instrument(meter.model))
+        except ValueError:
+            continue
+        lab_wh = abs(plan.target_kwh) * rig.energy_scale
+        if step <= 0 or step <= tol * lab_wh:
+            continue
+        periods = max(1.0, hours * 3600 / rig.time_scale / rig.control_period_s)
+        per_period = lab_wh / periods
+        max_speed = abs(plan.target_kwh) * 1000 * rig.power_scale * tol / step
+        min_power = step * rig.time_scale / (abs(plan.target_kwh) * 1000 * tol)
+        out.append(Refusal(meter.name, (
+            f"{meter.model} counts {step:g} Wh, but household {plan.household}'s trade of "
+            f"{abs(plan.target_kwh):g} kWh is {lab_wh:.4g} lab Wh at power_scale "
+            f"{rig.power_scale:g} and time_scale {rig.time_scale:g} (about "
+            f"{per_period:.3g} Wh a control period): tolerance {rig.tolerance_pct:g} % needs "
+            f"a count of at most {tol * lab_wh:.3g} Wh. Use time_scale (--speed) at most "
+            f"{max_speed:.4g}, power_scale at least {min_power:.4g}, or a finer meter")))
+    return out
+
+
+def lab_plan(rig: RigSpec, plans: list[RigPlan], hours: float) -> list[str]:
+    """One line per household: the lab energy it will move and its mean lab power, for the
+    operator to see before a real-time run starts."""
+    lab_s = hours * 3600 / rig.time_scale
+    return [f"household {p.household}: {p.target_kwh:+g} kWh -> "
+            f"{p.target_kwh * rig.energy_scale:+.4g} lab Wh over {lab_s:.4g} lab s "
+            f"(mean {p.target_kwh * rig.energy_scale * 3600 / lab_s:+.4g} W)" for p in plans]
 
 
 def check(rig: RigSpec, intervals: list[tuple[float, float, list[RigPlan]]]) -> list[Violation]:
-    """``intervals``: (start hour, hours, plans). Returns every violation found (worst first)."""
+    """``intervals``: (start hour, hours, plans). Returns every violation found (worst first):
+    setpoints beyond the rig's limits or the instruments' rated power and current."""
     peaks: dict[tuple[str, str], tuple[float, str]] = {}
 
     def need(device: str, quantity: str, value: float, limit: float | None, low: float = 0.0,
@@ -68,6 +178,7 @@ def check(rig: RigSpec, intervals: list[tuple[float, float, list[RigPlan]]]) -> 
             self_discharge_per_h=float(p.get("self_discharge_per_h", 0.0)))
 
     v = rig.bus_voltage_v
+    rating = {d.name: _ratings(d) for h in rig.households for d in h.devices.values()}
     for start, hours, plans in intervals:
         tl = Timeline.of(rig, hours)
         # The profiles are piecewise constant in 5-minute steps, so the setpoints are too: one
@@ -85,9 +196,11 @@ def check(rig: RigSpec, intervals: list[tuple[float, float, list[RigPlan]]]) -> 
                 dev = devices[plan.household]
                 sp = setpoints(rig, plan, tl, hour)
                 for role, watts in (("pv", sp.pv_w), ("load", sp.load_w)):
-                    lim = dev[role].limits
-                    need(dev[role].name, "power_w", watts, lim.max_power_w, unit=" W")
-                    need(dev[role].name, "current_a", watts / v, lim.max_current_a, unit=" A")
+                    lim, rated = dev[role].limits, rating[dev[role].name]
+                    need(dev[role].name, "power_w", watts,
+                         _capped(lim.max_power_w, rated.power_w), unit=" W")
+                    need(dev[role].name, "current_a", watts / v,
+                         _capped(lim.max_current_a, rated.current_a), unit=" A")
                 bl = dev["battery"].limits
                 if bl.max_power_w is not None:
                     need(dev["battery"].name, "power_w", sp.feedforward_w, bl.max_power_w,
@@ -118,6 +231,7 @@ def unwatched(rig: RigSpec) -> list[str]:
     for h in rig.households:
         for role in WATCHED_ROLES:
             spec = h.devices[role]
+            spec = spec.parts.get("converter", spec)  # a split battery: its converter
             if spec.driver in ("scpi", "modbus") and spec.model:
                 try:
                     watchdog = load_instrument(spec.model).watchdog
@@ -129,6 +243,11 @@ def unwatched(rig: RigSpec) -> list[str]:
 
 
 def ensure_fits(rig: RigSpec, intervals: list[tuple[float, float, list[RigPlan]]]) -> None:
-    violations = check(rig, intervals)
+    """PreflightError listing every instrument rating the rig exceeds, every meter that
+    cannot resolve a trade, and every setpoint beyond a limit; nothing when all fit."""
+    refusals = ratings_refusals(rig)
+    for _start, hours, plans in intervals:
+        refusals += resolution_refusals(rig, plans, hours)
+    violations: list[Violation | Refusal] = [*refusals, *check(rig, intervals)]
     if violations:
         raise PreflightError(violations)

@@ -2,8 +2,10 @@
 
 A ``[defaults.ROLE]`` table applies to every household unless the household overrides a
 key in its own ``[households.ROLE]`` table. Keys that are limits become :class:`Limits`;
-``driver``, ``resource``, ``model`` and ``dut`` say how to reach the device; everything
-else is a device parameter (a battery's capacity and efficiencies, say).
+``driver``, ``resource``, ``model`` and ``dut`` say how to reach the device; the rest are
+the device parameters its role declares (``ROLE_PARAMS``: a battery's capacity and
+efficiencies, a link's baud rate). Any other key is an error naming file:line, the table (a
+household by its id) and the nearest known key: a typo never silently drops a limit.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from drivers.roles import ROLES
 from drivers.spec import DeviceSpec, HouseholdSpec, Limits, RigSpec
 from testbed.errors import InputError
-from testbed.tomlfile import Table, parse, resolve
+from testbed.tomlfile import Table, load_table, resolve
 
 # Device parameters the drivers and models read, with their bounds: (kind, low, high,
 # low_open). Checked when the rig file is read, so a bad value names its key.
@@ -36,6 +38,16 @@ PARAM_BOUNDS: dict[str, tuple[type, float, float, bool]] = {
 # /lab/x.toml): never a name that walks out of the instrument folder.
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
+# The parameters each role's devices take (beyond limits and access keys): every driver's
+# link and watchdog keys, and the battery model's (drivers/mock/plant.py, preflight).
+LINK_KEYS = ("watchdog_s", "timeout_s", "baud", "channel")
+BATTERY_KEYS = ("capacity_wh", "soc_initial", "eta_charge", "eta_discharge",
+                "self_discharge_per_h", "temperature_c", "firmware_energy_gain")
+ROLE_PARAMS: dict[str, tuple[str, ...]] = {
+    "pv": LINK_KEYS, "load": LINK_KEYS, "meter": LINK_KEYS, "relay": LINK_KEYS,
+    "battery": LINK_KEYS + BATTERY_KEYS, "grid": LINK_KEYS,
+}
+
 LIMIT_KEYS = ("max_power_w", "max_voltage_v", "max_current_a", "soc_min", "soc_max",
               "max_temperature_c")
 ACCESS_KEYS = ("driver", "resource", "model", "dut")
@@ -43,16 +55,20 @@ ACCESS_KEYS = ("driver", "resource", "model", "dut")
 
 def load_rig(name_or_path: str) -> RigSpec:
     source, text = resolve("rigs", name_or_path)
-    return rig_from_dict(source, parse(source, text))
+    return rig_from_table(load_table(source, text))
 
 
 def rig_from_dict(source: str, data: dict[str, Any]) -> RigSpec:
-    top = Table(source, "", data)
+    """A rig from parsed TOML (no line numbers in its messages)."""
+    return rig_from_table(Table(source, "", data))
+
+
+def rig_from_table(top: Table) -> RigSpec:
+    """A rig from its top-level table; InputError naming FILE:LINE, table and key."""
+    source = top.source
     defaults = top.table("defaults", {})
-    default_roles = {role: dict(defaults.table(role, {}).data) for role in ROLES}
-    for key in defaults.data:
-        if key not in ROLES:
-            raise InputError(defaults.where(key), f"unknown role (roles: {', '.join(ROLES)})")
+    default_roles = {role: defaults.table(role, {}) for role in ROLES}
+    defaults.reject_unknown()
 
     households = []
     seen: set[str] = set()
@@ -61,11 +77,14 @@ def rig_from_dict(source: str, data: dict[str, Any]) -> RigSpec:
         if hid in seen:
             raise InputError(h.where("id"), f"duplicate household id {hid!r}")
         seen.add(hid)
+        h.rename(f"households id={hid}")
         devices = {}
         for role in ROLES:
-            merged = {**default_roles[role], **(dict(h.table(role, {}).data))}
-            devices[role] = _device(Table(source, f"{h.path}.{role}", merged),
-                                    f"household {hid} {role}", role)
+            base, own = default_roles[role], h.table(role, {})
+            origin = {k: (base.path, base.line(k)) for k in base.data}
+            origin |= {k: (own.path, own.line(k)) for k in own.data}
+            merged = h.child(role, {**base.data, **own.data}, origin=origin)
+            devices[role] = _device(merged, f"household {hid} {role}", role)
         h.reject_unknown()
         households.append(HouseholdSpec(hid, devices))
     if not households:
@@ -89,6 +108,49 @@ def rig_from_dict(source: str, data: dict[str, Any]) -> RigSpec:
     return rig
 
 
+# A battery of two instruments: ``bms = { driver, model, resource }`` and ``converter =
+# { ... }`` in its table (driver "split", implied). Each part takes the link keys.
+BATTERY_PARTS = ("bms", "converter")
+PART_KEYS = ("driver", "resource", "model", *LINK_KEYS)
+
+
+def _parts(t: Table, name: str) -> dict[str, DeviceSpec]:
+    if not any(t.has(k) for k in BATTERY_PARTS):
+        return {}
+    parts = {}
+    for key in BATTERY_PARTS:
+        sub = t.table(key)
+        sub.rename(f"{t.origin.get(key, (t.path, None))[0]}.{key}")
+        part = DeviceSpec(name=f"{name} {key}", role=key, driver=sub.text("driver"),
+                          limits=Limits(), resource=sub.text("resource", None),
+                          model=sub.text("model", None),
+                          params={k: v for k, v in sub.data.items()
+                                  if k in LINK_KEYS})
+        for k in LINK_KEYS:
+            if k in part.params:
+                _param(sub, k, part.params[k])
+        if part.driver not in ("scpi", "modbus") or not part.model or not part.resource:
+            raise InputError(sub.where("driver"), "a battery part is an instrument: driver "
+                             "'scpi' or 'modbus', with a model and a resource")
+        _access(sub, part)
+        sub.reject_unknown(PART_KEYS)
+        parts[key] = part
+    return parts
+
+
+def _access(t: Table, spec: DeviceSpec) -> None:
+    """The resource parses and the model exists (InputError at the key)."""
+    if spec.resource is not None:
+        from drivers.resources import parse_resource
+
+        try:
+            parse_resource(spec.resource)
+        except ValueError as err:
+            raise InputError(t.where("resource"), str(err)) from None
+    if spec.model is not None:
+        _model(t, spec.model)
+
+
 def _device(t: Table, name: str, role: str) -> DeviceSpec:
     limits = Limits(**{k: t.number(k, None) for k in LIMIT_KEYS})
     for key in ("soc_min", "soc_max"):
@@ -101,30 +163,30 @@ def _device(t: Table, name: str, role: str) -> DeviceSpec:
     dut = t.raw("dut", False)
     if not isinstance(dut, bool):
         raise InputError(t.where("dut"), f"expected true or false, got {dut!r}")
+    parts = _parts(t, name) if role == "battery" else {}
     spec = DeviceSpec(
         name=name,
         role=role,
-        driver=t.text("driver"),
+        driver=t.text("driver", "split" if parts else ...),
         resource=t.text("resource", None),
         model=t.text("model", None),
         limits=limits,
-        params={k: v for k, v in t.data.items() if k not in LIMIT_KEYS + ACCESS_KEYS},
+        params={k: v for k, v in t.data.items()
+                if k not in LIMIT_KEYS + ACCESS_KEYS + BATTERY_PARTS},
         dut=dut,
+        parts=parts,
     )
+    if (spec.driver == "split") != bool(parts):
+        raise InputError(t.where("driver"), "driver 'split' is a battery of two instruments: "
+                         "give its bms and converter tables (and no driver), or neither")
+    t.reject_unknown(LIMIT_KEYS + ACCESS_KEYS + ROLE_PARAMS[role]
+                     + (BATTERY_PARTS if role == "battery" else ()))
     for key, value in spec.params.items():
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise InputError(t.where(key), f"expected a number or string, got {value!r}")
         if key in PARAM_BOUNDS:
             _param(t, key, value)
-    if spec.resource is not None:
-        from drivers.resources import parse_resource
-
-        try:
-            parse_resource(spec.resource)
-        except ValueError as err:
-            raise InputError(t.where("resource"), str(err)) from None
-    if spec.model is not None:
-        _model(t, spec.model)
+    _access(t, spec)
     return spec
 
 

@@ -641,6 +641,9 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
            _start(scenario, rig, store, clock, events, run_id, ledger))
     run.orders, run.gate_s = orders, gate_s
     events.emit("status", {"status": "running", "scenario": scenario.name, "rig": rig.name})
+    if not isinstance(clock, VirtualClock):  # real time: say what the bench will move
+        events.emit("safety", {"event": "lab_plan", "households": preflight.lab_plan(
+            rig, plans, scenario.interval_hours)})
     live = preflight.unwatched(rig)
     if live:  # pre-flight: what a dead controller would leave on
         events.emit("safety", {"event": "preflight", "live_if_controller_dies": live})

@@ -9,7 +9,7 @@ from typing import Any
 from contracts.numbers import exact, fmt
 from contracts.settlement import Tariff
 from testbed.errors import InputError
-from testbed.tomlfile import Table, parse, resolve
+from testbed.tomlfile import Table, load_table, resolve
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,7 @@ ABSENT = ("none", "scenario")
 
 def load_scenario(name_or_path: str) -> Scenario:
     source, text = resolve("scenarios", name_or_path)
-    return scenario_from_dict(source, parse(source, text))
+    return scenario_from_table(load_table(source, text))
 
 
 # Bounds of the exact figures a scenario gives: key -> (low, high), both inclusive.
@@ -108,10 +108,17 @@ def _exact(t: Table, key: str, default: Any = ...) -> Fraction:
 
 
 def scenario_from_dict(source: str, data: dict[str, Any]) -> Scenario:
-    top = Table(source, "", data)
+    """A scenario from parsed TOML (no line numbers in its messages)."""
+    return scenario_from_table(Table(source, "", data))
+
+
+def scenario_from_table(top: Table) -> Scenario:
+    """A scenario from its top-level table; InputError naming FILE:LINE, table and key."""
+    source = top.source
     tariff_t, token_t, prof_t = top.table("tariff"), top.table("token"), top.table("profiles")
     households = []
     for h in top.tables("households"):
+        h.rename(f"households id={h.text('id')}")
         price = _exact(h, "price", None)
         if price is not None and price < 0:
             raise InputError(h.where("price"), f"must be >= 0, got {price}")

@@ -168,7 +168,7 @@ def test_a_scenario_with_agents_needs_a_source_and_registered_keys(tmp_path: Pat
     data = parse(source, text)
     data["households"][0]["orders"] = "firmware"
     with pytest.raises(InputError,
-                       match=r"\[households\[0\]\] key 'orders'.*'scenario', 'agent'"):
+                       match=r"\[households id=1\] key 'orders'.*'scenario', 'agent'"):
         scenario_from_dict(source, data)
 
 

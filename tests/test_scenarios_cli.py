@@ -146,7 +146,7 @@ def test_bad_rig_and_scenario_files_name_the_key(tmp_path: Path) -> None:
         'price = 0.16, offer_kwh = 3.0', 'price = "cheap"'))
     result = runner.invoke(app, ["run", str(sc), "--db", str(tmp_path / "y.db")])
     assert result.exit_code == 2
-    assert "households[4]" in result.stderr and "price" in result.stderr
+    assert "[households id=5] key 'price'" in result.stderr and "price" in result.stderr
     result = runner.invoke(app, ["run", "nonesuch", "--db", str(tmp_path / "z.db")])
     assert result.exit_code == 2 and "built-in" in result.stderr
 

@@ -16,7 +16,7 @@ from drivers.bench.base import InstrumentDevice, ReadbackMismatch, watchdog_seco
 from drivers.instruments.model import ModbusMap, Point
 from drivers.protocol.errors import ModbusExceptionError
 from drivers.protocol.modbus import MAX_READ, WRITE_FUNCTIONS, ModbusLink
-from drivers.roles import BatteryReading, MeterReading
+from drivers.roles import BatteryReading, MeterReading, PowerReading
 
 BIT_TABLES = ("coil", "discrete")
 F32_MIN_NORMAL = 1.1754943508222875e-38
@@ -280,7 +280,48 @@ class ModbusBattery(ModbusDevice):
         await self.set_enabled(False, always=True)
 
 
+BMS_POINTS = ["soc", "energy_wh", "voltage_v", "current_a", "temperature_c"]
+
+
+class ModbusBms(ModbusDevice):
+    """A stand-alone BMS: readings only (the battery's converter is another instrument).
+    ``read()`` gives a :class:`BatteryReading` whose power is V x I and ``enabled`` True."""
+
+    async def read(self) -> BatteryReading:
+        v = await self.read_points(*BMS_POINTS, *self._optional("alarms"))
+        alarms = self.instrument.point("alarms").flags(v["alarms"]) if "alarms" in v else ()
+        return BatteryReading(self.clock.now(), v["soc"], v["energy_wh"],
+                              v["voltage_v"] * v["current_a"], v["voltage_v"], v["current_a"],
+                              v["temperature_c"], True, tuple(sorted(alarms)))
+
+    async def safe_state(self) -> None:
+        """A BMS has no output of its own: the converter is what is turned off."""
+
+
+class ModbusConverter(ModbusDevice):
+    """A battery's bidirectional converter over Modbus: signed setpoint, enable, power."""
+
+    async def set_power(self, watts: float) -> None:
+        await self.write_point("power_setpoint_w", watts)
+
+    async def set_enabled(self, on: bool, *, always: bool = False) -> None:
+        await self.write_point("enabled", 1.0 if on else 0.0, always=always)
+        await self.confirm("enabled", 1.0 if on else 0.0)
+
+    async def read(self) -> PowerReading:
+        v = await self.read_points("power_w", "enabled", *self._optional("voltage_v"),
+                                   *self._optional("current_a"))
+        volts = v.get("voltage_v", 0.0)
+        amps = v.get("current_a", v["power_w"] / volts if volts else 0.0)
+        return PowerReading(self.clock.now(), volts, amps, v["power_w"], bool(v["enabled"]))
+
+    async def safe_state(self) -> None:
+        await self.set_enabled(False, always=True)
+
+
 MODBUS_ROLES: dict[str, type[ModbusDevice]] = {
+    "bms": ModbusBms,
+    "converter": ModbusConverter,
     "battery": ModbusBattery,
     "meter": ModbusMeter,
     "relay": ModbusRelay,

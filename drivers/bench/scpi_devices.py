@@ -109,8 +109,19 @@ class ScpiLoad(ScpiPowerDevice):
         await self._switch(on)
 
 
+class ScpiConverter(ScpiPowerDevice):
+    """A bidirectional supply as a battery's converter: the power setpoint's sign is the
+    direction (+ source into the bus, - sink from it), ``output`` enables it."""
+
+    switch = "output"
+
+    async def set_enabled(self, on: bool) -> None:
+        await self._switch(on)
+
+
 def _on_off(on: bool) -> str:
     return "on" if on else "off"
 
 
-SCPI_ROLES: dict[str, type[ScpiPowerDevice]] = {"pv": ScpiSupply, "load": ScpiLoad}
+SCPI_ROLES: dict[str, type[ScpiPowerDevice]] = {"pv": ScpiSupply, "load": ScpiLoad,
+                                                "converter": ScpiConverter}

@@ -6,12 +6,19 @@ instrument, the meters share one Modbus RTU line (a pseudo-terminal, unit id = h
 number) as RS-485 meters do, the relays are coils of 8-channel relay boards on Modbus TCP,
 and the grid node is a Modbus TCP instrument. All of them serve one plant, advanced on a
 real clock, so what the drivers read is what the in-process mock would have read.
+
+A rig whose devices already name a real instrument (driver ``scpi`` or ``modbus``, a
+``model`` and a ``resource``) is served *as written* instead: the same models, transports
+(an RTU line stays a serial line, here a pty), shared lines and gateways (one server per
+resource link), unit ids and channels; only the addresses are rewritten to loopback
+(:meth:`EmulatedBench._as_written`). ``models`` (``--model ROLE=MODEL``) still overrides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +28,7 @@ from drivers.clock import Clock, RealClock
 from drivers.emulators.bindings import (
     BatteryBinding,
     Binding,
+    ConverterScpiBinding,
     GridBinding,
     LoadBinding,
     MeterBinding,
@@ -30,9 +38,10 @@ from drivers.emulators.bindings import (
 from drivers.emulators.modbus_device import EmulatedModbusDevice
 from drivers.emulators.modbus_server import ModbusRtuServer, ModbusTcpServer
 from drivers.emulators.pty_port import PtyPort
-from drivers.emulators.scpi_server import EmulatedScpiDevice, ScpiTcpServer
+from drivers.emulators.scpi_server import EmulatedScpiDevice, ScpiPtyServer, ScpiTcpServer
 from drivers.instruments.model import ModbusMap, ScpiCommandSet, load_instrument
 from drivers.mock.plant import Plant
+from drivers.resources import Resource, parse_resource
 from drivers.spec import DeviceSpec, RigSpec
 
 # Instrument files per role; households take them in turn, so every file gets exercised.
@@ -99,22 +108,142 @@ class EmulatedBench:
             self._tmp = tempfile.TemporaryDirectory(prefix="testbed-emulate-")
             self.workdir = Path(self._tmp.name)
         households = list(self.rig.households)
+        written: list[tuple[DeviceSpec, str | None]] = [
+            (spec, h.id) for h in households for device in h.devices.values()
+            for spec in (device.parts.values() if device.parts else (device,))
+            if self._written(spec)]
+        if self._written(self.rig.grid):
+            written.append((self.rig.grid, None))
+        await self._as_written(written)
+        done = {spec.name for spec, _ in written} | {
+            h.devices["battery"].name for h in households if h.devices["battery"].parts}
         for i, h in enumerate(households):
             for role in ("pv", "load"):
-                await self._scpi(h.devices[role], h.id, self._model(role, i))
-            await self._modbus_tcp(h.devices["battery"], h.id, self._model("battery", i))
-        await self._meters([h.devices["meter"] for h in households],
-                           [h.id for h in households])
-        await self._relays([h.devices["relay"] for h in households],
-                           [h.id for h in households])
-        await self._modbus_tcp(self.rig.grid, None, self._model("grid", 0))
+                if h.devices[role].name not in done:
+                    await self._scpi(h.devices[role], h.id, self._model(role, i))
+            if h.devices["battery"].name not in done:
+                await self._modbus_tcp(h.devices["battery"], h.id, self._model("battery", i))
+        for role, serve in (("meter", self._meters), ("relay", self._relays)):
+            rest = [h for h in households if h.devices[role].name not in done]
+            if rest:
+                await serve([h.devices[role] for h in rest], [h.id for h in rest])
+        if self.rig.grid.name not in done:
+            await self._modbus_tcp(self.rig.grid, None, self._model("grid", 0))
         self._watchdog = asyncio.create_task(self._watch(), name="emulator watchdogs")
 
+    def _written(self, spec: DeviceSpec) -> bool:
+        """The device names a real instrument (served as written) and no --model overrides
+        its role."""
+        return spec.driver in ("scpi", "modbus") and bool(spec.model) \
+            and bool(spec.resource) and spec.role not in self.models
+
+    async def _as_written(self, devices: list[tuple[DeviceSpec, str | None]]) -> None:
+        """One emulated server per resource link of the rig (a gateway, an RS-485 line, a
+        multi-channel supply), each device at its own unit id or channel, with its own
+        model; the resources rewritten to where the servers listen."""
+        links: dict[str, list[tuple[DeviceSpec, str | None, Resource]]] = {}
+        for spec, hid in devices:
+            resource = parse_resource(str(spec.resource))
+            links.setdefault(resource.link_key, []).append((spec, hid, resource))
+        for key, members in links.items():
+            first = members[0][2]
+            if first.protocol == "scpi":
+                await self._scpi_link(key, members)
+            else:
+                await self._modbus_link(key, members, serial=first.link == "serial")
+
+    async def _scpi_link(self, key: str,
+                         members: list[tuple[DeviceSpec, str | None, Resource]]) -> None:
+        spec0, _, res0 = members[0]
+        model = str(spec0.model)
+        instrument = load_instrument(model)
+        if not isinstance(instrument, ScpiCommandSet):
+            raise ValueError(f"{spec0.name}: {model} is not an SCPI instrument")
+        device: EmulatedScpiDevice | None = None
+        for spec, hid, _ in members:
+            if spec.model != model:
+                raise ValueError(f"{spec.name}: shares {key} with {spec0.name} but names "
+                                 f"model {spec.model}, not {model}")
+            channel = int(spec.params.get("channel", instrument.channel))
+            binding = self._binding(spec, hid, model, kinds=_SCPI_BINDINGS)
+            if device is None:
+                device = EmulatedScpiDevice(instrument, binding, channel=channel)
+            elif channel in device.bindings:
+                raise ValueError(f"{spec.name}: channel {channel} of {key} is taken")
+            else:
+                device.add_channel(channel, binding)
+        assert device is not None
+        if res0.link == "serial":
+            assert self.workdir is not None
+            pty = ScpiPtyServer(device, PtyPort(self.workdir / _slug(key)))
+            path = await pty.start()
+            self._servers.append(pty)
+            resource = f"ASRL{path}::INSTR"
+        else:
+            server = ScpiTcpServer(device)
+            port = await server.start(self.host)
+            self._servers.append(server)
+            resource = f"TCPIP::{self.host}::{port}::SOCKET"
+        for spec, hid, _ in members:
+            self._add(spec, hid, model, resource, device)
+
+    async def _modbus_link(self, key: str,
+                           members: list[tuple[DeviceSpec, str | None, Resource]],
+                           *, serial: bool) -> None:
+        units: dict[int, EmulatedModbusDevice] = {}
+        boards: dict[int, list[tuple[DeviceSpec, str | None]]] = {}
+        for spec, hid, res in members:
+            if spec.role == "relay":  # a board: one unit, a coil per household
+                boards.setdefault(res.unit, []).append((spec, hid))
+                continue
+            if res.unit in units:
+                raise ValueError(f"{spec.name}: unit {res.unit} on {key} is taken")
+            model = str(spec.model)
+            instrument = load_instrument(model)
+            if not isinstance(instrument, ModbusMap):
+                raise ValueError(f"{spec.name}: {model} is not a Modbus instrument")
+            extra: dict[str, Any] = {"alarm_bits": instrument.point("alarms").bits} \
+                if spec.role == "battery" and "alarms" in instrument.points else {}
+            if spec.role == "meter":
+                extra["unit"] = res.unit
+            units[res.unit] = EmulatedModbusDevice(
+                instrument, self._binding(spec, hid, model, **extra), res.unit)
+        for unit, board in boards.items():
+            if unit in units:
+                raise ValueError(f"{board[0][0].name}: unit {unit} on {key} is taken")
+            model = str(board[0][0].model)
+            instrument = load_instrument(model)
+            assert isinstance(instrument, ModbusMap)
+            rig_ids: list[str | None] = [None] * instrument.channels
+            for spec, hid in board:
+                channel = int(spec.params.get("channel", 0))
+                if not 0 <= channel < instrument.channels or rig_ids[channel] is not None:
+                    raise ValueError(f"{spec.name}: channel {channel} of {model} on {key} is "
+                                     "out of range or taken")
+                rig_ids[channel] = hid
+            name = f"relay board {key} unit {unit}"
+            units[unit] = EmulatedModbusDevice(instrument, RelayBoardBinding(
+                self.plant, self.clock, name, self._identity(model, name), rig_ids=rig_ids),
+                unit)
+        if serial:
+            assert self.workdir is not None
+            rtu = ModbusRtuServer(units, PtyPort(self.workdir / _slug(key)),
+                                  pace_baud=self.pace_baud)
+            where = f"modbus+rtu://{await rtu.start()}"
+            self._servers.append(rtu)
+        else:
+            tcp = ModbusTcpServer(units)
+            where = f"modbus+tcp://{self.host}:{await tcp.start(self.host)}"
+            self._servers.append(tcp)
+        for spec, hid, res in members:
+            query = f"?baud={res.baud}&unit={res.unit}" if serial else f"?unit={res.unit}"
+            self._add(spec, hid, str(spec.model), where + query, units[res.unit])
+
     def _binding(self, spec: DeviceSpec, household: str | None, model: str,
-                 **extra: Any) -> Binding:
+                 kinds: dict[str, type[Binding]] | None = None, **extra: Any) -> Binding:
         args = (self.plant, self.clock, spec.name, self._identity(model, spec.name))
         role_args = (*args, household) if household is not None else args
-        return _BINDINGS[spec.role](*role_args, **extra)
+        return {**_BINDINGS, **(kinds or {})}[spec.role](*role_args, **extra)
 
     async def _scpi(self, spec: DeviceSpec, household: str, model: str) -> None:
         instrument = load_instrument(model)
@@ -131,7 +260,7 @@ class EmulatedBench:
     async def _modbus_tcp(self, spec: DeviceSpec, household: str | None, model: str) -> None:
         instrument = load_instrument(model)
         assert isinstance(instrument, ModbusMap)
-        extra = {"alarm_bits": instrument.point("alarms").bits} \
+        extra: dict[str, Any] = {"alarm_bits": instrument.point("alarms").bits} \
             if spec.role == "battery" and "alarms" in instrument.points else {}
         device = EmulatedModbusDevice(instrument, self._binding(spec, household, model, **extra))
         server = ModbusTcpServer({1: device})
@@ -240,24 +369,47 @@ class EmulatedBench:
         }
 
     def _device_table(self, spec: DeviceSpec) -> dict[str, Any]:
+        if spec.parts:  # a battery of two instruments: each part as served, driver implied
+            limits = {k: v for k, v in _limits(spec).items() if v is not None}
+            parts = {key: {k: v for k, v in self._device_table(part).items()
+                           if k in ("driver", "resource", "model", "channel", "timeout_s",
+                                    "baud", "watchdog_s")}
+                     for key, part in spec.parts.items()}
+            return parts | limits | dict(spec.params)
         end = self.endpoints[spec.name]
         limits = {k: v for k, v in _limits(spec).items() if v is not None}
         table: dict[str, Any] = {"driver": end.emulated.instrument.protocol,
-                                 "resource": end.resource, "model": end.model}
+                                 "resource": end.resource, "model": _model_ref(end.model)}
         if spec.dut:
             table["dut"] = True
         return table | limits | dict(spec.params) | end.params
 
 
+def _slug(key: str) -> str:
+    """A file name for the pty of resource link ``key``."""
+    return "".join(c if c.isalnum() else "-" for c in key).strip("-")[:80]
+
+
+def _model_ref(model: str) -> str:
+    """A model as a rig file in another folder can name it: a path made absolute."""
+    if model.startswith(("./", "../")):
+        return str(Path(model).resolve())
+    return model
+
+
 def _limits(spec: DeviceSpec) -> dict[str, Any]:
     lim = spec.limits
-    return {k: getattr(lim, k) for k in lim.__slots__}
+    return {f.name: getattr(lim, f.name) for f in dataclasses.fields(lim)}
 
 
 _BINDINGS: dict[str, type[Binding]] = {
     "pv": SupplyBinding,
     "load": LoadBinding,
     "battery": BatteryBinding,
+    "bms": BatteryBinding,
+    "converter": BatteryBinding,
     "meter": MeterBinding,
     "grid": GridBinding,
 }
+# SCPI instruments whose role's binding differs from the Modbus one (command names)
+_SCPI_BINDINGS: dict[str, type[Binding]] = {"converter": ConverterScpiBinding}

@@ -176,6 +176,34 @@ class BatteryBinding(_RigBinding):
         self._enable(False)
 
 
+class ConverterScpiBinding(_RigBinding):
+    """A bidirectional SCPI supply as a battery's converter: ``power`` is the signed
+    setpoint (+ into the bus), ``output`` the enable; the BMS is another instrument."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.getters |= {
+            "power": lambda ch: self.rig.battery.setpoint_w,
+            "output": lambda ch: self.rig.battery.enabled,
+            "measured_voltage": lambda ch: self.v_bus,
+            "measured_current": lambda ch: self.rig.battery.actual_w / self.v_bus,
+            "measured_power": lambda ch: self.rig.battery.actual_w,
+        }
+        self.setters |= {
+            "power": lambda ch, v: setattr(self.rig.battery, "setpoint_w", float(v)),
+            "output": lambda ch, v: self._enable(bool(v)),
+            "watchdog": self.arm_watchdog,
+        }
+
+    def _enable(self, on: bool) -> None:
+        self.rig.battery.enabled = on
+        if not on:
+            self.rig.battery.setpoint_w = 0.0
+
+    def on_watchdog(self) -> None:
+        self._enable(False)
+
+
 class MeterBinding(_RigBinding):
     """The rig's bus-connection meter (a DC bus: phase 1 carries everything, 0 Hz)."""
 

@@ -40,11 +40,12 @@ class EmulatedScpiDevice:
         self.settings = 0
         self.errors: deque[tuple[int, str]] = deque(maxlen=20)
         self.lines_seen: list[str] = []
-        self._queries = {_norm(c.query(self.channel)): c
-                         for c in instrument.commands.values() if c.get}
-        self._settings = [(c.setting_pattern(self.channel), c)
-                          for c in instrument.commands.values() if c.set]
-        self._init = {_norm(line) for line in instrument.init}
+        self.bindings: dict[int, Binding] = {}  # channel -> what it drives
+        self._queries: dict[str, tuple[Command, int]] = {}
+        self._settings: list[tuple[re.Pattern[str], Command, int]] = []
+        self.add_channel(self.channel, binding)
+        # init and remote lines are accepted as they are (no state behind them here)
+        self._init = {_norm(line) for line in (*instrument.init, *instrument.remote)}
         error_query = instrument.error_query or "SYST:ERR?"
         self._builtin: dict[str, Callable[[], str | None]] = {
             "*IDN?": lambda: str(self.binding.identity),
@@ -55,6 +56,15 @@ class EmulatedScpiDevice:
             "SYST:ERR?": self._pop_error,
             ":SYST:ERR?": self._pop_error,
         }
+
+    def add_channel(self, channel: int, binding: Binding) -> None:
+        """Serve ``channel`` of this instrument from ``binding`` (a multi-channel supply
+        feeding several households over one connection): its queries and settings are
+        the command set's templates with ``{ch}`` = ``channel``."""
+        self.bindings[channel] = binding
+        commands = self.instrument.commands.values()
+        self._queries |= {_norm(c.query(channel)): (c, channel) for c in commands if c.get}
+        self._settings += [(c.setting_pattern(channel), c, channel) for c in commands if c.set]
 
     @property
     def name(self) -> str:
@@ -73,12 +83,12 @@ class EmulatedScpiDevice:
         if key in self._builtin:
             return self._builtin[key]()
         if key in self._queries:
-            command = self._queries[key]
-            return _render(command, self.binding.get(command.name, self.channel))
-        for pattern, command in self._settings:
+            command, channel = self._queries[key]
+            return _render(command, self.bindings[channel].get(command.name, channel))
+        for pattern, command, channel in self._settings:
             m = pattern.fullmatch(line.strip())
             if m:
-                self._apply(command, m["value"])
+                self._apply(command, m["value"], channel)
                 return None
         if key in self._init:
             return None
@@ -99,7 +109,7 @@ class EmulatedScpiDevice:
             return False
         return None
 
-    def _apply(self, command: Command, text: str) -> None:
+    def _apply(self, command: Command, text: str, channel: int) -> None:
         if self.quirks.settle_s:
             self.quiet_until = asyncio.get_running_loop().time() + self.quirks.settle_s
         self.settings += 1
@@ -119,11 +129,13 @@ class EmulatedScpiDevice:
                                 else "Data type error"))
             return
         limit = self.ratings.get(command.name)
-        if command.type == "float" and (value < 0 or (limit is not None
-                                                       and value > limit * (1 + 1e-6))):
+        # a converter's power setpoint is signed (the sign is the direction); else >= 0
+        signed = command.name == "power" and "converter" in self.instrument.roles
+        if command.type == "float" and ((value < 0 and not signed) or (
+                limit is not None and abs(value) > limit * (1 + 1e-6))):
             self.errors.append((-222, "Data out of range"))
             return
-        self.binding.set(command.name, self.channel, value)
+        self.bindings[channel].set(command.name, channel, value)
 
 
 def _render(command: Command, value: object) -> str:

@@ -7,7 +7,7 @@ import re
 import string
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,82 @@ ROLE_POINTS: dict[str, tuple[str, ...]] = {
     "battery": ("soc", "energy_wh", "power_w", "voltage_v", "current_a", "temperature_c",
                 "enabled", "power_setpoint_w"),
     "relay": ("closed",),
+    # a battery of two instruments: the BMS's readings, the converter's setpoint
+    "bms": ("soc", "energy_wh", "voltage_v", "current_a", "temperature_c"),
+    "converter": ("power_w", "enabled", "power_setpoint_w"),
 }
 ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
     "pv": ("identify", "output", "measured_voltage", "measured_current", "measured_power"),
     "load": ("identify", "input", "measured_voltage", "measured_current", "measured_power"),
+    # a bidirectional supply as a battery's converter: the sign of the power setpoint is
+    # the direction (+ source into the bus, - sink from it); measured_power is signed too
+    "converter": ("identify", "output", "measured_voltage", "measured_current",
+                  "measured_power"),
 }
 SETPOINT_COMMANDS: dict[str, tuple[str, ...]] = {
     "current": ("voltage", "current"),  # CC into the bus: I = P / V_bus
     "power": ("power",),  # native constant-power mode
 }
 COMMAND_TYPES: dict[str, Callable[[str], Any]] = {"float": float, "int": int, "str": str}
+
+
+DIRECTIONS = ("source", "sink")  # into the bus / out of it
+
+
+@dataclass(frozen=True, slots=True)
+class Ratings:
+    """What the instrument can do, per channel, from its datasheet (``[ratings]``).
+
+    ``voltage_v``, ``current_a``, ``power_w``: the largest magnitudes it can set or carry
+    (None: not stated); ``directions``: ``source`` (into the bus) and/or ``sink`` (out of it);
+    ``energy_resolution_wh``: one count of its energy counter (meters; None: the counter
+    point's own step, 0 for a float). Read by :mod:`testbed.preflight`."""
+
+    voltage_v: float | None = None
+    current_a: float | None = None
+    power_w: float | None = None
+    directions: tuple[str, ...] = ()
+    energy_resolution_wh: float | None = None
+
+
+RATING_KEYS = ("voltage_v", "current_a", "power_w", "energy_resolution_wh")
+
+
+def parse_ratings(source: str, data: dict[str, Any]) -> Ratings:
+    """The file's ``[ratings]`` table (absent: nothing stated); InstrumentFileError naming
+    the key when a value is not a positive number or an unknown direction."""
+    table = data.get("ratings", {})
+    if not isinstance(table, dict):
+        raise InstrumentFileError(source, "[ratings]", "expected a table")
+    unknown = sorted(set(table) - {*RATING_KEYS, "directions"})
+    if unknown:
+        raise InstrumentFileError(source, f"[ratings] {unknown[0]}", "unknown key (known: "
+                                  f"{', '.join((*RATING_KEYS, 'directions'))})")
+    values: dict[str, float] = {}
+    for key in RATING_KEYS:
+        v = table.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1e9:
+            raise InstrumentFileError(source, f"[ratings] {key}",
+                                      f"a positive number, got {v!r}")
+        values[key] = float(v)
+    directions = table.get("directions", [])
+    if not isinstance(directions, list) or any(d not in DIRECTIONS for d in directions):
+        raise InstrumentFileError(source, "[ratings] directions",
+                                  f"a list of {' and/or '.join(DIRECTIONS)}, got {directions!r}")
+    return Ratings(values.get("voltage_v"), values.get("current_a"), values.get("power_w"),
+                   tuple(directions), values.get("energy_resolution_wh"))
+
+
+def energy_resolution_wh(instrument: Instrument) -> float:
+    """One count of the instrument's energy counter in Wh: the stated rating, else the
+    ``import_wh`` point's step (0 for a float counter or an instrument without one)."""
+    if instrument.ratings.energy_resolution_wh is not None:
+        return instrument.ratings.energy_resolution_wh
+    if isinstance(instrument, ModbusMap) and "import_wh" in instrument.points:
+        return instrument.points["import_wh"].resolution
+    return 0.0
 
 
 class InstrumentFileError(ValueError):
@@ -118,6 +184,7 @@ class ModbusMap:
     rtu_silent_s: float | None = None  # RTU: quiet before a request (default 3.5 chars)
     turnaround_s: float = 0.0  # RTU: the device's extra time before it listens again
     watchdog: str | None = None  # the point (seconds) arming its communication watchdog
+    ratings: Ratings = Ratings()
 
     def write_function_for(self, table: str) -> int:
         """The function code that writes one value of ``table``."""
@@ -206,6 +273,7 @@ class ScpiCommandSet:
     busy_errors: tuple[int, ...] = ()  # error-queue codes that mean "busy, ask again"
     timeout_s: float | None = None
     watchdog: str | None = None  # the command (seconds) arming its communication watchdog
+    ratings: Ratings = Ratings()
 
     def command(self, name: str) -> Command:
         try:
@@ -251,7 +319,15 @@ def load_instrument(name_or_path: str) -> Instrument:
     roles = head.get("roles")
     if not isinstance(roles, list) or not roles:
         raise InstrumentFileError(source, "[instrument] roles", "a non-empty list of roles")
-    return _PARSERS[protocol](source, data, head, tuple(roles))
+    unknown = sorted(set(data) - FILE_TABLES)
+    if unknown:
+        raise InstrumentFileError(source, f"[{unknown[0]}]", "unknown table (known: "
+                                  f"{', '.join(sorted(FILE_TABLES))})")
+    instrument = _PARSERS[protocol](source, data, head, tuple(roles))
+    return replace(instrument, ratings=parse_ratings(source, data))
+
+
+FILE_TABLES = frozenset({"instrument", "points", "commands", "ratings"})
 
 
 def _table(source: str, data: dict[str, Any], key: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from drivers.clock import RealClock
 from drivers.emulators.bindings import (
     BatteryBinding,
     Binding,
+    ConverterScpiBinding,
     GridBinding,
     LoadBinding,
     MeterBinding,
@@ -67,6 +68,9 @@ def _binding(role: str, plant: Plant, instrument: Any) -> Binding:
         "meter": lambda: MeterBinding(*args, "1", unit=1),
         "relay": lambda: RelayBoardBinding(*args, rig_ids=["1", "2", "3"]),
         "grid": lambda: GridBinding(*args),
+        "bms": lambda: BatteryBinding(*args, "1", alarm_bits=instrument.point("alarms").bits),
+        "converter": lambda: (ConverterScpiBinding(*args, "1")
+                              if instrument.protocol == "scpi" else BatteryBinding(*args, "1")),
     }
     return builders[role]()
 

@@ -65,15 +65,18 @@ async def _meter_read_s(emu: EmulatedBench) -> float:
 
 
 @pytest.mark.asyncio
+@pytest.mark.serial  # compares wall times
 async def test_rtu_line_is_paced_at_its_baud_rate(small_rig: RigSpec) -> None:
-    """An SDM630 read is 4 requests (2, 2, 2 and 4 registers): at 9600 baud, wire time."""
+    """An SDM630 read is 4 requests (2, 2, 2 and 4 registers): at 9600 baud, wire time.
+    Load can only lengthen a read, so the paced one is bounded below by the wire time; the
+    unpaced one is only required to be faster than the paced one."""
     wire = sum((8 + 5 + 2 * n) * char_time(9600) + 2 * frame_gap(9600) for n in (2, 2, 2, 4))
     async with EmulatedBench(small_rig, pace_baud=9600) as paced:
         paced_s = await _meter_read_s(paced)
     async with EmulatedBench(small_rig) as free:
         free_s = await _meter_read_s(free)
     assert paced_s >= wire * 0.95, (paced_s, wire)
-    assert free_s < wire / 2, (free_s, wire)
+    assert free_s < paced_s, (free_s, paced_s, wire)
 
 
 @pytest.mark.asyncio
