@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from drivers.clock import Clock
 from drivers.registry import Bench, HouseholdDevices
-from drivers.roles import MeterReading
+from drivers.roles import BatteryReading, MeterReading
 from drivers.spec import RigSpec
 from testbed.dut import DutTracker
 from testbed.events import EventBus
@@ -37,6 +37,17 @@ from testbed.profiles import DayProfile
 from testbed.validation import Check
 
 T = TypeVar("T")
+
+# BMS alarms that are states of charge, not faults: the converter limits itself.
+BENIGN_ALARMS = frozenset({"soc_low", "soc_high"})
+
+
+async def _grab(aw: Awaitable[T]) -> T | BaseException:
+    """``await aw``, its exception returned rather than raised."""
+    try:
+        return await aw
+    except Exception as exc:  # returned to the caller, like gather's
+        return exc
 
 
 class EmergencyStop(Exception):
@@ -167,6 +178,64 @@ class Controller:
         self._estop_reason = ""
         # Real instruments are asked concurrently; in-process mocks in turn (see settle_all).
         self._concurrent = not bench.in_process
+        self._background: set[asyncio.Task[None]] = set()  # trips that must not hold the cycle
+        self._bat_seen: dict[str, float] = {}  # household -> when its BMS last answered
+        self._reenabled: dict[str, int] = {}  # household -> re-enables this interval
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _guarded(self, household: str, coro: Coroutine[Any, Any, None]) -> None:
+        """One rig's step; anything it raises takes that rig (and only it) off the bus."""
+        try:
+            await coro
+        except Exception as exc:  # one rig's fault is that rig's
+            await self.trip(household, f"control step failed: {exc!r}")
+
+    async def _finish_steps(self, steps: dict[str, asyncio.Task[None]], dt: float,
+                            hold_s: float) -> None:
+        """At the interval's end: rig steps still running get the hold limit, then their
+        rig leaves the bus; trips under way are awaited."""
+        pending = [t for t in steps.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=max(dt, hold_s))
+        for hid, task in steps.items():
+            if not task.done():
+                task.cancel()
+                self._spawn(self.trip(hid, "late: control step still running at the "
+                                           "interval's end"))
+        if self._background:
+            await asyncio.wait(set(self._background))
+
+    async def _battery_state(self, household: str, h: HouseholdDevices,
+                             bat: BatteryReading) -> bool:
+        """Supervise the converter's own state bits. An alarm that is not a state of
+        charge limit takes the rig off the bus; a converter reporting itself disabled
+        (its watchdog tripped) is set to zero and re-enabled once, and its rig leaves the
+        bus if it reports disabled again. True when the rig may be driven this period."""
+        alarms = sorted(set(bat.alarms) - BENIGN_ALARMS)
+        if alarms:
+            await self.trip(household, f"{h.battery.name} alarm: {', '.join(alarms)}")
+            return False
+        if bat.enabled:
+            self._reenabled.pop(household, None)
+            return True
+        if self._reenabled.get(household, 0) >= 1:
+            await self.trip(household, f"{h.battery.name} reports itself disabled again "
+                                       "after a re-enable")
+            return False
+        self._reenabled[household] = 1
+        self.events.emit("safety", {"event": "converter_disabled", "household": household,
+                                    "device": h.battery.name, "action": "re-enable"})
+        try:
+            await h.battery.set_power(0.0)
+            await h.battery.set_enabled(True)
+        except Exception as exc:  # reported as the trip's reason
+            await self.trip(household, f"{h.battery.name} disabled and cannot be "
+                                       f"re-enabled: {exc}")
+        return False
 
     # -- safety -------------------------------------------------------------------------
 
@@ -293,6 +362,7 @@ class Controller:
 
         t0 = self.clock.now()
         self.disputed = {}
+        self._reenabled = {}
         grid0 = await self.bench.grid.read()
         first = await self._meters([p.household for p in plans])
         base: dict[str, float] = {}
@@ -319,88 +389,125 @@ class Controller:
                       lim["load"].max_power_w or inf, lim["battery"].max_power_w or inf)
                 for hid, lim in limits.items()}
         dt = tl.dt
+        hold_s = stale_after  # how long a late or silent rig keeps its last setpoints
+        steps: dict[str, asyncio.Task[None]] = {}  # real instruments: each rig on its own
+        rows: list[dict[str, Any]] = []
+
+        async def step(plan: RigPlan, k: int, deadline: float, hour: float) -> None:
+            """One control period of one rig: read, check, decide, write. Its exchanges
+            delay only this rig (the cycle does not wait for them: see below)."""
+            hid = plan.household
+            h = houses[hid]
+            if self._concurrent:
+                reading, bat, closed = await asyncio.gather(
+                    h.meter.read(), h.battery.read(), h.relay.read_closed(),
+                    return_exceptions=True)
+            else:
+                reading, bat, closed = (await _grab(h.meter.read()),
+                                        await _grab(h.battery.read()),
+                                        await _grab(h.relay.read_closed()))
+            now = self.clock.now()
+            if hid in self.tripped:  # taken off the bus while this step waited
+                return
+            if closed is not True:
+                await self.trip(hid, f"relay lost: {closed}" if isinstance(
+                    closed, BaseException) else "relay reads open while commanded closed")
+                return
+            if not isinstance(reading, BaseException) and \
+                    (problem := self.reading_problem(hid, reading)) is not None:
+                reading = ValueError(problem)  # invalid: not used, as if never read
+            if isinstance(reading, BaseException):
+                if now - last[hid].at > stale_after:
+                    await self.trip(hid, f"meter lost: {reading}")
+                return  # hold the setpoints; the reading may come back in time
+            if now - reading.at > stale_after:
+                await self.trip(hid, f"meter reading {now - reading.at:.3g} s old")
+                return
+            if isinstance(bat, BaseException):
+                if now - self._bat_seen.get(hid, t0) > hold_s:
+                    await self.trip(hid, f"battery lost: {bat}")
+                return  # hold the setpoints for a bounded time
+            self._bat_seen[hid] = now
+            if not await self._check_counters(hid, reading):
+                return
+            hot, pv_max, load_max, bat_max = caps[hid]
+            if hot is not None and bat.temperature_c > hot:
+                await self.trip(hid, f"battery at {bat.temperature_c:.1f} °C, above its "
+                                     f"limit of {hot:g} °C")
+                return
+            if not await self._battery_state(hid, h, bat):
+                return
+            last[hid] = reading
+            if hid in duts:
+                await self._sample_dut(duts[hid], h, reading, bat)
+            sp = setpoints(rig, plan, tl, hour)
+            done = reading.net_wh - base[hid]
+            goal = plan.target_kwh * wh_per_kwh * (k + 1) / tl.steps
+            # Dead-beat on the measured energy. On a real bench the meter was read a
+            # moment ago and the new setpoint lands only after the write's latency; the
+            # rig flows at its present power until then, and at the new one after.
+            now_s = self.clock.now()
+            lag = (now_s - reading.at) + self.write_latency
+            left = max(deadline - now_s - self.write_latency, dt / 2)
+            bus_w = (goal - done - reading.power_w * lag / 3600.0) * 3600.0 / left
+            pv_w = min(sp.pv_w, pv_max)
+            load_w = min(sp.load_w, load_max)
+            bat_w = max(-bat_max, min(bat_max, bus_w - (pv_w - load_w)))
+            started = self.clock.now()
+            results = await settle_all((h.pv.set_power(pv_w), h.load.set_power(load_w),
+                                        h.battery.set_power(bat_w)),
+                                       concurrent=self._concurrent)
+            took = self.clock.now() - started
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                await self.trip(hid, f"write failed: {errors[0]}")
+                return
+            if took < dt / 2:  # smoothed write latency of rigs in time, for the lag above
+                self.write_latency += 0.3 * (took - self.write_latency)
+            rows.append({"t": reading.at, "household": hid, "meter_net_wh": done,
+                         "power_w": reading.power_w, "pv_w": pv_w, "load_w": load_w,
+                         "battery_w": bat_w, "soc": bat.soc})
+
         for k in range(tl.steps):
             self._check_estop()
             deadline = t0 + (k + 1) * dt
-            live = [p for p in plans if p.household not in self.tripped]
-            # Every meter, BMS and contactor at once: instruments on different links answer
-            # in parallel. A contactor that cannot be read, or has dropped out, is a fault.
-            reads = (self._meters([p.household for p in live]),
-                     settle_all((houses[p.household].battery.read() for p in live),
-                                concurrent=self._concurrent),
-                     settle_all((houses[p.household].relay.read_closed() for p in live),
-                                concurrent=self._concurrent))
-            if self._concurrent:
-                meters, batteries, relays = await asyncio.gather(*reads)
-            else:
-                meters, batteries, relays = await reads[0], await reads[1], await reads[2]
-            now = self.clock.now()
             hour = tl.hour(start_hour, k, rig.time_scale)
-            writes, rows, driven = [], [], []
-            for plan, bat, closed in zip(live, batteries, relays, strict=True):
-                hid = plan.household
-                if closed is not True:
-                    await self.trip(hid, f"relay lost: {closed}" if isinstance(
-                        closed, BaseException) else "relay reads open while commanded closed")
-                    continue
-                reading = meters[hid]
-                if not isinstance(reading, BaseException) and \
-                        (problem := self.reading_problem(hid, reading)) is not None:
-                    reading = ValueError(problem)  # invalid: not used, as if never read
-                if isinstance(reading, BaseException):
-                    if now - last[hid].at > stale_after:
-                        await self.trip(hid, f"meter lost: {reading}")
-                    continue  # hold the setpoints; the reading may come back in time
-                if now - reading.at > stale_after:
-                    await self.trip(hid, f"meter reading {now - reading.at:.3g} s old")
-                    continue
-                if isinstance(bat, BaseException):
-                    await self.trip(hid, f"battery lost: {bat}")
-                    continue
-                if not await self._check_counters(hid, reading):
-                    continue
-                hot, pv_max, load_max, bat_max = caps[hid]
-                if hot is not None and bat.temperature_c > hot:
-                    await self.trip(hid, f"battery at {bat.temperature_c:.1f} °C, above its "
-                                         f"limit of {hot:g} °C")
-                    continue
-                last[hid] = reading
-                h = houses[hid]
-                if hid in duts:
-                    await self._sample_dut(duts[hid], h, reading, bat)
-                sp = setpoints(rig, plan, tl, hour)
-                done = reading.net_wh - base[hid]
-                goal = plan.target_kwh * wh_per_kwh * (k + 1) / tl.steps
-                # Dead-beat on the measured energy. On a real bench the meter was read a
-                # moment ago and the new setpoint lands only after the write's latency; the
-                # rig flows at its present power until then, and at the new one after.
-                now_s = self.clock.now()
-                lag = (now_s - reading.at) + self.write_latency
-                left = max(deadline - now_s - self.write_latency, dt / 2)
-                bus_w = (goal - done - reading.power_w * lag / 3600.0) * 3600.0 / left
-                pv_w = min(sp.pv_w, pv_max)
-                load_w = min(sp.load_w, load_max)
-                bat_w = max(-bat_max, min(bat_max, bus_w - (pv_w - load_w)))
-                writes += [h.pv.set_power(pv_w), h.load.set_power(load_w),
-                           h.battery.set_power(bat_w)]
-                driven.append(hid)
-                rows.append({"t": reading.at, "household": hid, "meter_net_wh": done,
-                             "power_w": reading.power_w, "pv_w": pv_w, "load_w": load_w,
-                             "battery_w": bat_w, "soc": bat.soc})
-            started = self.clock.now()
-            results = await settle_all(writes, concurrent=self._concurrent)
-            if writes:  # smoothed write latency, for the compensation above
-                self.write_latency += 0.3 * (self.clock.now() - started - self.write_latency)
-            for i, hid in enumerate(driven):
-                errors = [r for r in results[3 * i:3 * i + 3] if isinstance(r, BaseException)]
-                if errors:
-                    await self.trip(hid, f"write failed: {errors[0]}")
+            live = [p for p in plans if p.household not in self.tripped]
+            if self._concurrent:
+                # Each rig's period runs as its own task and the cycle never waits for one:
+                # a rig whose exchanges are still running when its next period starts is
+                # late, holds its last setpoints, and leaves the bus after ``hold_s``.
+                now = self.clock.now()
+                for plan in live:
+                    hid = plan.household
+                    running = steps.get(hid)
+                    if running is not None and not running.done():
+                        seen = max(last[hid].at, self._bat_seen.get(hid, t0))
+                        if now - seen > hold_s:
+                            self._spawn(self.trip(hid, f"late: no complete exchange for "
+                                                       f"{now - seen:.3g} s (hold limit "
+                                                       f"{hold_s:.3g} s)"))
+                        continue
+                    steps[hid] = asyncio.ensure_future(self._guarded(
+                        hid, step(plan, k, deadline, hour)))
+                # Wait for them up to the period's end (a late one goes on alone); only
+                # when the period is already over, i.e. the whole bench is slower than the
+                # period and there is nobody to protect, up to the hold limit.
+                busy = [t for t in steps.values() if not t.done()]
+                if busy:
+                    left = deadline - self.clock.now()
+                    await asyncio.wait(busy, timeout=left if left > 0 else hold_s)
+            else:  # in-process devices answer without suspending: in turn, no tasks
+                for plan in live:
+                    await self._guarded(plan.household, step(plan, k, deadline, hour))
             log += rows
-            self.events.emit("readings", {"t": now, "interval_hour": hour, "rows": rows,
-                                          "tripped": dict(self.tripped)})
+            self.events.emit("readings", {"t": self.clock.now(), "interval_hour": hour,
+                                          "rows": list(rows), "tripped": dict(self.tripped)})
+            rows.clear()
             last_step = k == tl.steps - 1
             # The final park is issued one write latency early so it lands on the deadline.
             await self._sleep_until(deadline - (self.write_latency if last_step else 0.0))
+        await self._finish_steps(steps, dt, hold_s)
 
         # The DUT references close on the powers that held up to the deadline.
         for hid, tracker in duts.items():
