@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from drivers.clock import Clock
+from drivers.limits import LimitError
 from drivers.registry import Bench, HouseholdDevices
-from drivers.roles import BatteryReading, MeterReading
+from drivers.roles import BatteryReading, Device, MeterReading
 from drivers.spec import RigSpec
 from testbed.dut import DutTracker
 from testbed.events import EventBus
@@ -40,6 +41,26 @@ T = TypeVar("T")
 
 # BMS alarms that are states of charge, not faults: the converter limits itself.
 BENIGN_ALARMS = frozenset({"soc_low", "soc_high"})
+
+
+async def _quiet(aw: Awaitable[None]) -> None:
+    """``await aw``, its failure ignored (a best-effort safe state; the final one reports)."""
+    with contextlib.suppress(Exception):
+        await aw
+
+
+def _refused(exc: Exception) -> bool:
+    """A write the limit guard refused before it left: the controller asked for something
+    outside the rig's limits, so the rig leaves the bus at once. (An instrument that is
+    silent, late or refuses a setting is held, then driven without: ``_lose``.)"""
+    return isinstance(exc, LimitError)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Done callback: a late exchange's failure is looked at (or dropped), never logged as
+    never retrieved."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def _grab(aw: Awaitable[T]) -> T | BaseException:
@@ -179,7 +200,9 @@ class Controller:
         # Real instruments are asked concurrently; in-process mocks in turn (see settle_all).
         self._concurrent = not bench.in_process
         self._background: set[asyncio.Task[None]] = set()  # trips that must not hold the cycle
-        self._bat_seen: dict[str, float] = {}  # household -> when its BMS last answered
+        self._seen: dict[tuple[str, str], float] = {}  # (household, role) -> last answer
+        self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}  # late exchanges
+        self.lost: dict[str, dict[str, str]] = {}  # household -> role -> why (driven without)
         self._reenabled: dict[str, int] = {}  # household -> re-enables this interval
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -208,6 +231,91 @@ class Controller:
                                            "interval's end"))
         if self._background:
             await asyncio.wait(set(self._background))
+
+    async def _exchanges(self, household: str, budget_s: float,
+                         calls: Sequence[tuple[str, Callable[[], Awaitable[Any]]]],
+                         ) -> list[Any]:
+        """Each ``(role, call)`` of one rig, its result or its exception. Real instruments:
+        all at once, each given ``budget_s`` (the exchange deadline, shorter than the
+        period); one still running then is *late* (a :class:`TimeoutError` here) and goes
+        on alone: that role is not asked again until it has answered. In-process: in turn."""
+        if not self._concurrent:
+            out = [await _grab(call()) for _, call in calls]
+        else:
+            tasks: list[asyncio.Future[Any] | None] = []
+            for role, call in calls:
+                busy = self._inflight.get((household, role))
+                tasks.append(None if busy is not None and not busy.done()
+                             else asyncio.ensure_future(call()))
+                if tasks[-1] is not None:
+                    tasks[-1].add_done_callback(_retrieve)  # a late failure is seen later
+                    self._inflight[(household, role)] = tasks[-1]
+            live = [t for t in tasks if t is not None]
+            if live:
+                await asyncio.wait(live, timeout=budget_s)
+            out = []
+            for (role, _), task in zip(calls, tasks, strict=True):
+                if task is None or not task.done():
+                    out.append(TimeoutError(f"household {household} {role}: no answer "
+                                            f"within the {budget_s:.3g} s exchange deadline"))
+                elif task.cancelled():
+                    out.append(TimeoutError(f"household {household} {role}: cancelled"))
+                else:
+                    out.append(task.exception() or task.result())
+        now = self.clock.now()
+        for (role, _), result in zip(calls, out, strict=True):
+            if not isinstance(result, BaseException):
+                self._seen[(household, role)] = now
+        return out
+
+    async def _lose(self, household: str, h: HouseholdDevices, role: str, reason: str) -> None:
+        """An actuator that has not answered for the hold limit is lost: its rig goes on
+        without it (the meter closes the loop on the others), its safe state is tried in
+        the background, and it is probed each period to come back (:meth:`_probe_lost`)."""
+        lost = self.lost.setdefault(household, {})
+        if role in lost:
+            return
+        device: Device = getattr(h, role)
+        lost[role] = f"{device.name}: {reason}"
+        self.events.emit("safety", {"event": "device_lost", "household": household,
+                                    "device": device.name, "reason": reason})
+        self._spawn(_quiet(device.safe_state()))
+
+    async def _probe_lost(self, household: str, h: HouseholdDevices) -> None:
+        """Ask each lost actuator who it is; one that answers is brought back through the
+        same steps as at start (zero, then output on) and driven again."""
+        lost = self.lost[household]
+        for role in list(lost):
+            device: Device = getattr(h, role)
+            key = (household, f"probe {role}")
+            busy = self._inflight.get(key)
+            if busy is not None:
+                if not busy.done():
+                    continue
+                del self._inflight[key]
+                if busy.cancelled() or busy.exception() is not None:
+                    continue
+                del lost[role]
+                self.events.emit("safety", {"event": "device_back", "household": household,
+                                            "device": device.name, "identity": busy.result()})
+                continue
+            self._inflight[key] = asyncio.ensure_future(self._readmit(h, role))
+            self._inflight[key].add_done_callback(_retrieve)
+
+    @staticmethod
+    async def _readmit(h: HouseholdDevices, role: str) -> str:
+        """Re-identify a returning actuator and switch it on at zero, as at start."""
+        device: Device = getattr(h, role)
+        identity = await device.identify()
+        start: dict[str, Callable[[], Awaitable[None]]] = {
+            "pv": lambda: h.pv.set_output(True), "load": lambda: h.load.set_input(True),
+            "battery": lambda: h.battery.set_enabled(True)}
+        zero: dict[str, Callable[[], Awaitable[None]]] = {
+            "pv": lambda: h.pv.set_power(0.0), "load": lambda: h.load.set_power(0.0),
+            "battery": lambda: h.battery.set_power(0.0)}
+        await zero[role]()
+        await start[role]()
+        return identity
 
     async def _battery_state(self, household: str, h: HouseholdDevices,
                              bat: BatteryReading) -> bool:
@@ -395,17 +503,20 @@ class Controller:
 
         async def step(plan: RigPlan, k: int, deadline: float, hour: float) -> None:
             """One control period of one rig: read, check, decide, write. Its exchanges
-            delay only this rig (the cycle does not wait for them: see below)."""
+            delay only this rig (the cycle does not wait for them: see below), and each
+            actuator's only up to the exchange deadline (half a period)."""
             hid = plan.household
             h = houses[hid]
-            if self._concurrent:
-                reading, bat, closed = await asyncio.gather(
-                    h.meter.read(), h.battery.read(), h.relay.read_closed(),
-                    return_exceptions=True)
-            else:
-                reading, bat, closed = (await _grab(h.meter.read()),
-                                        await _grab(h.battery.read()),
-                                        await _grab(h.relay.read_closed()))
+            lost = self.lost.setdefault(hid, {})
+            if lost:
+                await self._probe_lost(hid, h)
+            budget = dt / 2
+            with_bat = "battery" not in lost
+            got = await self._exchanges(hid, budget, (
+                ("meter", h.meter.read), ("relay", h.relay.read_closed),
+                *((("battery", h.battery.read),) if with_bat else ())))
+            reading, closed = got[0], got[1]
+            bat = got[2] if with_bat else None
             now = self.clock.now()
             if hid in self.tripped:  # taken off the bus while this step waited
                 return
@@ -423,22 +534,23 @@ class Controller:
             if now - reading.at > stale_after:
                 await self.trip(hid, f"meter reading {now - reading.at:.3g} s old")
                 return
-            if isinstance(bat, BaseException):
-                if now - self._bat_seen.get(hid, t0) > hold_s:
-                    await self.trip(hid, f"battery lost: {bat}")
-                return  # hold the setpoints for a bounded time
-            self._bat_seen[hid] = now
+            if with_bat and isinstance(bat, BaseException):
+                if now - self._seen.get((hid, "battery"), t0) <= hold_s:
+                    return  # hold the setpoints for a bounded time
+                await self._lose(hid, h, "battery", f"{bat}")
+                with_bat = False
             if not await self._check_counters(hid, reading):
                 return
             hot, pv_max, load_max, bat_max = caps[hid]
-            if hot is not None and bat.temperature_c > hot:
-                await self.trip(hid, f"battery at {bat.temperature_c:.1f} °C, above its "
-                                     f"limit of {hot:g} °C")
-                return
-            if not await self._battery_state(hid, h, bat):
-                return
+            if with_bat and isinstance(bat, BatteryReading):
+                if hot is not None and bat.temperature_c > hot:
+                    await self.trip(hid, f"battery at {bat.temperature_c:.1f} °C, above "
+                                         f"its limit of {hot:g} °C")
+                    return
+                if not await self._battery_state(hid, h, bat):
+                    return
             last[hid] = reading
-            if hid in duts:
+            if hid in duts and isinstance(bat, BatteryReading):
                 await self._sample_dut(duts[hid], h, reading, bat)
             sp = setpoints(rig, plan, tl, hour)
             done = reading.net_wh - base[hid]
@@ -453,20 +565,31 @@ class Controller:
             pv_w = min(sp.pv_w, pv_max)
             load_w = min(sp.load_w, load_max)
             bat_w = max(-bat_max, min(bat_max, bus_w - (pv_w - load_w)))
+            writes: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+                (role, fn) for role, fn in (
+                    ("pv", lambda: h.pv.set_power(pv_w)),
+                    ("load", lambda: h.load.set_power(load_w)),
+                    ("battery", lambda: h.battery.set_power(bat_w))) if role not in lost]
             started = self.clock.now()
-            results = await settle_all((h.pv.set_power(pv_w), h.load.set_power(load_w),
-                                        h.battery.set_power(bat_w)),
-                                       concurrent=self._concurrent)
+            results = await self._exchanges(hid, budget, writes)
             took = self.clock.now() - started
-            errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
-                await self.trip(hid, f"write failed: {errors[0]}")
+            for (role, _), result in zip(writes, results, strict=True):
+                if not isinstance(result, BaseException):
+                    continue
+                if isinstance(result, Exception) and _refused(result):
+                    await self.trip(hid, f"write failed: {result}")
+                    return
+                if now - self._seen.get((hid, role), t0) > hold_s:
+                    await self._lose(hid, h, role, f"{result}")
+            if not {"pv", "load", "battery"} - set(lost):
+                await self.trip(hid, "no actuator answers: " + "; ".join(lost.values()))
                 return
-            if took < dt / 2:  # smoothed write latency of rigs in time, for the lag above
+            if took < budget:  # smoothed write latency of rigs in time, for the lag above
                 self.write_latency += 0.3 * (took - self.write_latency)
             rows.append({"t": reading.at, "household": hid, "meter_net_wh": done,
                          "power_w": reading.power_w, "pv_w": pv_w, "load_w": load_w,
-                         "battery_w": bat_w, "soc": bat.soc})
+                         "battery_w": bat_w if "battery" not in lost else None,
+                         "soc": bat.soc if isinstance(bat, BatteryReading) else None})
 
         for k in range(tl.steps):
             self._check_estop()
@@ -482,7 +605,7 @@ class Controller:
                     hid = plan.household
                     running = steps.get(hid)
                     if running is not None and not running.done():
-                        seen = max(last[hid].at, self._bat_seen.get(hid, t0))
+                        seen = max(last[hid].at, self._seen.get((hid, "battery"), t0))
                         if now - seen > hold_s:
                             self._spawn(self.trip(hid, f"late: no complete exchange for "
                                                        f"{now - seen:.3g} s (hold limit "
