@@ -75,7 +75,9 @@ async def test_household_7_faulty_from_12_s_leaves_the_others_on_target(
     faulty = await day(tmp_path, role, kind, **options)
     assert faulty["status"] == "finished"
     assert set(offenders(faulty)) <= {"7"}, offenders(faulty)
-    assert faulty["named"] == [f"household 7 {role}"], faulty["named"]
+    # only household 7's device is ever named (a late one may answer within the hold)
+    assert set(faulty["named"]) <= {f"household 7 {role}"}, faulty["named"]
+    assert kind != "no_reply" or faulty["named"] == [f"household 7 {role}"]
     assert faulty["tripped"] == {}  # driven on without the lost device
     # the fault-free day's self-sufficiency, from its figures (docs/reproduction.md)
     assert faulty["self_sufficiency"] >= FAULT_FREE_SELF_SUFFICIENCY - 0.10
@@ -100,7 +102,7 @@ if __name__ == "__main__":
             s = await day(tmp, role, kind, **opts)
             print(role, kind, s["status"], "self-sufficiency", s["self_sufficiency"],
                   "off target", offenders(s), "tripped", s["tripped"],
-                  "live", s["live"], "named", s["named"], 
+                  "live", s["live"], "named", s["named"],
                   "verify", s["verify"], "conserved", s["conserved"],
                   flush=True)
     asyncio.run(main())
