@@ -75,6 +75,26 @@ class EmergencyStop(Exception):
     """Raised inside the run when an emergency stop was requested (CLI, API or MQTT)."""
 
 
+class GridLost(EmergencyStop):
+    """The grid node stopped answering: the run stops (status ``aborted``), the bench goes
+    safe, and the interval's measurement so far is in the safety log (``interval_aborted``).
+    """
+
+
+class Late(TimeoutError):
+    """An exchange still running at its deadline (it goes on alone, bounded by the
+    driver's own timeouts): the device may only be queued behind another on its link."""
+
+
+class SafeStateIncomplete(Exception):
+    """The safe state could not be confirmed on every device: ``devices`` lists
+    ``"name: why"`` for each one still possibly live. A run that ends so never exits 0."""
+
+    def __init__(self, devices: list[str]) -> None:
+        self.devices = devices
+        super().__init__("safe state incomplete, possibly still live: " + "; ".join(devices))
+
+
 @dataclass(frozen=True)
 class RigPlan:
     """What one rig does over an interval, in market units (kWh, hours)."""
@@ -196,6 +216,7 @@ class Controller:
         self.last_meter: dict[str, MeterReading] = {}  # across intervals: counters go on
         self.disputed: dict[str, str] = {}  # this interval's disputed households
         self._estop = asyncio.Event()
+        self.unconfirmed: list[str] | None = None  # after safe_state: devices not confirmed
         self._estop_reason = ""
         # Real instruments are asked concurrently; in-process mocks in turn (see settle_all).
         self._concurrent = not bench.in_process
@@ -256,7 +277,7 @@ class Controller:
             out = []
             for (role, _), task in zip(calls, tasks, strict=True):
                 if task is None or not task.done():
-                    out.append(TimeoutError(f"household {household} {role}: no answer "
+                    out.append(Late(f"household {household} {role}: no answer "
                                             f"within the {budget_s:.3g} s exchange deadline"))
                 elif task.cancelled():
                     out.append(TimeoutError(f"household {household} {role}: cancelled"))
@@ -316,6 +337,23 @@ class Controller:
         await zero[role]()
         await start[role]()
         return identity
+
+    async def _grid_read(self, t0: float, when: str,
+                         metered_wh: dict[str, float]) -> MeterReading:
+        """The grid node's meter; its loss stops the run (:class:`GridLost`) after the
+        interval's measurement so far is recorded as aborted."""
+        try:
+            return await self.bench.grid.read()
+        except Exception as exc:
+            self._grid_lost(t0, f"grid node lost {when}: {exc}", metered_wh)
+            raise AssertionError("unreachable") from exc
+
+    def _grid_lost(self, t0: float, reason: str, metered_wh: dict[str, float]) -> None:
+        self.events.emit("safety", {"event": "interval_aborted", "reason": reason,
+                                    "start_s": t0, "end_s": self.clock.now(),
+                                    "metered_wh": metered_wh, "tripped": dict(self.tripped),
+                                    "lost": {h: dict(r) for h, r in self.lost.items() if r}})
+        raise GridLost(reason)
 
     async def _battery_state(self, household: str, h: HouseholdDevices,
                              bat: BatteryReading) -> bool:
@@ -378,6 +416,7 @@ class Controller:
                                        return_exceptions=True)
         failed = [f"{d.name}: {r}" for d, r in zip(devices, results, strict=True)
                   if isinstance(r, BaseException)]
+        self.unconfirmed = failed
         self.events.emit("safety", {"event": "safe_state", "complete": not failed,
                                     "errors": failed})
         return failed
@@ -471,7 +510,7 @@ class Controller:
         t0 = self.clock.now()
         self.disputed = {}
         self._reenabled = {}
-        grid0 = await self.bench.grid.read()
+        grid0 = await self._grid_read(t0, "at the interval's start", {})
         first = await self._meters([p.household for p in plans])
         base: dict[str, float] = {}
         last: dict[str, MeterReading] = {}
@@ -528,7 +567,9 @@ class Controller:
                     (problem := self.reading_problem(hid, reading)) is not None:
                 reading = ValueError(problem)  # invalid: not used, as if never read
             if isinstance(reading, BaseException):
-                if now - last[hid].at > stale_after:
+                # late (perhaps queued behind a silent device on a shared line): hold until
+                # its own exchange ends; failed or unusable: hold up to the staleness limit
+                if not isinstance(reading, Late) and now - last[hid].at > stale_after:
                     await self.trip(hid, f"meter lost: {reading}")
                 return  # hold the setpoints; the reading may come back in time
             if now - reading.at > stale_after:
@@ -596,6 +637,11 @@ class Controller:
             deadline = t0 + (k + 1) * dt
             hour = tl.hour(start_hour, k, rig.time_scale)
             live = [p for p in plans if p.household not in self.tripped]
+            grid = await self._exchanges("grid", dt / 2, (("node", self.bench.grid.read),))
+            if isinstance(grid[0], BaseException) and \
+                    self.clock.now() - self._seen.get(("grid", "node"), t0) > hold_s:
+                self._grid_lost(t0, f"grid node lost: {grid[0]}",
+                                {hid: r.net_wh - base[hid] for hid, r in last.items()})
             if self._concurrent:
                 # Each rig's period runs as its own task and the cycle never waits for one:
                 # a rig whose exchanges are still running when its next period starts is
@@ -647,7 +693,9 @@ class Controller:
             h.battery.set_power(0.0), h.pv.set_power(0.0), h.load.set_power(0.0))),
             return_exceptions=True)
         end = await self._meters([p.household for p in plans])
-        grid1 = await self.bench.grid.read()
+        grid1 = await self._grid_read(t0, "at the interval's end", {
+            p.household: r.net_wh - base[p.household] for p in plans
+            if isinstance(r := end[p.household], MeterReading)})
         metered = {}
         for p in plans:
             hid = p.household
