@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from drivers.bench.budget import over_budget
 from drivers.mock.plant import BatteryModel
+from drivers.registry import Bench
 from drivers.spec import RigSpec
 from testbed.controller import RigPlan, Timeline, setpoints
 from testbed.errors import InputError
@@ -132,3 +134,18 @@ def ensure_fits(rig: RigSpec, intervals: list[tuple[float, float, list[RigPlan]]
     violations = check(rig, intervals)
     if violations:
         raise PreflightError(violations)
+
+
+class LinkBudgetError(InputError):
+    """The control period is shorter than a shared serial line can carry: one line per
+    line over budget, with its computed figures (``drivers.bench.budget``)."""
+
+
+def ensure_links_carry(bench: Bench, rig: RigSpec) -> None:
+    """Refuse (LinkBudgetError, the bench unconnected) a control period whose exchanges
+    need more than half of it on any shared serial line."""
+    over = over_budget(bench, rig.control_period_s)
+    if over:
+        raise LinkBudgetError(f"{rig.source}: control_period_s",
+                              "the links cannot carry this control period (half of it is "
+                              "the exchange deadline):\n  " + "\n  ".join(over))

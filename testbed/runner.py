@@ -471,6 +471,7 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     run_id = resume or run_id or uuid.uuid4().hex[:12]
     events = EventBus([*(observers or []), store.safety_log(run_id)], context={"run": run_id})
     bench = build_bench(rig, clock)
+    preflight.ensure_links_carry(bench, rig)
     await require_a_meter(bench, rig)
     run = (_resume(scenario, rig, store, clock, events, run_id) if resume else
            _start(scenario, rig, store, clock, events, run_id, ledger))
