@@ -40,6 +40,7 @@ from testbed.validation import Check
 T = TypeVar("T")
 
 # BMS alarms that are states of charge, not faults: the converter limits itself.
+HOLD_MIN_S = 2.0  # lab seconds
 BENIGN_ALARMS = frozenset({"soc_low", "soc_high"})
 
 
@@ -536,7 +537,9 @@ class Controller:
                       lim["load"].max_power_w or inf, lim["battery"].max_power_w or inf)
                 for hid, lim in limits.items()}
         dt = tl.dt
-        hold_s = stale_after  # how long a late or silent rig keeps its last setpoints
+        # how long a late or silent device keeps its last setpoints (at least HOLD_MIN_S: a
+        # loaded machine is not a fault), before its rig goes on without it
+        hold_s = max(stale_after, HOLD_MIN_S)
         steps: dict[str, asyncio.Task[None]] = {}  # real instruments: each rig on its own
         rows: list[dict[str, Any]] = []
 
