@@ -51,24 +51,36 @@ def _run_until_signal(coro_factory: Any) -> Any:
     """Run the coroutine made by ``coro_factory(controller_hook)`` with signals wired.
 
     SIGINT/SIGTERM cancel the run, so its ``finally`` puts the bench in its safe state; a
-    second signal while that happens is reported and otherwise ignored, so the safe-state
-    writes are never cut short. SIGUSR1 is the emergency stop from the shell
-    (``kill -USR1 PID``).
+    second signal while that happens, or after it, is reported and otherwise absorbed, so
+    the safe-state writes are never cut short (exit 130). A signal that comes before the
+    event loop runs (or while pre-flight work holds it) is kept and acted on at once.
+    SIGUSR1 is the emergency stop from the shell (``kill -USR1 PID``). The closing line
+    says what the safe state's read-back confirmed, and a run whose safe state is
+    incomplete exits 4, naming the devices possibly still live.
     """
     import asyncio
+
+    received: list[signal.Signals] = []
+    controllers: list[Any] = []
+
+    def absorb(signum: int, _frame: Any) -> None:  # before and after the loop runs
+        sig = signal.Signals(signum)
+        if received:
+            err.print(f"[yellow]{sig.name}: already stopping, putting the bench safe[/]")
+        received.append(sig)
+
+    before = {sig: signal.signal(sig, absorb) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     async def main() -> Any:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
-        stopping = False
-        controllers: list[Any] = []
 
         def stop(sig: signal.Signals) -> None:
-            nonlocal stopping
-            if stopping:
+            if received:
                 err.print(f"[yellow]{sig.name}: already stopping, putting the bench safe[/]")
+                received.append(sig)
                 return
-            stopping = True
+            received.append(sig)
             task.cancel()  # type: ignore[union-attr]
 
         pending: list[str] = []  # a stop before the controller exists is kept for it
@@ -86,13 +98,27 @@ def _run_until_signal(coro_factory: Any) -> Any:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop, sig)
         loop.add_signal_handler(signal.SIGUSR1, estop)
+        if received:  # a signal before the loop ran: stop at once, nothing started
+            raise asyncio.CancelledError
         return await coro_factory(register)
     try:
         return asyncio.run(main())
     except asyncio.CancelledError:
-        err.print("[yellow]stopped by signal: every output off, every relay open; "
-                  "the run's data is on disk[/yellow]")
+        unconfirmed = [d for c in controllers for d in (c.unconfirmed or [])]
+        confirmed = controllers and all(c.unconfirmed is not None for c in controllers)
+        if unconfirmed:
+            err.print("[red]stopped by signal; safe state INCOMPLETE, possibly still live: "
+                      f"{escape('; '.join(unconfirmed))}; the run's data is on disk[/red]")
+            raise typer.Exit(4) from None
+        what = "every output off, every relay open (read back)" if confirmed else \
+            "nothing had been switched on"
+        err.print(f"[yellow]stopped by signal: {what}; the run's data is on disk[/yellow]")
         raise typer.Exit(130) from None
+    finally:
+        # asyncio.run restored the default handlers: after a stop, keep absorbing until
+        # the process ends (a second SIGTERM is not a kill); otherwise put back the old.
+        for sig, old in before.items():
+            signal.signal(sig, absorb if received else old)
 
 
 def _safety_printer(topic: str, payload: dict[str, Any]) -> None:
@@ -159,8 +185,9 @@ def run(
     SCENARIO ``cesdt`` runs a CE-SDT community day (request/offer trading, 1-minute to
     hourly settlement per home) instead of a dual-bidding scenario file.
 
-    Exits 1 when a validation check fails, 2 on bad input, 3 after an emergency stop, 130
-    when stopped by a signal.
+    Exits 1 when a validation check fails, 2 on bad input, 3 after an emergency stop or
+    the grid node's loss, 4 when the safe state could not be confirmed on every device,
+    130 when stopped by a signal.
     """
     JSON_ERRORS.set(as_json)
     import uuid
@@ -168,7 +195,7 @@ def run(
     from contracts.ledger import TxError
     from drivers.bench.factories import DriverConfigError
     from drivers.bench.health import DeviceUnavailable
-    from testbed.controller import EmergencyStop
+    from testbed.controller import EmergencyStop, SafeStateIncomplete
     from testbed.report import render, summarise
     from testbed.rigfile import load_rig
     from testbed.runner import apply_speed, run_scenario
@@ -243,9 +270,11 @@ def run(
         fail(f"the ledger refused a block (run {run_id}, data up to it on disk): {e}", 1)
     except DeviceUnavailable as e:  # a device failed where the run cannot go on without it
         fail(f"{e} (the bench was put in its safe state; run {run_id})", code=1)
+    except SafeStateIncomplete as e:
+        fail(f"{e} (run {run_id}, its data on disk)", code=4)
     except EmergencyStop as e:
         err.print(f"[red]emergency stop ({escape(str(e))}): every output off, every relay "
-                  f"open; the run's data is on disk (run {run_id})[/red]")
+                  f"open, read back; the run's data is on disk (run {run_id})[/red]")
         raise typer.Exit(3) from None
     finally:
         store.close()

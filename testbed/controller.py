@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from drivers.clock import Clock
+from drivers.limits import LimitError
 from drivers.registry import Bench, HouseholdDevices
-from drivers.roles import BatteryReading, MeterReading
+from drivers.roles import BatteryReading, Device, MeterReading
 from drivers.spec import RigSpec
 from testbed.dut import DutTracker
 from testbed.events import EventBus
@@ -38,9 +39,61 @@ from testbed.validation import Check
 
 T = TypeVar("T")
 
+# BMS alarms that are states of charge, not faults: the converter limits itself.
+HOLD_MIN_S = 2.0  # lab seconds
+BENIGN_ALARMS = frozenset({"soc_low", "soc_high"})
+
+
+async def _quiet(aw: Awaitable[None]) -> None:
+    """``await aw``, its failure ignored (a best-effort safe state; the final one reports)."""
+    with contextlib.suppress(Exception):
+        await aw
+
+
+def _refused(exc: Exception) -> bool:
+    """A write the limit guard refused before it left: the controller asked for something
+    outside the rig's limits, so the rig leaves the bus at once. (An instrument that is
+    silent, late or refuses a setting is held, then driven without: ``_lose``.)"""
+    return isinstance(exc, LimitError)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Done callback: a late exchange's failure is looked at (or dropped), never logged as
+    never retrieved."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+async def _grab(aw: Awaitable[T]) -> T | BaseException:
+    """``await aw``, its exception returned rather than raised."""
+    try:
+        return await aw
+    except Exception as exc:  # returned to the caller, like gather's
+        return exc
+
 
 class EmergencyStop(Exception):
     """Raised inside the run when an emergency stop was requested (CLI, API or MQTT)."""
+
+
+class GridLost(EmergencyStop):
+    """The grid node stopped answering: the run stops (status ``aborted``), the bench goes
+    safe, and the interval's measurement so far is in the safety log (``interval_aborted``).
+    """
+
+
+class Late(TimeoutError):
+    """An exchange still running at its deadline (it goes on alone, bounded by the
+    driver's own timeouts): the device may only be queued behind another on its link."""
+
+
+class SafeStateIncomplete(Exception):
+    """The safe state could not be confirmed on every device: ``devices`` lists
+    ``"name: why"`` for each one still possibly live. A run that ends so never exits 0."""
+
+    def __init__(self, devices: list[str]) -> None:
+        self.devices = devices
+        super().__init__("safe state incomplete, possibly still live: " + "; ".join(devices))
 
 
 @dataclass(frozen=True)
@@ -164,10 +217,173 @@ class Controller:
         self.last_meter: dict[str, MeterReading] = {}  # across intervals: counters go on
         self.disputed: dict[str, str] = {}  # this interval's disputed households
         self._estop = asyncio.Event()
+        self.unconfirmed: list[str] | None = None  # after safe_state: devices not confirmed
         self._estop_reason = ""
         # Real instruments are asked concurrently; in-process mocks in turn (see settle_all).
         self._concurrent = not bench.in_process
         self._rated = {h.id: h.rated_power_w for h in bench.rig.households}  # lab W or None
+        self._background: set[asyncio.Task[None]] = set()  # trips that must not hold the cycle
+        self._seen: dict[tuple[str, str], float] = {}  # (household, role) -> last answer
+        self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}  # late exchanges
+        self.lost: dict[str, dict[str, str]] = {}  # household -> role -> why (driven without)
+        self._reenabled: dict[str, int] = {}  # household -> re-enables this interval
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _guarded(self, household: str, coro: Coroutine[Any, Any, None]) -> None:
+        """One rig's step; anything it raises takes that rig (and only it) off the bus."""
+        try:
+            await coro
+        except Exception as exc:  # one rig's fault is that rig's
+            await self.trip(household, f"control step failed: {exc!r}")
+
+    async def _finish_steps(self, steps: dict[str, asyncio.Task[None]], dt: float,
+                            hold_s: float) -> None:
+        """At the interval's end: rig steps still running get the hold limit, then their
+        rig leaves the bus; trips under way are awaited."""
+        pending = [t for t in steps.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=max(dt, hold_s))
+        for hid, task in steps.items():
+            if not task.done():
+                task.cancel()
+                self._spawn(self.trip(hid, "late: control step still running at the "
+                                           "interval's end"))
+        if self._background:
+            await asyncio.wait(set(self._background))
+
+    async def _exchanges(self, household: str, budget_s: float,
+                         calls: Sequence[tuple[str, Callable[[], Awaitable[Any]]]],
+                         ) -> list[Any]:
+        """Each ``(role, call)`` of one rig, its result or its exception. Real instruments:
+        all at once, each given ``budget_s`` (the exchange deadline, shorter than the
+        period); one still running then is *late* (a :class:`TimeoutError` here) and goes
+        on alone: that role is not asked again until it has answered. In-process: in turn."""
+        if not self._concurrent:
+            out = [await _grab(call()) for _, call in calls]
+        else:
+            tasks: list[asyncio.Future[Any] | None] = []
+            for role, call in calls:
+                busy = self._inflight.get((household, role))
+                tasks.append(None if busy is not None and not busy.done()
+                             else asyncio.ensure_future(call()))
+                if tasks[-1] is not None:
+                    tasks[-1].add_done_callback(_retrieve)  # a late failure is seen later
+                    self._inflight[(household, role)] = tasks[-1]
+            live = [t for t in tasks if t is not None]
+            if live:
+                await asyncio.wait(live, timeout=budget_s)
+            out = []
+            for (role, _), task in zip(calls, tasks, strict=True):
+                if task is None or not task.done():
+                    out.append(Late(f"household {household} {role}: no answer "
+                                            f"within the {budget_s:.3g} s exchange deadline"))
+                elif task.cancelled():
+                    out.append(TimeoutError(f"household {household} {role}: cancelled"))
+                else:
+                    out.append(task.exception() or task.result())
+        now = self.clock.now()
+        for (role, _), result in zip(calls, out, strict=True):
+            if not isinstance(result, BaseException):
+                self._seen[(household, role)] = now
+        return out
+
+    async def _lose(self, household: str, h: HouseholdDevices, role: str, reason: str) -> None:
+        """An actuator that has not answered for the hold limit is lost: its rig goes on
+        without it (the meter closes the loop on the others), its safe state is tried in
+        the background, and it is probed each period to come back (:meth:`_probe_lost`)."""
+        lost = self.lost.setdefault(household, {})
+        if role in lost:
+            return
+        device: Device = getattr(h, role)
+        lost[role] = f"{device.name}: {reason}"
+        self.events.emit("safety", {"event": "device_lost", "household": household,
+                                    "device": device.name, "reason": reason})
+        self._spawn(_quiet(device.safe_state()))
+
+    async def _probe_lost(self, household: str, h: HouseholdDevices) -> None:
+        """Ask each lost actuator who it is; one that answers is brought back through the
+        same steps as at start (zero, then output on) and driven again."""
+        lost = self.lost[household]
+        for role in list(lost):
+            device: Device = getattr(h, role)
+            key = (household, f"probe {role}")
+            busy = self._inflight.get(key)
+            if busy is not None:
+                if not busy.done():
+                    continue
+                del self._inflight[key]
+                if busy.cancelled() or busy.exception() is not None:
+                    continue
+                del lost[role]
+                self.events.emit("safety", {"event": "device_back", "household": household,
+                                            "device": device.name, "identity": busy.result()})
+                continue
+            self._inflight[key] = asyncio.ensure_future(self._readmit(h, role))
+            self._inflight[key].add_done_callback(_retrieve)
+
+    @staticmethod
+    async def _readmit(h: HouseholdDevices, role: str) -> str:
+        """Re-identify a returning actuator and switch it on at zero, as at start."""
+        device: Device = getattr(h, role)
+        identity = await device.identify()
+        start: dict[str, Callable[[], Awaitable[None]]] = {
+            "pv": lambda: h.pv.set_output(True), "load": lambda: h.load.set_input(True),
+            "battery": lambda: h.battery.set_enabled(True)}
+        zero: dict[str, Callable[[], Awaitable[None]]] = {
+            "pv": lambda: h.pv.set_power(0.0), "load": lambda: h.load.set_power(0.0),
+            "battery": lambda: h.battery.set_power(0.0)}
+        await zero[role]()
+        await start[role]()
+        return identity
+
+    async def _grid_read(self, t0: float, when: str,
+                         metered_wh: dict[str, float]) -> MeterReading:
+        """The grid node's meter; its loss stops the run (:class:`GridLost`) after the
+        interval's measurement so far is recorded as aborted."""
+        try:
+            return await self.bench.grid.read()
+        except Exception as exc:
+            self._grid_lost(t0, f"grid node lost {when}: {exc}", metered_wh)
+            raise AssertionError("unreachable") from exc
+
+    def _grid_lost(self, t0: float, reason: str, metered_wh: dict[str, float]) -> None:
+        self.events.emit("safety", {"event": "interval_aborted", "reason": reason,
+                                    "start_s": t0, "end_s": self.clock.now(),
+                                    "metered_wh": metered_wh, "tripped": dict(self.tripped),
+                                    "lost": {h: dict(r) for h, r in self.lost.items() if r}})
+        raise GridLost(reason)
+
+    async def _battery_state(self, household: str, h: HouseholdDevices,
+                             bat: BatteryReading) -> bool:
+        """Supervise the converter's own state bits. An alarm that is not a state of
+        charge limit takes the rig off the bus; a converter reporting itself disabled
+        (its watchdog tripped) is set to zero and re-enabled once, and its rig leaves the
+        bus if it reports disabled again. True when the rig may be driven this period."""
+        alarms = sorted(set(bat.alarms) - BENIGN_ALARMS)
+        if alarms:
+            await self.trip(household, f"{h.battery.name} alarm: {', '.join(alarms)}")
+            return False
+        if bat.enabled:
+            self._reenabled.pop(household, None)
+            return True
+        if self._reenabled.get(household, 0) >= 1:
+            await self.trip(household, f"{h.battery.name} reports itself disabled again "
+                                       "after a re-enable")
+            return False
+        self._reenabled[household] = 1
+        self.events.emit("safety", {"event": "converter_disabled", "household": household,
+                                    "device": h.battery.name, "action": "re-enable"})
+        try:
+            await h.battery.set_power(0.0)
+            await h.battery.set_enabled(True)
+        except Exception as exc:  # reported as the trip's reason
+            await self.trip(household, f"{h.battery.name} disabled and cannot be "
+                                       f"re-enabled: {exc}")
+        return False
 
     # -- safety -------------------------------------------------------------------------
 
@@ -202,6 +418,7 @@ class Controller:
                                        return_exceptions=True)
         failed = [f"{d.name}: {r}" for d, r in zip(devices, results, strict=True)
                   if isinstance(r, BaseException)]
+        self.unconfirmed = failed
         self.events.emit("safety", {"event": "safe_state", "complete": not failed,
                                     "errors": failed})
         return failed
@@ -293,7 +510,8 @@ class Controller:
 
         t0 = self.clock.now()
         self.disputed = {}
-        grid0 = await self.bench.grid.read()
+        self._reenabled = {}
+        grid0 = await self._grid_read(t0, "at the interval's start", {})
         first = await self._meters([p.household for p in plans])
         base: dict[str, float] = {}
         last: dict[str, MeterReading] = {}
@@ -319,88 +537,153 @@ class Controller:
                       lim["load"].max_power_w or inf, lim["battery"].max_power_w or inf)
                 for hid, lim in limits.items()}
         dt = tl.dt
+        # how long a late or silent device keeps its last setpoints (at least HOLD_MIN_S: a
+        # loaded machine is not a fault), before its rig goes on without it
+        hold_s = max(stale_after, HOLD_MIN_S)
+        steps: dict[str, asyncio.Task[None]] = {}  # real instruments: each rig on its own
+        rows: list[dict[str, Any]] = []
+
+        async def step(plan: RigPlan, k: int, deadline: float, hour: float) -> None:
+            """One control period of one rig: read, check, decide, write. Its exchanges
+            delay only this rig (the cycle does not wait for them: see below), and each
+            actuator's only up to the exchange deadline (half a period)."""
+            hid = plan.household
+            h = houses[hid]
+            lost = self.lost.setdefault(hid, {})
+            if lost:
+                await self._probe_lost(hid, h)
+            # the exchange deadline: half a period; when the whole bench is already behind
+            # the period (nobody to protect from one device), the hold limit
+            budget = dt / 2 if self.clock.now() < deadline else hold_s
+            with_bat = "battery" not in lost
+            got = await self._exchanges(hid, budget, (
+                ("meter", h.meter.read), ("relay", h.relay.read_closed),
+                *((("battery", h.battery.read),) if with_bat else ())))
+            reading, closed = got[0], got[1]
+            bat = got[2] if with_bat else None
+            now = self.clock.now()
+            if hid in self.tripped:  # taken off the bus while this step waited
+                return
+            if isinstance(closed, Late):
+                return  # perhaps queued on its board's link: hold until it answers
+            if closed is not True:
+                await self.trip(hid, f"relay lost: {closed}" if isinstance(
+                    closed, BaseException) else "relay reads open while commanded closed")
+                return
+            if not isinstance(reading, BaseException) and \
+                    (problem := self.reading_problem(hid, reading)) is not None:
+                reading = ValueError(problem)  # invalid: not used, as if never read
+            if isinstance(reading, BaseException):
+                # late (perhaps queued behind a silent device on a shared line): hold until
+                # its own exchange ends; failed or unusable: hold up to the staleness limit
+                if not isinstance(reading, Late) and now - last[hid].at > stale_after:
+                    await self.trip(hid, f"meter lost: {reading}")
+                return  # hold the setpoints; the reading may come back in time
+            if now - reading.at > stale_after:
+                await self.trip(hid, f"meter reading {now - reading.at:.3g} s old")
+                return
+            if with_bat and isinstance(bat, BaseException):
+                if now - self._seen.get((hid, "battery"), t0) <= hold_s:
+                    return  # hold the setpoints for a bounded time
+                await self._lose(hid, h, "battery", f"{bat}")
+                with_bat = False
+            if not await self._check_counters(hid, reading):
+                return
+            hot, pv_max, load_max, bat_max = caps[hid]
+            if with_bat and isinstance(bat, BatteryReading):
+                if hot is not None and bat.temperature_c > hot:
+                    await self.trip(hid, f"battery at {bat.temperature_c:.1f} °C, above "
+                                         f"its limit of {hot:g} °C")
+                    return
+                if not await self._battery_state(hid, h, bat):
+                    return
+            last[hid] = reading
+            if hid in duts and isinstance(bat, BatteryReading):
+                await self._sample_dut(duts[hid], h, reading, bat)
+            sp = setpoints(rig, plan, tl, hour)
+            done = reading.net_wh - base[hid]
+            goal = plan.target_kwh * wh_per_kwh * (k + 1) / tl.steps
+            # Dead-beat on the measured energy. On a real bench the meter was read a
+            # moment ago and the new setpoint lands only after the write's latency; the
+            # rig flows at its present power until then, and at the new one after.
+            now_s = self.clock.now()
+            lag = (now_s - reading.at) + self.write_latency
+            left = max(deadline - now_s - self.write_latency, dt / 2)
+            bus_w = (goal - done - reading.power_w * lag / 3600.0) * 3600.0 / left
+            pv_w = min(sp.pv_w, pv_max)
+            load_w = min(sp.load_w, load_max)
+            bat_w = max(-bat_max, min(bat_max, bus_w - (pv_w - load_w)))
+            writes: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+                (role, fn) for role, fn in (
+                    ("pv", lambda: h.pv.set_power(pv_w)),
+                    ("load", lambda: h.load.set_power(load_w)),
+                    ("battery", lambda: h.battery.set_power(bat_w))) if role not in lost]
+            started = self.clock.now()
+            results = await self._exchanges(hid, budget, writes)
+            took = self.clock.now() - started
+            for (role, _), result in zip(writes, results, strict=True):
+                if not isinstance(result, BaseException):
+                    continue
+                if isinstance(result, Exception) and _refused(result):
+                    await self.trip(hid, f"write failed: {result}")
+                    return
+                if now - self._seen.get((hid, role), t0) > hold_s:
+                    await self._lose(hid, h, role, f"{result}")
+            if not {"pv", "load", "battery"} - set(lost):
+                await self.trip(hid, "no actuator answers: " + "; ".join(lost.values()))
+                return
+            if took < budget:  # smoothed write latency of rigs in time, for the lag above
+                self.write_latency += 0.3 * (took - self.write_latency)
+            rows.append({"t": reading.at, "household": hid, "meter_net_wh": done,
+                         "power_w": reading.power_w, "pv_w": pv_w, "load_w": load_w,
+                         "battery_w": bat_w if "battery" not in lost else None,
+                         "soc": bat.soc if isinstance(bat, BatteryReading) else None})
+
         for k in range(tl.steps):
             self._check_estop()
             deadline = t0 + (k + 1) * dt
-            live = [p for p in plans if p.household not in self.tripped]
-            # Every meter, BMS and contactor at once: instruments on different links answer
-            # in parallel. A contactor that cannot be read, or has dropped out, is a fault.
-            reads = (self._meters([p.household for p in live]),
-                     settle_all((houses[p.household].battery.read() for p in live),
-                                concurrent=self._concurrent),
-                     settle_all((houses[p.household].relay.read_closed() for p in live),
-                                concurrent=self._concurrent))
-            if self._concurrent:
-                meters, batteries, relays = await asyncio.gather(*reads)
-            else:
-                meters, batteries, relays = await reads[0], await reads[1], await reads[2]
-            now = self.clock.now()
             hour = tl.hour(start_hour, k, rig.time_scale)
-            writes, rows, driven = [], [], []
-            for plan, bat, closed in zip(live, batteries, relays, strict=True):
-                hid = plan.household
-                if closed is not True:
-                    await self.trip(hid, f"relay lost: {closed}" if isinstance(
-                        closed, BaseException) else "relay reads open while commanded closed")
-                    continue
-                reading = meters[hid]
-                if not isinstance(reading, BaseException) and \
-                        (problem := self.reading_problem(hid, reading)) is not None:
-                    reading = ValueError(problem)  # invalid: not used, as if never read
-                if isinstance(reading, BaseException):
-                    if now - last[hid].at > stale_after:
-                        await self.trip(hid, f"meter lost: {reading}")
-                    continue  # hold the setpoints; the reading may come back in time
-                if now - reading.at > stale_after:
-                    await self.trip(hid, f"meter reading {now - reading.at:.3g} s old")
-                    continue
-                if isinstance(bat, BaseException):
-                    await self.trip(hid, f"battery lost: {bat}")
-                    continue
-                if not await self._check_counters(hid, reading):
-                    continue
-                hot, pv_max, load_max, bat_max = caps[hid]
-                if hot is not None and bat.temperature_c > hot:
-                    await self.trip(hid, f"battery at {bat.temperature_c:.1f} °C, above its "
-                                         f"limit of {hot:g} °C")
-                    continue
-                last[hid] = reading
-                h = houses[hid]
-                if hid in duts:
-                    await self._sample_dut(duts[hid], h, reading, bat)
-                sp = setpoints(rig, plan, tl, hour)
-                done = reading.net_wh - base[hid]
-                goal = plan.target_kwh * wh_per_kwh * (k + 1) / tl.steps
-                # Dead-beat on the measured energy. On a real bench the meter was read a
-                # moment ago and the new setpoint lands only after the write's latency; the
-                # rig flows at its present power until then, and at the new one after.
-                now_s = self.clock.now()
-                lag = (now_s - reading.at) + self.write_latency
-                left = max(deadline - now_s - self.write_latency, dt / 2)
-                bus_w = (goal - done - reading.power_w * lag / 3600.0) * 3600.0 / left
-                pv_w = min(sp.pv_w, pv_max)
-                load_w = min(sp.load_w, load_max)
-                bat_w = max(-bat_max, min(bat_max, bus_w - (pv_w - load_w)))
-                writes += [h.pv.set_power(pv_w), h.load.set_power(load_w),
-                           h.battery.set_power(bat_w)]
-                driven.append(hid)
-                rows.append({"t": reading.at, "household": hid, "meter_net_wh": done,
-                             "power_w": reading.power_w, "pv_w": pv_w, "load_w": load_w,
-                             "battery_w": bat_w, "soc": bat.soc})
-            started = self.clock.now()
-            results = await settle_all(writes, concurrent=self._concurrent)
-            if writes:  # smoothed write latency, for the compensation above
-                self.write_latency += 0.3 * (self.clock.now() - started - self.write_latency)
-            for i, hid in enumerate(driven):
-                errors = [r for r in results[3 * i:3 * i + 3] if isinstance(r, BaseException)]
-                if errors:
-                    await self.trip(hid, f"write failed: {errors[0]}")
+            live = [p for p in plans if p.household not in self.tripped]
+            grid = await self._exchanges("grid", dt / 2, (("node", self.bench.grid.read),))
+            if isinstance(grid[0], BaseException) and \
+                    self.clock.now() - self._seen.get(("grid", "node"), t0) > hold_s:
+                self._grid_lost(t0, f"grid node lost: {grid[0]}",
+                                {hid: r.net_wh - base[hid] for hid, r in last.items()})
+            if self._concurrent:
+                # Each rig's period runs as its own task and the cycle never waits for one:
+                # a rig whose exchanges are still running when its next period starts is
+                # late, holds its last setpoints, and leaves the bus after ``hold_s``.
+                now = self.clock.now()
+                for plan in live:
+                    hid = plan.household
+                    running = steps.get(hid)
+                    if running is not None and not running.done():
+                        seen = max(last[hid].at, self._seen.get((hid, "battery"), t0))
+                        if now - seen > hold_s:
+                            self._spawn(self.trip(hid, f"late: no complete exchange for "
+                                                       f"{now - seen:.3g} s (hold limit "
+                                                       f"{hold_s:.3g} s)"))
+                        continue
+                    steps[hid] = asyncio.ensure_future(self._guarded(
+                        hid, step(plan, k, deadline, hour)))
+                # Wait for them up to the period's end (a late one goes on alone); only
+                # when the period is already over, i.e. the whole bench is slower than the
+                # period and there is nobody to protect, up to the hold limit.
+                busy = [t for t in steps.values() if not t.done()]
+                if busy:
+                    left = deadline - self.clock.now()
+                    await asyncio.wait(busy, timeout=left if left > 0 else hold_s)
+            else:  # in-process devices answer without suspending: in turn, no tasks
+                for plan in live:
+                    await self._guarded(plan.household, step(plan, k, deadline, hour))
             log += rows
-            self.events.emit("readings", {"t": now, "interval_hour": hour, "rows": rows,
-                                          "tripped": dict(self.tripped)})
+            self.events.emit("readings", {"t": self.clock.now(), "interval_hour": hour,
+                                          "rows": list(rows), "tripped": dict(self.tripped)})
+            rows.clear()
             last_step = k == tl.steps - 1
             # The final park is issued one write latency early so it lands on the deadline.
             await self._sleep_until(deadline - (self.write_latency if last_step else 0.0))
+        await self._finish_steps(steps, dt, hold_s)
 
         # The DUT references close on the powers that held up to the deadline.
         for hid, tracker in duts.items():
@@ -417,7 +700,9 @@ class Controller:
             h.battery.set_power(0.0), h.pv.set_power(0.0), h.load.set_power(0.0))),
             return_exceptions=True)
         end = await self._meters([p.household for p in plans])
-        grid1 = await self.bench.grid.read()
+        grid1 = await self._grid_read(t0, "at the interval's end", {
+            p.household: r.net_wh - base[p.household] for p in plans
+            if isinstance(r := end[p.household], MeterReading)})
         metered = {}
         for p in plans:
             hid = p.household

@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from drivers.bench.budget import over_budget
 from drivers.instruments.model import Ratings, energy_resolution_wh, load_instrument
 from drivers.mock.plant import BatteryModel
+from drivers.registry import Bench
 from drivers.spec import DeviceSpec, RigSpec
 from testbed.controller import RigPlan, Timeline, setpoints
 from testbed.errors import InputError
@@ -251,3 +253,18 @@ def ensure_fits(rig: RigSpec, intervals: list[tuple[float, float, list[RigPlan]]
     violations: list[Violation | Refusal] = [*refusals, *check(rig, intervals)]
     if violations:
         raise PreflightError(violations)
+
+
+class LinkBudgetError(InputError):
+    """The control period is shorter than a shared serial line can carry: one line per
+    line over budget, with its computed figures (``drivers.bench.budget``)."""
+
+
+def ensure_links_carry(bench: Bench, rig: RigSpec) -> None:
+    """Refuse (LinkBudgetError, the bench unconnected) a control period whose exchanges
+    need more than half of it on any shared serial line."""
+    over = over_budget(bench, rig.control_period_s)
+    if over:
+        raise LinkBudgetError(f"{rig.source}: control_period_s",
+                              "the links cannot carry this control period (half of it is "
+                              "the exchange deadline):\n  " + "\n  ".join(over))

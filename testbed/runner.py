@@ -31,7 +31,13 @@ from drivers.clock import Clock, RealClock, VirtualClock
 from drivers.registry import Bench, build_bench
 from drivers.spec import RigSpec
 from testbed import preflight
-from testbed.controller import Controller, EmergencyStop, IntervalMeasurement, RigPlan
+from testbed.controller import (
+    Controller,
+    EmergencyStop,
+    IntervalMeasurement,
+    RigPlan,
+    SafeStateIncomplete,
+)
 from testbed.errors import InputError
 from testbed.events import EventBus, Observer
 from testbed.ledger import BlockDraft, Ledger
@@ -636,6 +642,7 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     run_id = resume or run_id or uuid.uuid4().hex[:12]
     events = EventBus([*(observers or []), store.safety_log(run_id)], context={"run": run_id})
     bench = build_bench(rig, clock)
+    preflight.ensure_links_carry(bench, rig)
     await require_a_meter(bench, rig)
     run = (_resume(scenario, rig, store, clock, events, run_id) if resume else
            _start(scenario, rig, store, clock, events, run_id, ledger))
@@ -669,10 +676,14 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
             if controller is not None:
                 await until_done(controller.safe_state())
                 await controller.close()
+                if controller.unconfirmed and status == "finished":
+                    status = "failed"  # an incomplete safe state is never a finished run
         finally:
             with store.transaction():
                 store.update_run(run_id, status=status, finished_at=_now())
             events.emit("status", {"status": status})
+    if controller is not None and controller.unconfirmed:
+        raise SafeStateIncomplete(controller.unconfirmed)
     extra = {} if run.chain is None else {"evm": run.chain.describe()}
     return RunOutcome(run_id, scenario, rig, outcomes, run.opening, dict(run.ledger.balances),
                       run.ledger.head, run.ledger.height, status,

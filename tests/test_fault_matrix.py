@@ -97,6 +97,8 @@ async def measure(fault: str, role: str) -> tuple[str, str]:
                     action = "rig off the bus, interval disputed"
                 elif "1" in done.tripped:
                     action = "rig off the bus"
+                elif controller.lost.get("1"):
+                    action = "rig driven without its " + ", ".join(sorted(controller.lost["1"]))
                 elif done.tripped:
                     action = f"rigs {sorted(done.tripped)} off the bus"
             finally:

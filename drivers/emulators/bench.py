@@ -58,7 +58,7 @@ RATED: dict[str, tuple[str, ...]] = {  # SCPI command -> the limit keys that rat
     "voltage": ("max_voltage_v",),
     "power": ("max_power_w",),
 }
-RTU_BAUD = 9600
+RTU_BAUD = 115200  # unpaced: the pty moves bytes as fast as it can (--pace sets it)
 Emulated = EmulatedModbusDevice | EmulatedScpiDevice
 
 
