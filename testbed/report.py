@@ -104,6 +104,10 @@ def summarise(run: RunOutcome) -> dict[str, Any]:
             pv = sc.paper["households_net_aud"].get(row["id"])
             row["paper_net_aud"] = pv
             row["paper_difference_aud"] = None if pv is None else round(row["net_aud"] - pv, 6)
+    if sc.paper_balances:  # the paper's Tables 3, 5, 6: balances before and after trading
+        for row in households:
+            pb = sc.paper_balances.get(row["id"])
+            row.update(_paper_balance(row["balance_before_eth"], row["balance_after_eth"], pb))
     return {
         "run_id": run.run_id,
         "scenario": sc.name,
@@ -135,21 +139,42 @@ def summarise(run: RunOutcome) -> dict[str, Any]:
         "ledger": {"blocks": run.ledger_blocks, "head": run.ledger_head,
                    "total_micro": sum(run.balances.values()),
                    "grid_balance_eth": run.balances.get("grid", 0) / MICRO},
-        **({"evm": evm_summary(run.extra["evm"], run.balances)} if "evm" in run.extra else {}),
+        **({"evm": evm_summary(run.extra["evm"], run.balances, sc.paper_balances)}
+           if "evm" in run.extra else {}),
     }
 
 
-def evm_summary(evm: dict[str, Any], ledger_micro: dict[str, int]) -> dict[str, Any]:
+def _paper_balance(before_eth: float, after_eth: float,
+                   paper: tuple[Fraction, Fraction] | None) -> dict[str, float | None]:
+    """The paper's balance before and after beside ours, and ours minus the paper's (None
+    where the paper gives no balance for the account)."""
+    if paper is None:
+        return {"paper_before_eth": None, "paper_after_eth": None,
+                "paper_difference_before_eth": None, "paper_difference_after_eth": None}
+    pb, pa = _f(paper[0]), _f(paper[1])
+    return {"paper_before_eth": pb, "paper_after_eth": pa,
+            "paper_difference_before_eth": _difference(before_eth, pb),
+            "paper_difference_after_eth": _difference(after_eth, pa)}
+
+
+def evm_summary(evm: dict[str, Any], ledger_micro: dict[str, int],
+                paper: dict[str, tuple[Fraction, Fraction]] | None = None) -> dict[str, Any]:
     """The contract's balances (ETH held for each account) before and after, beside the
-    SQLite ledger's after, with gas and wall time (``--ledger evm...``)."""
+    SQLite ledger's after and, where the scenario gives them, the paper's before and after,
+    with gas and wall time (``--ledger evm...``)."""
     before, after = evm["before_micro"], evm["after_micro"]
+    rows = []
+    for a in after:
+        row = {"account": a, "address": evm["accounts"].get(a),
+               "before_eth": before.get(a, 0) / MICRO, "after_eth": after[a] / MICRO,
+               "ledger_after_eth": ledger_micro.get(a, 0) / MICRO,
+               "equal": after[a] == ledger_micro.get(a, 0)}
+        if paper:
+            row.update(_paper_balance(row["before_eth"], row["after_eth"], paper.get(a)))
+        rows.append(row)
     return {"backend": evm["backend"], "contract": evm["contract"], "gas": evm["gas"],
             "setup_s": round(evm["setup_s"], 3),
-            "interval_s": [round(x, 3) for x in evm["interval_s"]],
-            "balances": [{"account": a, "address": evm["accounts"].get(a),
-                          "before_eth": before.get(a, 0) / MICRO, "after_eth": after[a] / MICRO,
-                          "ledger_after_eth": ledger_micro.get(a, 0) / MICRO,
-                          "equal": after[a] == ledger_micro.get(a, 0)} for a in after]}
+            "interval_s": [round(x, 3) for x in evm["interval_s"]], "balances": rows}
 
 
 def _num(x: float | None, fmt: str) -> str:
@@ -192,6 +217,8 @@ def render(summary: dict[str, Any], console: Console) -> None:
                       highlight=False)
     if "evm" in summary:
         _render_evm(summary["evm"], console)
+    elif any("paper_after_eth" in h for h in summary["households"]):
+        _render_paper_balances(summary, console)
     led = summary["ledger"]
     console.print(f"ledger: {led['blocks']} blocks, head {led['head'][:16]}…, "
                   f"money conserved: {led['total_micro']} µ{summary['token']['symbol']} in all "
@@ -202,13 +229,38 @@ def render(summary: dict[str, Any], console: Console) -> None:
                       highlight=False)
 
 
+def _render_paper_balances(summary: dict[str, Any], console: Console) -> None:
+    """The households' token balances before and after, beside the paper's (no EVM)."""
+    sym = summary["token"]["symbol"]
+    t = Table(title=f"{sym} balances beside the paper's (its tables round to 4 decimals)")
+    for col in ("id", "before", "paper before", "after", "paper after", "difference"):
+        t.add_column(col, justify="right")
+    for h in summary["households"]:
+        t.add_row(h["id"], f"{h['balance_before_eth']:.6f}",
+                  _num(h["paper_before_eth"], ".4f"), f"{h['balance_after_eth']:.6f}",
+                  _num(h["paper_after_eth"], ".4f"),
+                  _num(h["paper_difference_after_eth"], "+.6f"))
+    console.print(t)
+
+
 def _render_evm(evm: dict[str, Any], console: Console) -> None:
     t = Table(title=f"ETH held by the contract {evm['contract']} on {evm['backend']}")
-    for col in ("account", "ETH before", "ETH after", "SQLite ledger after", "equal"):
+    paper = any("paper_after_eth" in b for b in evm["balances"])
+    cols = ("account", "before", "paper before", "after", "paper after", "difference",
+            "SQLite after", "equal") if paper else \
+        ("account", "ETH before", "ETH after", "SQLite ledger after", "equal")
+    for col in cols:
         t.add_column(col, justify="left" if col == "account" else "right")
     for b in evm["balances"]:
-        t.add_row(b["account"], f"{b['before_eth']:.6f}", f"{b['after_eth']:.6f}",
-                  f"{b['ledger_after_eth']:.6f}", "yes" if b["equal"] else "[red]NO[/red]")
+        ours = [f"{b['before_eth']:.6f}", f"{b['after_eth']:.6f}"]
+        if paper:  # the paper's Tables 3, 5, 6 (4 decimals); no row for the grid
+            ours = [ours[0], _num(b.get("paper_before_eth"), ".4f"), ours[1],
+                    _num(b.get("paper_after_eth"), ".4f"),
+                    _num(b.get("paper_difference_after_eth"), "+.6f")]
+        t.add_row(b["account"], *ours, f"{b['ledger_after_eth']:.6f}",
+                  "yes" if b["equal"] else "[red]NO[/red]")
+    if paper:
+        t.caption = "paper: its table's balances (4 decimals); difference: after - paper after"
     console.print(t)
     console.print(f"gas: {', '.join(f'{k} {v:,}' for k, v in evm['gas'].items())}; "
                   f"wall time per interval {evm['interval_s']} s", highlight=False)

@@ -56,6 +56,9 @@ class Scenario:
     households: tuple[ScenarioHousehold, ...]
     profiles: Profiles
     paper: dict[str, Any] = field(default_factory=dict)
+    # The paper's per-household token balances (its Tables 3, 5 and 6): id -> (before,
+    # after) trading, exact; empty when the scenario file gives none.
+    paper_balances: dict[str, tuple[Fraction, Fraction]] = field(default_factory=dict)
     source: str = ""
     agent_absent: str = "none"  # an agent's household with no order by the gate: ABSENT
 
@@ -86,12 +89,18 @@ BOUNDS: dict[str, tuple[Fraction, Fraction]] = {
     "aud_per_token": (Fraction(1, 10**6), Fraction(10**9)),
     "opening_buyer": (Fraction(0), Fraction(10**6)),
     "opening_seller": (Fraction(0), Fraction(10**6)),
+    "paper_balance": (Fraction(0), Fraction(10**6)),  # a household's tokens in the paper
 }
 
+# [paper] tables of each household's token balance before and after trading (ETH as the
+# paper prints it), keyed by household id; both or neither.
+PAPER_BALANCES = ("households_eth_before", "households_eth_after")
 
-def _exact(t: Table, key: str, default: Any = ...) -> Fraction:
-    """An exact number within ``BOUNDS[key]``; its text bounded (``contracts.numbers``)
-    before any arithmetic. InputError naming the file, table and key."""
+
+def _exact(t: Table, key: str, default: Any = ..., bounds: str | None = None) -> Fraction:
+    """An exact number within ``BOUNDS[bounds or key]``; its text bounded
+    (``contracts.numbers``) before any arithmetic. InputError naming the file, table and
+    key."""
     value = t.raw(key, default)
     if value is default and default is not ...:
         return value  # type: ignore[no-any-return]
@@ -101,7 +110,7 @@ def _exact(t: Table, key: str, default: Any = ...) -> Fraction:
         x = exact(value)
     except ValueError as err:
         raise InputError(t.where(key), str(err)) from None
-    low, high = BOUNDS[key]
+    low, high = BOUNDS[bounds or key]
     if not low <= x <= high:
         raise InputError(t.where(key), f"must lie in [{fmt(low)}, {fmt(high)}], got {value!r}")
     return x
@@ -137,6 +146,7 @@ def scenario_from_table(top: Table) -> Scenario:
         raise InputError(top.where("households"), "a scenario needs at least one household")
     if len(set(ids)) != len(ids):
         raise InputError(top.where("households"), "household ids must be unique")
+    paper_t = top.table("paper", {})
     alpha = _exact(top, "alpha", Fraction(1, 5))
     if not 0 <= alpha <= 1:
         raise InputError(top.where("alpha"), f"must lie in [0, 1], got {alpha}")
@@ -161,7 +171,8 @@ def scenario_from_table(top: Table) -> Scenario:
             site=prof_t.text("site", ""),
             timezone=_timezone(prof_t),
         ),
-        paper=dict(top.raw("paper", {})),
+        paper={k: v for k, v in paper_t.data.items() if k not in PAPER_BALANCES},
+        paper_balances=_paper_balances(paper_t, ids),
         source=source,
         agent_absent=top.text("agent_absent", "none"),
     )
@@ -173,6 +184,26 @@ def scenario_from_table(top: Table) -> Scenario:
     for t in (top, tariff_t, token_t, prof_t):
         t.reject_unknown()
     return scenario
+
+
+def _paper_balances(paper: Table, ids: list[str]) -> dict[str, tuple[Fraction, Fraction]]:
+    """``[paper.households_eth_before]`` and ``[paper.households_eth_after]``: each
+    household's balance before and after trading as the paper prints it, for households of
+    this scenario, the same ids in both; exact and bounded as every other figure."""
+    if not any(paper.has(k) for k in PAPER_BALANCES):
+        return {}
+    before, after = (paper.table(k) for k in PAPER_BALANCES)  # one without the other: missing
+    for t in (before, after):
+        for hid in t.data:
+            if hid not in ids:
+                raise InputError(t.where(hid), "not a household of this scenario")
+    if set(before.data) != set(after.data):
+        raise InputError(after.where(", ".join(sorted(set(before.data) ^ set(after.data)))),
+                         f"{PAPER_BALANCES[0]} and {PAPER_BALANCES[1]} must name the same "
+                         "households")
+    return {hid: (_exact(before, hid, bounds="paper_balance"),
+                  _exact(after, hid, bounds="paper_balance"))
+            for hid in ids if hid in before.data}
 
 
 def _date(table: Table) -> str:

@@ -256,6 +256,97 @@ def test_scenarios_on_the_embedded_evm_match_the_sqlite_ledger(scenario: str,
     if scenario == "scenario2":
         assert (evm["clearing_price"], evm["volume_kwh"], evm["self_sufficiency"],
                 evm["community_net_aud"]) == (0.16, 12.7, 0.944882, -0.103)
+    # The paper's balances (Tables 3, 5, 6) as the scenario file gives them, beside ours: in
+    # the JSON, per household and per EVM account, and in the EVM table the run prints.
+    paper = load_scenario(scenario).paper_balances
+    assert set(paper) == set(by_id)
+    for row in [*evm["households"], *(r for r in rows if r["account"] != "grid")]:
+        hid = row.get("id", row.get("account"))
+        ours_before = row.get("balance_before_eth", row.get("before_eth"))
+        ours_after = row.get("balance_after_eth", row.get("after_eth"))
+        assert (row["paper_before_eth"], row["paper_after_eth"]) == \
+            (float(paper[hid][0]), float(paper[hid][1]))
+        assert row["paper_difference_before_eth"] == round(ours_before - float(paper[hid][0]), 6)
+        assert row["paper_difference_after_eth"] == round(ours_after - float(paper[hid][1]), 6)
+    grid = next(r for r in rows if r["account"] == "grid")
+    assert grid["paper_after_eth"] is None and grid["paper_difference_after_eth"] is None
+    printed = rendered(evm)
+    assert all(len(line) <= 100 for line in printed.splitlines())
+    for hid, (before, after) in paper.items():
+        b = next(r for r in rows if r["account"] == hid)
+        table = printed[printed.index("ETH held by the contract"):]
+        line = next(ln for ln in table.splitlines() if ln.split("│")[1:2] != [] and
+                    ln.split("│")[1].strip() == hid)
+        cells = [c.strip() for c in line.split("│")[2:-1]]
+        assert cells[:6] == [f"{b['before_eth']:.6f}", f"{float(before):.4f}",
+                             f"{b['after_eth']:.6f}", f"{float(after):.4f}",
+                             f"{b['after_eth'] - float(after):+.6f}",
+                             f"{b['ledger_after_eth']:.6f}"], line
+
+
+def rendered(summary: dict[str, Any]) -> str:
+    """What ``testbed run`` prints for the summary on a 100-column terminal."""
+    import io
+
+    from rich.console import Console
+
+    from testbed.report import render
+
+    out = io.StringIO()
+    render(summary, Console(file=out, width=100, color_system=None, emoji=False))
+    return out.getvalue()
+
+
+def test_scenario_without_the_papers_balances_still_runs(tmp_path: Path) -> None:
+    """A scenario file without [paper.households_eth_*] runs on the EVM and prints the EVM
+    table without the paper's columns; with them, the SQLite-only run prints its own table."""
+    from rigs import builtin
+
+    text = builtin("scenarios")["scenario2"].read_text("utf-8")
+    bare = tmp_path / "bare.toml"
+    bare.write_text(text[:text.index("[paper.households_eth_before]")], "utf-8")
+    assert load_scenario(str(bare)).paper_balances == {}
+    store = Store(tmp_path / "b.db")
+    try:
+        summary = summarise(asyncio.run(run_scenario(load_scenario(str(bare)),
+                                                     load_rig("mock"), store, ledger="evm")))
+    finally:
+        store.close()
+    assert summary["validation"]["failed"] == [] and summary["clearing_price"] == 0.16
+    assert all("paper_after_eth" not in h for h in summary["households"])
+    assert all("paper_after_eth" not in r for r in summary["evm"]["balances"])
+    printed = rendered(summary)
+    assert "SQLite ledger after" in printed and "paper after" not in printed
+    sqlite = run_scenario_on("scenario2", "sqlite", tmp_path / "s.db")
+    printed = rendered(sqlite)
+    paper = load_scenario("scenario2").paper_balances
+    assert "paper after" in printed and all(len(ln) <= 100 for ln in printed.splitlines())
+    for h in sqlite["households"]:
+        assert h["paper_after_eth"] == float(paper[h["id"]][1])
+
+
+@pytest.mark.parametrize(("tables", "message"), [
+    ('[paper.households_eth_before]\n"1" = 0.01\n', "key 'households_eth_after': missing"),
+    ('[paper.households_eth_before]\n"1" = 0.01\n[paper.households_eth_after]\n"2" = 0\n',
+     "must name the same households"),
+    ('[paper.households_eth_before]\n"11" = 0.01\n[paper.households_eth_after]\n"11" = 0\n',
+     "not a household"),
+    ('[paper.households_eth_before]\n"1" = -0.01\n[paper.households_eth_after]\n"1" = 0\n',
+     "must lie in"),
+    ('[paper.households_eth_before]\n"1" = "1e999999"\n[paper.households_eth_after]\n'
+     '"1" = 0\n', "households_eth_before] key '1'"),
+    ('[paper.households_eth_before]\n"1" = true\n[paper.households_eth_after]\n"1" = 0\n',
+     "expected a number"),
+])
+def test_papers_balances_are_parsed_strictly(tables: str, message: str, tmp_path: Path) -> None:
+    from rigs import builtin
+    from testbed.errors import InputError
+
+    text = builtin("scenarios")["scenario2"].read_text("utf-8")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text[:text.index("[paper.households_eth_before]")] + tables, "utf-8")
+    with pytest.raises(InputError, match=message):
+        load_scenario(str(bad))
 
 
 def test_scenario2_on_the_node(evm_node: str, tmp_path: Path) -> None:  # noqa: F811
