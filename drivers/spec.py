@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class DriverConfigError(ValueError):
+    """A device a rig file describes that its driver cannot build (resource form, instrument
+    model, protocol or role), found before a run starts; the message names the device."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """A device's safe operating envelope, in lab units. ``None`` means not limited."""

@@ -193,8 +193,8 @@ def run(
     import uuid
 
     from contracts.ledger import TxError
-    from drivers.bench.factories import DriverConfigError
     from drivers.bench.health import DeviceUnavailable
+    from drivers.spec import DriverConfigError
     from testbed.controller import EmergencyStop, SafeStateIncomplete
     from testbed.report import render, summarise
     from testbed.rigfile import load_rig

@@ -19,7 +19,7 @@ from drivers.instruments.model import ModbusMap, ScpiCommandSet, load_instrument
 from drivers.protocol.modbus import ModbusLink, silent_interval
 from drivers.protocol.scpi import ScpiLink, ScpiQuirks
 from drivers.resources import Resource, parse_resource
-from drivers.spec import DeviceSpec
+from drivers.spec import DeviceSpec, DriverConfigError
 from drivers.transport.factory import open_transport
 
 if TYPE_CHECKING:
@@ -27,10 +27,6 @@ if TYPE_CHECKING:
 
 # Rig-file params that tune the link (a VISA serial string has no place for the baud rate).
 LINK_PARAMS = {"baud": ("baud", int), "timeout_s": ("timeout_s", float)}
-
-
-class DriverConfigError(ValueError):
-    pass
 
 
 def _shared(ctx: BuildContext) -> tuple[LinkPool, DefectiveDevices]:
