@@ -139,7 +139,20 @@ class LoadBinding(_RigBinding):
         self.rig.load.on = False
 
 
-class BatteryBinding(_RigBinding):
+class _ConverterBinding(_RigBinding):
+    """What every battery converter does, whatever its protocol: disabled, it sets zero;
+    its watchdog disables it."""
+
+    def _enable(self, on: bool) -> None:
+        self.rig.battery.enabled = on
+        if not on:
+            self.rig.battery.setpoint_w = 0.0
+
+    def on_watchdog(self) -> None:
+        self._enable(False)
+
+
+class BatteryBinding(_ConverterBinding):
     """BMS values and the converter setpoint of one rig's battery."""
 
     def __init__(self, *args: Any, alarm_bits: tuple[str, ...] = ()) -> None:
@@ -167,16 +180,8 @@ class BatteryBinding(_RigBinding):
             "watchdog_s": self.arm_watchdog,
         }
 
-    def _enable(self, on: bool) -> None:
-        self.rig.battery.enabled = on
-        if not on:
-            self.rig.battery.setpoint_w = 0.0
 
-    def on_watchdog(self) -> None:
-        self._enable(False)
-
-
-class ConverterScpiBinding(_RigBinding):
+class ConverterScpiBinding(_ConverterBinding):
     """A bidirectional SCPI supply as a battery's converter: ``power`` is the signed
     setpoint (+ into the bus), ``output`` the enable; the BMS is another instrument."""
 
@@ -194,14 +199,6 @@ class ConverterScpiBinding(_RigBinding):
             "output": lambda ch, v: self._enable(bool(v)),
             "watchdog": self.arm_watchdog,
         }
-
-    def _enable(self, on: bool) -> None:
-        self.rig.battery.enabled = on
-        if not on:
-            self.rig.battery.setpoint_w = 0.0
-
-    def on_watchdog(self) -> None:
-        self._enable(False)
 
 
 class MeterBinding(_RigBinding):
