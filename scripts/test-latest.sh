@@ -13,23 +13,6 @@ python3 -m venv --clear "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade -e ".[test]" \
   --config-settings editable_mode=compat
 echo "== drift from requirements-test.lock (locked -> newest)"
-"$VENV/bin/python" - <<'PY'
-import re
-from importlib import metadata
-
-locked = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)", open("requirements-test.lock").read(),
-                         re.M))
-norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
-locked = {norm(k): v for k, v in locked.items()}
-installed = {norm(d.metadata["Name"]): d.version for d in metadata.distributions()}
-drift = [(n, locked[n], installed.get(n, "absent")) for n in sorted(locked)
-         if installed.get(n) != locked[n]]
-new = sorted(set(installed) - set(locked) - {"pip", "setuptools", "testbed"})
-for name, old, now in drift:
-    print(f"  {name}: {old} -> {now}")
-for name in new:
-    print(f"  {name}: not locked -> {installed[name]}")
-print(f"  {len(drift)} drifted, {len(new)} new" if drift or new else "  none")
-PY
+"$VENV/bin/python" scripts/check-lock.py --drift requirements-test.lock
 echo "== the suite on the newest releases"
 bash scripts/run-suite.sh "$VENV" "$@"
