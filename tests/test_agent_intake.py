@@ -25,6 +25,7 @@ from testbed.runner import run_scenario
 from testbed.scenario import load_scenario, scenario_from_dict
 from testbed.store import Store
 from testbed.tomlfile import parse, resolve
+from tests.agent_fixtures import agent_scenario, own_key_folder  # noqa: F401
 from tests.fixtures_mqtt import broker, mosquitto_available
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "agents.md"
@@ -41,22 +42,6 @@ def examples() -> dict[str, dict[str, Any]]:
     return {m[1]: json.loads(m[2]) for m in re.finditer(
         r"```json example=(\w+)\n(.*?)```", text, re.S)}
 
-
-
-@pytest.fixture(autouse=True)
-def own_key_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test registers its agents in a key folder of its own."""
-    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
-
-
-def agent_scenario(agents: set[str], absent: str = "none") -> Any:
-    source, text = resolve("scenarios", "scenario2")
-    data = parse(source, text)
-    for h in data["households"]:
-        if h["id"] in agents:
-            h["orders"] = "agent"
-    data["agent_absent"] = absent
-    return scenario_from_dict(source, data)
 
 
 class Scripted:

@@ -22,32 +22,17 @@ from testbed.agents import MqttOrderSource, acl, enrol, gate_topic, order_topic,
 from testbed.ledger import verify_run
 from testbed.rigfile import load_rig
 from testbed.runner import run_scenario
-from testbed.scenario import load_scenario, scenario_from_dict
+from testbed.scenario import load_scenario
 from testbed.store import Store
-from testbed.tomlfile import parse, resolve
+from testbed.tomlfile import resolve
 from testbed.validation import write_junit
+from tests.agent_fixtures import agent_scenario, own_key_folder  # noqa: F401
 from tests.fixtures_mqtt import HOST, broker, mosquitto_available
 
 pytestmark = [pytest.mark.skipif(not mosquitto_available(), reason="needs mosquitto"),
               pytest.mark.serial]
 ROOT = Path(__file__).resolve().parent.parent
 
-
-
-@pytest.fixture(autouse=True)
-def own_key_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test registers its agents in a key folder of its own."""
-    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
-
-
-def agent_scenario(agents: set[str], absent: str = "none") -> Any:
-    source, text = resolve("scenarios", "scenario2")
-    data = parse(source, text)
-    for h in data["households"]:
-        if h["id"] in agents:
-            h["orders"] = "agent"
-    data["agent_absent"] = absent
-    return scenario_from_dict(source, data)
 
 
 def txs(store: Store, run_id: str) -> list[dict[str, Any]]:
