@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
+from importlib import resources
 from typing import Any, Protocol
 
 from contracts import evm as units
@@ -93,13 +94,15 @@ def _keccak(data: bytes) -> bytes:
 
 @lru_cache(maxsize=1)
 def compiled() -> Abi:
-    """The market contract's ABI and bytecode, compiled by the installed vyper package."""
+    """The market contract's ABI and bytecode: contracts/evm/market.vy (package data), compiled
+    by the installed vyper package."""
     try:
         import vyper  # type: ignore[import-untyped]
     except ImportError:
         raise EvmError("the EVM back-end needs the 'evm' extra: pip install 'testbed[evm]'") \
             from None
-    out = vyper.compile_code(units.source(), output_formats=["abi", "bytecode"])
+    source = resources.files("contracts.evm").joinpath("market.vy").read_text("utf-8")
+    out = vyper.compile_code(source, output_formats=["abi", "bytecode"])
     functions, events, constructor = {}, {}, []
     for item in out["abi"]:
         types = [i["type"] for i in item.get("inputs", [])]

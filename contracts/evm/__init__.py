@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from importlib import resources
 
 from contracts.mechanism import Clearing, Fill
 from contracts.numbers import MICRO
@@ -25,11 +24,6 @@ WEI_PER_ETH = 10**18
 MAX_UNITS = 10**15  # the contract's bound on energies, prices and readings
 MAX_SIDE = 1024  # orders per side in one interval (market.vy)
 MAX_HOUSEHOLDS = 2048
-
-
-def source() -> str:
-    """The Vyper source of the market contract (shipped with the package)."""
-    return resources.files(__package__).joinpath("market.vy").read_text(encoding="utf-8")
 
 
 def micro_units(value: Fraction, what: str) -> int:
