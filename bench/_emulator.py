@@ -23,7 +23,7 @@ from typing import Any
 
 from drivers.emulators.bench import EmulatedBench
 from drivers.spec import RigSpec
-from testbed.rigfile import load_rig, rig_from_dict
+from testbed.config.rig import load_rig, rig_from_dict
 
 
 def mock_rig(households: int) -> RigSpec:

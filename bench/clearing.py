@@ -7,9 +7,8 @@ best of a few ``clear(book)`` calls, ``pymarket_huang_s`` the best of a few
 ``HuangAuction(bids).run()`` (pymarket's merge, auction and split), up to
 ``--pymarket-max`` orders per side: beyond that it takes minutes (``null`` when pymarket is
 not installed: ``pip install -r bench/requirements.txt``). ``huang_over_testbed``
-is their ratio (> 1: ours is faster). ``prototype_s`` is the numpy prototype in
-:mod:`bench.proto_numpy_clear` (same Clearing, field for field: ``same_result``), with its
-split into reading the Order objects, the matching on arrays, and building the fills.
+is their ratio (> 1: ours is faster). (The numpy prototype measured here earlier became
+:mod:`contracts.columnar` and was removed.)
 
 ``testbed_columnar_s`` is the columnar path, :func:`contracts.columnar.clear_arrays`, on the
 same book as int64 columns (energy in Wh, price in ``10**-price_decimals`` AUD/kWh, the ids'
@@ -47,7 +46,6 @@ from typing import Any
 import numpy as np
 
 from bench import books
-from bench import proto_numpy_clear as proto
 from bench._common import best_of, emit, fit_exponent, parser, profile_top, ratio
 from contracts.columnar import (
     ColumnBook,
@@ -58,7 +56,7 @@ from contracts.columnar import (
     to_clearing,
 )
 from contracts.dual_bidding import clear
-from contracts.orders import Order, Side
+from contracts.orders import Order
 
 try:  # the baseline is installed for the benchmark only (bench/requirements.txt)
     _pymarket: ModuleType | None = importlib.import_module("bench._pymarket")
@@ -73,7 +71,7 @@ def _repeats(n: int) -> int:
     return 5 if n <= 10_000 else 3 if n <= 100_000 else 1
 
 
-def row(n: int, seed: int, decimals: int, pymarket_max: int, prototype: bool) -> dict[str, Any]:
+def row(n: int, seed: int, decimals: int, pymarket_max: int) -> dict[str, Any]:
     """Every figure for one size."""
     started = time.perf_counter()
     book = books.order_book(n, seed, decimals)
@@ -93,8 +91,6 @@ def row(n: int, seed: int, decimals: int, pymarket_max: int, prototype: bool) ->
             gc.enable()
     out |= _columnar(n, seed, decimals, book, result)
     out["object_over_columnar"] = ratio(out["testbed_s"], out["testbed_columnar_s"])
-    if prototype:
-        out |= _prototype(book, result, n)
     out["pymarket_huang_s"] = None
     if _pymarket is not None and n <= pymarket_max:
         pm = _pymarket
@@ -131,26 +127,6 @@ def _columnar(n: int, seed: int, decimals: int, book: list[Order], result: Any) 
     return out
 
 
-def _prototype(book: list[Order], result: Any, n: int) -> dict[str, Any]:
-    same = proto.clear(book) == result
-    total = best_of(lambda: proto.clear(book), _repeats(n))
-    read = best_of(lambda: proto.match(book), _repeats(n))
-    raw = _arrays(book)
-    core = best_of(lambda: proto.match_arrays(*raw), _repeats(n))
-    return {"prototype_s": total, "prototype_same_result": same,
-            "prototype_split_s": {"read_orders": max(0.0, read - core), "match_arrays": core,
-                                  "build_fills": max(0.0, total - read)}}
-
-
-def _arrays(book: list[Order]) -> tuple[np.ndarray, ...]:
-    e_den = math.lcm(*{o.energy.denominator for o in book})
-    p_den = math.lcm(*{o.price.denominator for o in book})
-    e = np.array([o.energy.numerator * (e_den // o.energy.denominator) for o in book])
-    p = np.array([o.price.numerator * (p_den // o.price.denominator) for o in book])
-    buy = np.array([o.side is Side.BUY for o in book])
-    return e, p, buy, proto.id_rank([o.id for o in book])
-
-
 def growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
     big = [r for r in rows if r["orders_per_side"] >= 1000]
     out: dict[str, Any] = {"exponent": None, "exponent_sizes": [r["orders_per_side"] for r in big]}
@@ -159,15 +135,12 @@ def growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
                                        [r["testbed_s"] for r in big])
         out["columnar_exponent"] = fit_exponent([r["orders_per_side"] for r in big],
                                                 [r["testbed_columnar_s"] for r in big])
-        if all("prototype_s" in r for r in big):
-            out["prototype_exponent"] = fit_exponent([r["orders_per_side"] for r in big],
-                                                     [r["prototype_s"] for r in big])
     return out
 
 
-def run(sizes: list[int], seed: int, decimals: int, pymarket_max: int, prototype: bool,
+def run(sizes: list[int], seed: int, decimals: int, pymarket_max: int,
         profile_orders: int | None) -> dict[str, Any]:
-    rows = [row(n, seed, decimals, pymarket_max, prototype) for n in sizes]
+    rows = [row(n, seed, decimals, pymarket_max) for n in sizes]
     both = [r for r in rows if r["pymarket_huang_s"] is not None] or rows
     head = both[-1]
     out: dict[str, Any] = {
@@ -202,13 +175,11 @@ def main() -> None:
                    help="largest size given to pymarket (it grows about quadratically)")
     p.add_argument("--price-decimals", type=int, default=5, choices=(3, 4, 5, 6))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-prototype", action="store_true", help="skip the numpy prototype")
     p.add_argument("--profile", type=int, default=None, metavar="N",
                    help="add a cProfile of our clearing at N orders per side")
     a = p.parse_args()
     sizes = [int(x) for x in a.orders.split(",") if x]
-    emit(run(sizes, a.seed, a.price_decimals, a.pymarket_max, not a.no_prototype, a.profile),
-         a.json)
+    emit(run(sizes, a.seed, a.price_decimals, a.pymarket_max, a.profile), a.json)
 
 
 if __name__ == "__main__":

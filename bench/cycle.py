@@ -33,9 +33,9 @@ from bench._common import emit, parser
 from bench._emulator import driver_rig, emulated
 from drivers.clock import RealClock
 from drivers.registry import Bench, build_bench
-from testbed.controller import Controller, RigPlan
-from testbed.events import EventBus
-from testbed.profiles import day_profile
+from testbed.config.profiles import day_profile
+from testbed.run.controller import Controller, RigPlan
+from testbed.run.events import EventBus
 
 TARGET = 1.5
 PERIOD_S = 0.001

@@ -29,7 +29,7 @@ from typing import Any
 
 from bench._common import emit, parser
 from contracts.evm import MAX_SIDE, WEI_PER_ETH
-from testbed.evm_ledger import Chain, EmbeddedChain, EvmMarket, RpcChain
+from testbed.ledger.evm import Chain, EmbeddedChain, EvmMarket, RpcChain
 
 TARIFF = (Fraction("0.37"), Fraction("0.06"))
 BLOCK_GAS = 30_000_000

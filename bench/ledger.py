@@ -10,7 +10,7 @@ each of ``--blocks`` intervals. Then, in the same process:
   ``raw_ed25519_per_s``: ``cryptography``'s ``verify`` on the same keys, signatures and
   bytes, prepared beforehand (the floor a signed order cannot beat);
 * ``admission_per_s``: ``Ledger.order_is_valid`` (signature, hash, nonce, escrow checks);
-* ``verify_run``: ``testbed.ledger.verify_run`` (what ``testbed ledger verify`` runs: read
+* ``verify_run``: ``testbed.ledger.chain.verify_run`` (what ``testbed ledger verify`` runs: read
   the rows from SQLite and replay the chain), and ``verify_chain`` on blocks already in
   memory; per block, and as signed orders per second.
 """
@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bench._common import best_of, emit, parser, profile_top
 from contracts import ledger as rules
-from testbed.ledger import OPERATOR, Ledger, verify_run
-from testbed.store import Store
+from testbed.ledger.chain import OPERATOR, Ledger, verify_run
+from testbed.ledger.store import Store
 
 TARGET_ORDERS_PER_S = 5000
 RUN = "bench-ledger"

@@ -2,7 +2,7 @@
 
 Pure functions over plain data (dicts of str/int/bool/None and lists), so anyone holding
 the rows can recompute every hash, signature and balance from genesis. Storage lives in
-``testbed.ledger``; nothing here touches a disk or a clock.
+``testbed.ledger.chain``; nothing here touches a disk or a clock.
 
 A block: ``{"height", "prev_hash", "interval", "merkle_root", "txs": [...]}``. Its hash is
 SHA-256 of the canonical header (everything but the txs, which the Merkle root commits to),

@@ -11,7 +11,7 @@ difference ``metered - cleared`` settles with the grid:
   credited (the grid absorbs it) unless the household actually exported, which is fed in.
 
 A household whose metered energy is *disputed* (a meter counter fault, see
-``testbed.controller``) is not settled at all: no grid settlement, and every fill it is a
+``testbed.run.controller``) is not settled at all: no grid settlement, and every fill it is a
 party to is *held* (unpaid, its escrow kept) for the operator to decide; its counterparty
 still counts the held fill as cleared, so it is not paid twice for the same energy.
 

@@ -1,4 +1,4 @@
-"""What a rig file says about the bench, as typed values (parsed in ``testbed.rigfile``)."""
+"""What a rig file says about the bench, as typed values (parsed in ``testbed.config.rig``)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ the gate closes; after the block is sealed the market publishes what became of i
 
 * :func:`check_order` turns one raw message into an order for the ledger, or the reason it
   is refused (malformed, another run or interval, another household's topic);
-* :class:`MqttOrderSource` is the runner's :class:`testbed.runner.OrderSource` over MQTT;
+* :class:`MqttOrderSource` is the runner's :class:`testbed.run.runner.OrderSource` over MQTT;
 * :func:`reference_agent` is ``testbed agent``: the built-in reference HEMS;
 * :func:`enrol` writes agent keys and registers them with the operator; :func:`acl` writes
   a mosquitto ACL so each agent may publish only its own order topic.
@@ -36,7 +36,7 @@ from contracts import ledger as rules
 from contracts.numbers import exact, fmt
 from testbed import json_input
 from testbed.errors import InputError
-from testbed.keys import _read_private, _write_private, home, load_anchor, public_hex
+from testbed.ledger.keys import _read_private, _write_private, home, load_anchor, public_hex
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class Intake:
 
 
 class MqttOrderSource(Intake):
-    """The runner's order source over MQTT (:class:`testbed.runner.OrderSource`): the gate on
+    """The runner's order source over MQTT (:class:`testbed.run.runner.OrderSource`): the gate on
     ``testbed/{run}/gate`` (retained), orders from ``testbed/{run}/orders/+``, results to
     ``testbed/{run}/results/{household}``. Use ``async with``."""
 

@@ -1,7 +1,7 @@
 """Live telemetry of a run over MQTT, and the emergency stop that comes back the same way.
 
 A lab's dashboards, loggers and safety panels already speak MQTT, so a run publishes its
-event bus (:mod:`testbed.events`) under ``testbed/{run}/...`` and listens for an emergency
+event bus (:mod:`testbed.run.events`) under ``testbed/{run}/...`` and listens for an emergency
 stop on ``testbed/{run}/estop`` and ``testbed/estop``. Topics and payloads: docs/telemetry.md.
 
 The controller must never wait on the network: :attr:`MqttTelemetry.observer` only appends
@@ -32,7 +32,7 @@ import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from testbed.errors import InputError
-from testbed.keys import Keyring, sign_status
+from testbed.ledger.keys import Keyring, sign_status
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from testbed.scenario import scenario_from_dict
-from testbed.tomlfile import parse, resolve
+from testbed.config.scenario import scenario_from_dict
+from testbed.config.tomlfile import parse, resolve
 
 
 @pytest.fixture(autouse=True)

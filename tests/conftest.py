@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# The operator's keys (testbed/keys.py) of every run a test makes, in-process or in a
+# The operator's keys (testbed/ledger/keys.py) of every run a test makes, in-process or in a
 # subprocess (which inherits the environment).
 os.environ["TESTBED_HOME"] = tempfile.mkdtemp(prefix="testbed-home-")
 os.environ.pop("TESTBED_KEY_PASSPHRASE", None)

@@ -19,12 +19,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from testbed.agents import acl, check_order, enrol, load_key, reference_order, sign_order
-from testbed.ledger import verify_run
-from testbed.rigfile import load_rig
-from testbed.runner import run_scenario
-from testbed.scenario import load_scenario, scenario_from_dict
-from testbed.store import Store
-from testbed.tomlfile import parse, resolve
+from testbed.config.rig import load_rig
+from testbed.config.scenario import load_scenario, scenario_from_dict
+from testbed.config.tomlfile import parse, resolve
+from testbed.ledger.chain import verify_run
+from testbed.ledger.store import Store
+from testbed.run.runner import run_scenario
 from tests.agent_fixtures import agent_scenario, own_key_folder  # noqa: F401
 from tests.fixtures_mqtt import broker, mosquitto_available
 

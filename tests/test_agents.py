@@ -19,13 +19,13 @@ import pytest
 
 from contracts.numbers import fmt
 from testbed.agents import MqttOrderSource, acl, enrol, gate_topic, order_topic, sign_order
-from testbed.ledger import verify_run
-from testbed.rigfile import load_rig
-from testbed.runner import run_scenario
-from testbed.scenario import load_scenario
-from testbed.store import Store
-from testbed.tomlfile import resolve
-from testbed.validation import write_junit
+from testbed.config.rig import load_rig
+from testbed.config.scenario import load_scenario
+from testbed.config.tomlfile import resolve
+from testbed.ledger.chain import verify_run
+from testbed.ledger.store import Store
+from testbed.run.runner import run_scenario
+from testbed.run.validation import write_junit
 from tests.agent_fixtures import agent_scenario, own_key_folder  # noqa: F401
 from tests.fixtures_mqtt import HOST, broker, mosquitto_available
 

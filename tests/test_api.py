@@ -21,8 +21,8 @@ from schemathesis.checks import positive_data_acceptance
 
 from testbed.api import create_app
 from testbed.api.guard import FailedAuthLimiter
-from testbed.report import summarise
-from testbed.runner import RunOutcome
+from testbed.report.terminal import summarise
+from testbed.run.runner import RunOutcome
 from tests.web_conftest import shared_scenario2
 
 TOKEN = "test-token-123"

@@ -31,12 +31,12 @@ from drivers.instruments import load_instrument
 from drivers.instruments.model import ModbusMap
 from drivers.registry import build_bench
 from drivers.spec import DeviceSpec, RigSpec
-from testbed.controller import Controller
-from testbed.report import summarise
-from testbed.rigfile import load_rig, rig_from_dict
-from testbed.runner import RunOutcome, run_scenario
-from testbed.scenario import Scenario, load_scenario
-from testbed.store import Store
+from testbed.config.rig import load_rig, rig_from_dict
+from testbed.config.scenario import Scenario, load_scenario
+from testbed.ledger.store import Store
+from testbed.report.terminal import summarise
+from testbed.run.controller import Controller
+from testbed.run.runner import RunOutcome, run_scenario
 from tests.pymodbus_served import rig_with, serve_map
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -79,7 +79,7 @@ def test_every_bench_prints_its_documented_json() -> None:
     clearing = results["clearing"]
     first, second = clearing["rows"]
     assert first["orders_per_side"] == 100 and second["pymarket_huang_s"] is None
-    assert first["testbed_s"] > 0 and first["prototype_same_result"] is True
+    assert first["testbed_s"] > 0 and first["testbed_fills"] > 0
     assert first["testbed_columnar_s"] > 0 and first["columnar_same_result"] is True
     if importlib.util.find_spec("pymarket") is None:  # a benchmark-only install
         assert clearing["pymarket_huang_s"] is None and "not installed" in clearing["pymarket"]

@@ -19,15 +19,15 @@ from typer.testing import CliRunner
 
 from contracts.numbers import aud_to_micro
 from contracts.settlement import GRID, apply
-from testbed.community.cli import render_cesdt, run_cesdt, run_cesdt_async
-from testbed.community.commands import register
+from testbed.cli.community import register
 from testbed.community.day import simulate_day
-from testbed.community.records import AUD_PER_ETH, DayBook, Transfers
-from testbed.controller import Controller, EmergencyStop
+from testbed.config.rig import load_rig
 from testbed.errors import InputError
-from testbed.ledger import verify_run
-from testbed.rigfile import load_rig
-from testbed.store import Store
+from testbed.ledger.chain import verify_run
+from testbed.ledger.community_records import AUD_PER_ETH, DayBook, Transfers
+from testbed.ledger.store import Store
+from testbed.run.community_day import render_cesdt, run_cesdt, run_cesdt_async
+from testbed.run.controller import Controller, EmergencyStop
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_sweep_command_writes_tables_and_figures(tmp_path: Path) -> None:
 def test_cli_run_cesdt_json_and_ledger_verify(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from testbed.cli import app
+    from testbed.cli.app import app
 
     db = str(tmp_path / "cli.db")
     cli = CliRunner()

@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from rigs import builtin
-from testbed.cli import app
+from testbed.cli.app import app
+from testbed.config.rig import load_rig
+from testbed.config.scenario import load_scenario
+from testbed.config.tomlfile import locate, nearest
 from testbed.errors import InputError
-from testbed.rigfile import load_rig
-from testbed.scenario import load_scenario
-from testbed.tomlfile import locate, nearest
 
 MOCK = builtin("rigs")["mock"].read_text("utf-8")
 SCENARIO2 = builtin("scenarios")["scenario2"].read_text("utf-8")

@@ -14,10 +14,10 @@ from contracts import ledger as rules
 from contracts.mechanism import Fill
 from contracts.settlement import Tariff, settle
 from drivers.roles import MeterReading
-from testbed.controller import counter_fault
-from testbed.ledger import Ledger, verify_run
-from testbed.runner import _dispute_txs
-from testbed.store import Store
+from testbed.ledger.chain import Ledger, verify_run
+from testbed.ledger.store import Store
+from testbed.run.controller import counter_fault
+from testbed.run.runner import _dispute_txs
 
 TARIFF = Tariff(Fraction("0.25"), Fraction("0.05"))
 RATE = Fraction(370)
@@ -136,10 +136,10 @@ async def test_the_run_disputes_what_the_ledger_refuses(tmp_path: Path,
 
     from drivers.clock import VirtualClock
     from drivers.spec import Limits
-    from testbed import controller
-    from testbed.rigfile import load_rig
-    from testbed.runner import run_scenario
-    from testbed.scenario import load_scenario
+    from testbed.config.rig import load_rig
+    from testbed.config.scenario import load_scenario
+    from testbed.run import controller
+    from testbed.run.runner import run_scenario
 
     monkeypatch.setattr(controller, "counter_fault", lambda *a: None)
     monkeypatch.setattr(controller.Controller, "reading_problem", lambda *a: None)

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rigs import builtin
-from testbed.cli import app
+from testbed.cli.app import app
 
 
 def dut_rig(tmp_path: Path, gain: float) -> Path:

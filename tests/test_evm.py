@@ -27,12 +27,12 @@ from contracts.dual_bidding import clear as py_clear
 from contracts.evm import WEI_PER_ETH
 from contracts.orders import Order, Side
 from contracts.settlement import GRID, Tariff, apply, settle
-from testbed.evm_ledger import ChainRevert, EmbeddedChain, EvmMarket, RpcChain, encode_call
-from testbed.report import summarise
-from testbed.rigfile import load_rig
-from testbed.runner import run_scenario
-from testbed.scenario import load_scenario
-from testbed.store import Store
+from testbed.config.rig import load_rig
+from testbed.config.scenario import load_scenario
+from testbed.ledger.evm import ChainRevert, EmbeddedChain, EvmMarket, RpcChain, encode_call
+from testbed.ledger.store import Store
+from testbed.report.terminal import summarise
+from testbed.run.runner import run_scenario
 from tests.evm_fixtures import evm_node  # noqa: F401  (a fixture)
 
 HOUSEHOLDS = [str(i) for i in range(1, 121)]  # 60 buyers and 60 sellers at most
@@ -290,7 +290,7 @@ def rendered(summary: dict[str, Any]) -> str:
 
     from rich.console import Console
 
-    from testbed.report import render
+    from testbed.report.terminal import render
 
     out = io.StringIO()
     render(summary, Console(file=out, width=100, color_system=None, emoji=False))
@@ -355,7 +355,7 @@ def test_scenario2_on_the_node(evm_node: str, tmp_path: Path) -> None:  # noqa: 
             evm["community_net_aud"]) == (0.16, 2, 12.7, -0.103)
     assert all(r["equal"] for r in evm["evm"]["balances"])
     assert evm["validation"]["failed"] == []
-    from testbed.evm_ledger import verify_evm
+    from testbed.ledger.evm import verify_evm
 
     store = Store(tmp_path / "n.db")
     try:  # the node's logs from the deployment, against the run database
@@ -380,7 +380,7 @@ def test_no_node_is_one_clear_message(tmp_path: Path) -> None:
 # ---- testbed ledger verify on an EVM run ------------------------------------------------------
 
 def test_verify_replays_the_embedded_chain_and_catches_tampering(tmp_path: Path) -> None:
-    from testbed.evm_ledger import verify_evm
+    from testbed.ledger.evm import verify_evm
 
     db = tmp_path / "v.db"
     run_id = run_scenario_on("scenario2", "evm", db)["run_id"]
@@ -432,7 +432,7 @@ def test_embedded_gas_equals_the_node_receipts(evm_node: str) -> None:  # noqa: 
 def compiled_initcode() -> bytes:
     from eth_abi.abi import encode
 
-    from testbed.evm_ledger import compiled
+    from testbed.ledger.evm import compiled
 
     abi = compiled()
     return abi.bytecode + encode(abi.constructor, [1, 5, 370_000_000, 370_000, 60_000])
@@ -442,7 +442,7 @@ def test_the_runs_checks_fail_when_the_chain_and_contracts_disagree() -> None:
     """The runner's three EVM checks: each must fail on a disagreement it guards."""
     import dataclasses
 
-    from testbed.runner import chain_checks
+    from testbed.run.runner import chain_checks
 
     book = [Order("1", Side.BUY, Fraction(2), Fraction("0.2")),
             Order("2", Side.SELL, Fraction(1), Fraction("0.1"))]

@@ -19,10 +19,10 @@ from drivers.clock import RealClock
 from drivers.emulators.bench import EmulatedBench
 from drivers.emulators.modbus_device import EmulatedModbusDevice
 from drivers.registry import build_bench
-from testbed.controller import Controller
-from testbed.rigfile import load_rig, rig_from_dict
-from testbed.runner import plans_for
-from testbed.scenario import load_scenario
+from testbed.config.rig import load_rig, rig_from_dict
+from testbed.config.scenario import load_scenario
+from testbed.run.controller import Controller
+from testbed.run.runner import plans_for
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "operator-guide.md"

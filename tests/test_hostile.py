@@ -30,12 +30,12 @@ from rigs import builtin
 from testbed.api import create_app
 from testbed.api.guard import FailedAuthLimiter
 from testbed.api.live import LiveHub
-from testbed.cli import app
+from testbed.cli.app import app
+from testbed.config.rig import load_rig, rig_from_dict
+from testbed.config.scenario import load_scenario, scenario_from_dict
+from testbed.config.tomlfile import parse
 from testbed.errors import InputError
-from testbed.keys import Keyring, sign_status
-from testbed.rigfile import load_rig, rig_from_dict
-from testbed.scenario import load_scenario, scenario_from_dict
-from testbed.tomlfile import parse
+from testbed.ledger.keys import Keyring, sign_status
 
 runner = CliRunner()
 BOUND_S = 20.0  # a refusal takes milliseconds; the hangs this guards against took > 60 s

@@ -19,12 +19,12 @@ import pytest
 
 from drivers.clock import RealClock
 from drivers.emulators.bench import EmulatedBench
-from testbed.ledger import verify_run
-from testbed.report import summarise
-from testbed.rigfile import load_rig, rig_from_dict
-from testbed.runner import run_scenario
-from testbed.scenario import load_scenario
-from testbed.store import Store
+from testbed.config.rig import load_rig, rig_from_dict
+from testbed.config.scenario import load_scenario
+from testbed.ledger.chain import verify_run
+from testbed.ledger.store import Store
+from testbed.report.terminal import summarise
+from testbed.run.runner import run_scenario
 
 SPEED = 2880.0  # a day in 30 s
 FAULT_AT_S = 12.0

@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from contracts import ledger as rules
-from testbed.cli import app
+from testbed.cli.app import app
 from testbed.errors import InputError
-from testbed.keys import Keyring, home, public_hex
-from testbed.ledger import OPERATOR, Ledger, verify_run
-from testbed.store import Store
+from testbed.ledger.chain import OPERATOR, Ledger, verify_run
+from testbed.ledger.keys import Keyring, home, public_hex
+from testbed.ledger.store import Store
 
 runner = CliRunner()
 Edit = Callable[[list[list[dict[str, Any]]], Ed25519PrivateKey], None]
@@ -258,7 +258,7 @@ def test_a_fresh_machine_runs_scenario2_and_verifies_with_no_configuration(
     env = {k: v for k, v in os.environ.items()
            if k not in ("TESTBED_HOME", "XDG_CONFIG_HOME", "TESTBED_KEY_PASSPHRASE")}
     env["HOME"] = str(tmp_path / "home")
-    main = "from testbed.cli import main; main()"
+    main = "from testbed.cli.app import main; main()"
     ran = subprocess.run([sys.executable, "-c", main, "run", "scenario2", "--json"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr

@@ -14,11 +14,11 @@ from drivers.clock import RealClock
 from drivers.emulators.bench import EmulatedBench
 from drivers.emulators.scpi_server import EmulatedScpiDevice
 from drivers.resources import parse_resource
-from testbed.rigfile import load_rig, rig_from_dict
-from testbed.runner import run_scenario
-from testbed.scenario import load_scenario
-from testbed.store import Store
-from testbed.validation import write_junit
+from testbed.config.rig import load_rig, rig_from_dict
+from testbed.config.scenario import load_scenario
+from testbed.ledger.store import Store
+from testbed.run.runner import run_scenario
+from testbed.run.validation import write_junit
 
 ROOT = Path(__file__).resolve().parent.parent
 RIG = ROOT / "rigs" / "examples" / "university-lab3.toml"

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from contracts import ledger as rules
-from testbed.cli import app
-from testbed.ledger import OPERATOR, Ledger, verify_run
-from testbed.store import Store
+from testbed.cli.app import app
+from testbed.ledger.chain import OPERATOR, Ledger, verify_run
+from testbed.ledger.store import Store
 
 runner = CliRunner()
 
@@ -76,7 +76,7 @@ def test_orders_are_screened_with_reasons_and_escrow_is_released(tmp_path: Path)
 
 def _seal_copy(led: Ledger, draft) -> None:  # type: ignore[no-untyped-def]
     """Sealing with escrow still open must fail (on a copy, so the draft stays usable)."""
-    from testbed.ledger import BlockDraft
+    from testbed.ledger.chain import BlockDraft
     BlockDraft(draft.state.copy(), list(draft.txs)).state.end_block()
 
 

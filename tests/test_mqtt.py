@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from testbed.controller import EmergencyStop
-from testbed.keys import Keyring, status_is_signed
-from testbed.rigfile import load_rig
-from testbed.runner import run_scenario
-from testbed.scenario import load_scenario
-from testbed.store import Store
+from testbed.config.rig import load_rig
+from testbed.config.scenario import load_scenario
+from testbed.ledger.keys import Keyring, status_is_signed
+from testbed.ledger.store import Store
+from testbed.run.controller import EmergencyStop
+from testbed.run.runner import run_scenario
 from testbed.telemetry import (
     MqttTelemetry,
     StopSwitch,
@@ -166,7 +166,7 @@ def test_cli_tls_credentials_and_mqtt_estop(tmp_path: Path) -> None:
 def test_cli_bad_or_unreachable_broker_fails_before_the_run(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from testbed.cli import app
+    from testbed.cli.app import app
     from tests.fixtures_mqtt import free_port
 
     db = tmp_path / "run.db"

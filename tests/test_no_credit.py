@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from contracts import ledger as rules
 from contracts.mechanism import Fill
 from contracts.settlement import GRID, Tariff, fund, settle
-from testbed.cli import app
+from testbed.cli.app import app
 
 runner = CliRunner()
 TARIFF = Tariff(Fraction("0.37"), Fraction("0.06"))

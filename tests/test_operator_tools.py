@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from drivers.instruments.model import available_instruments, load_instrument
-from testbed.cli import app
-from testbed.scenario import load_scenario
+from testbed.cli.app import app
+from testbed.config.scenario import load_scenario
 
 
 @pytest.mark.parametrize("name", available_instruments())

@@ -10,7 +10,7 @@ from drivers.clock import VirtualClock
 from drivers.limits import LimitError
 from drivers.mock.plant import BatteryModel, Plant
 from drivers.registry import build_bench
-from testbed.rigfile import load_rig
+from testbed.config.rig import load_rig
 
 MOCK = load_rig("mock")
 

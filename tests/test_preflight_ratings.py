@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from rigs import builtin
-from testbed.cli import app
-from testbed.preflight import ensure_fits, lab_plan, resolution_refusals
-from testbed.rigfile import load_rig
-from testbed.runner import apply_speed, plans_for
-from testbed.scenario import load_scenario
+from testbed.cli.app import app
+from testbed.config.rig import load_rig
+from testbed.config.scenario import load_scenario
+from testbed.run.preflight import ensure_fits, lab_plan, resolution_refusals
+from testbed.run.runner import apply_speed, plans_for
 
 MOCK = builtin("rigs")["mock"].read_text("utf-8")
 # Nothing listens here: a refused run never connects.

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from testbed.profiles import SHIPPED_SHAPES, compute_clear_sky_shape
+from testbed.config.profiles import SHIPPED_SHAPES, compute_clear_sky_shape
 
 
 def test_every_shipped_shape_is_what_pvlib_computes() -> None:
@@ -25,8 +25,8 @@ def test_every_shipped_shape_is_what_pvlib_computes() -> None:
 def test_the_built_in_scenarios_take_their_pv_shape_from_the_table() -> None:
     code = ("import sys\n"
             "from rigs import builtin\n"
-            "from testbed.runner import plans_for\n"
-            "from testbed.scenario import load_scenario\n"
+            "from testbed.run.runner import plans_for\n"
+            "from testbed.config.scenario import load_scenario\n"
             "for name in builtin('scenarios'):\n"
             "    plans_for(load_scenario(name))\n"
             "print(sorted(m for m in ('pvlib', 'pandas') if m in sys.modules))\n")

@@ -26,10 +26,10 @@ import pytest
 from contracts import ledger as rules
 from drivers.clock import RealClock
 from drivers.emulators.bench import EmulatedBench
-from testbed.rigfile import load_rig, rig_from_dict
-from testbed.runner import run_scenario
-from testbed.scenario import load_scenario
-from testbed.store import Store
+from testbed.config.rig import load_rig, rig_from_dict
+from testbed.config.scenario import load_scenario
+from testbed.ledger.store import Store
+from testbed.run.runner import run_scenario
 
 pytestmark = pytest.mark.serial
 

@@ -14,10 +14,10 @@ import pytest
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
-from testbed.cli import app
-from testbed.reporting import SummaryError, build_report
-from testbed.runner import RunOutcome
-from testbed.store import Store
+from testbed.cli.app import app
+from testbed.ledger.store import Store
+from testbed.report.html import SummaryError, build_report
+from testbed.run.runner import RunOutcome
 from tests.web_conftest import community_day_run, community_day_summary, shared_scenario2
 
 runner = CliRunner()

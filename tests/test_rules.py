@@ -24,13 +24,13 @@ from drivers.clock import VirtualClock
 from drivers.limits import GuardedBattery, LimitError, check_power
 from drivers.registry import build_bench
 from drivers.spec import DeviceSpec, Limits
-from testbed.controller import Controller
-from testbed.events import EventBus
-from testbed.ledger import OPERATOR, Ledger
-from testbed.rigfile import load_rig
-from testbed.runner import run_scenario
-from testbed.scenario import load_scenario
-from testbed.store import Store
+from testbed.config.rig import load_rig
+from testbed.config.scenario import load_scenario
+from testbed.ledger.chain import OPERATOR, Ledger
+from testbed.ledger.store import Store
+from testbed.run.controller import Controller
+from testbed.run.events import EventBus
+from testbed.run.runner import run_scenario
 
 # -- the limit guard -------------------------------------------------------------------------
 

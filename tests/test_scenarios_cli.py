@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from contracts import ledger as rules
-from testbed.cli import app
-from testbed.store import Store
+from testbed.cli.app import app
+from testbed.ledger.store import Store
 
 runner = CliRunner()
 

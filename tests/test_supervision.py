@@ -12,13 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from drivers.mock import devices
-from testbed.cli import app
-from testbed.controller import GridLost, SafeStateIncomplete
-from testbed.ledger import verify_run
-from testbed.rigfile import load_rig
-from testbed.runner import run_scenario
-from testbed.scenario import load_scenario
-from testbed.store import Store
+from testbed.cli.app import app
+from testbed.config.rig import load_rig
+from testbed.config.scenario import load_scenario
+from testbed.ledger.chain import verify_run
+from testbed.ledger.store import Store
+from testbed.run.controller import GridLost, SafeStateIncomplete
+from testbed.run.runner import run_scenario
 
 
 def _silent_relay_7(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,11 +10,11 @@ import pytest
 
 from drivers.clock import RealClock
 from rigs import builtin
-from testbed.ledger import verify_run
-from testbed.rigfile import load_rig
-from testbed.runner import run_scenario
-from testbed.scenario import load_scenario
-from testbed.store import Store
+from testbed.config.rig import load_rig
+from testbed.config.scenario import load_scenario
+from testbed.ledger.chain import verify_run
+from testbed.ledger.store import Store
+from testbed.run.runner import run_scenario
 
 
 async def test_hot_battery_trips_its_rig_only(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_preflight_refuses_a_run_naming_device_quantity_required_and_allowed(
         tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from testbed.cli import app
+    from testbed.cli.app import app
 
     text = builtin("rigs")["mock"].read_text().replace(
         '[[households]]\nid = "7"\n',
@@ -96,8 +96,8 @@ def test_preflight_refuses_a_run_naming_device_quantity_required_and_allowed(
 
 
 def test_coarse_preflight_finds_what_the_full_one_finds() -> None:
-    from testbed import preflight
-    from testbed.runner import apply_speed, plans_for
+    from testbed.run import preflight
+    from testbed.run.runner import apply_speed, plans_for
 
     sc = load_scenario("scenario2")
     rig, _ = apply_speed(load_rig("mock"), "20")  # 4,320 control periods: sampled coarser

@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from testbed.rigfile import load_rig
-from testbed.runner import RunOutcome, run_scenario
-from testbed.scenario import load_scenario
-from testbed.store import Store
+from testbed.config.rig import load_rig
+from testbed.config.scenario import load_scenario
+from testbed.ledger.store import Store
+from testbed.run.runner import RunOutcome, run_scenario
 
 _SHARED: dict[Path, RunOutcome] = {}
 

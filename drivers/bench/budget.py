@@ -2,7 +2,7 @@
 
 A Modbus RTU line carries one request at a time, so every device behind it is asked in
 turn. Per control period the controller asks each rig's meter, BMS and contactor once and
-writes the PV, load and battery setpoints once (``testbed.controller``). For each serial
+writes the PV, load and battery setpoints once (``testbed.run.controller``). For each serial
 line this sums, per exchange, the request and reply frames at 11 bits a byte at the line's
 baud, plus the line's quiet time before each request (RTU silent interval, or the larger
 turnaround a device asks for: ``ModbusLink.quiet_s``). Sources: Modbus over serial line

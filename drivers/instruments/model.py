@@ -54,7 +54,7 @@ class Ratings:
     ``voltage_v``, ``current_a``, ``power_w``: the largest magnitudes it can set or carry
     (None: not stated); ``directions``: ``source`` (into the bus) and/or ``sink`` (out of it);
     ``energy_resolution_wh``: one count of its energy counter (meters; None: the counter
-    point's own step, 0 for a float). Read by :mod:`testbed.preflight`."""
+    point's own step, 0 for a float). Read by :mod:`testbed.run.preflight`."""
 
     voltage_v: float | None = None
     current_a: float | None = None

@@ -39,9 +39,9 @@ from testbed.api.guard import FailedAuthLimiter, allowed_hosts
 from testbed.api.live import LiveHub
 from testbed.api.runs import Busy, RunManager
 from testbed.errors import InputError
-from testbed.reporting import data
-from testbed.runner import SPEED_RANGE
-from testbed.store import DamagedDatabase, Store
+from testbed.ledger.store import DamagedDatabase, Store
+from testbed.report import figures as data
+from testbed.run.runner import SPEED_RANGE
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"

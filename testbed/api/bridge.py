@@ -8,7 +8,7 @@ other way, onto ``testbed/estop``, which every run connected to the broker obeys
 The hub follows one run at a time: a ``running`` status switches it to that run, and other
 runs' events are left out. A status counts only when the operator signed it (its
 ``signature`` verifies against the operator's public key, ``operator.pub`` in the key
-folder, :mod:`testbed.keys`): anyone who can publish on an open broker could otherwise list
+folder, :mod:`testbed.ledger.keys`): anyone who can publish on an open broker could otherwise list
 a fake run as live. An unsigned or forged status is logged and dropped.
 
 Readings arrive one household per message; the bridge puts the rows of one control period
@@ -30,8 +30,8 @@ import aiomqtt
 from testbed import json_input
 from testbed.api.live import LiveHub
 from testbed.errors import InputError
-from testbed.events import TOPICS
-from testbed.keys import load_anchor, status_is_signed
+from testbed.ledger.keys import load_anchor, status_is_signed
+from testbed.run.events import TOPICS
 from testbed.telemetry import GLOBAL_ESTOP, PREFIX, QOS_EVENTS, make_client, parse_broker_url
 
 log = logging.getLogger(__name__)

@@ -71,9 +71,9 @@ class RunManager:
         Raises :class:`Busy` if a run is in progress, and ``InputError`` for a scenario that
         does not fit the rig or its limits (then nothing was touched).
         """
-        from testbed.rigfile import load_rig
-        from testbed.runner import apply_speed
-        from testbed.scenario import load_scenario
+        from testbed.config.rig import load_rig
+        from testbed.config.scenario import load_scenario
+        from testbed.run.runner import apply_speed
 
         if self.active:
             raise Busy(f"run {next(iter(self.active))} is in progress")
@@ -105,9 +105,9 @@ class RunManager:
 
     async def _run(self, active: ActiveRun, sc: Any, rg: Any, clock: Any,
                    server: asyncio.AbstractEventLoop) -> None:
-        from testbed.controller import EmergencyStop
-        from testbed.runner import run_scenario
-        from testbed.store import Store
+        from testbed.ledger.store import Store
+        from testbed.run.controller import EmergencyStop
+        from testbed.run.runner import run_scenario
 
         active.task = asyncio.current_task()
 

@@ -33,7 +33,7 @@ The day is a steady state: batteries open at ``SOC_dsr`` (where Eq. 11 leaves th
 contract's windows of recent prices open as the day before closed them (:func:`simulate_day`).
 
 Flows are booked to the hour their interval starts in: the hourly series, and each home's
-hourly PV, load and net energy onto the bus, which :mod:`testbed.community.rig` routes.
+hourly PV, load and net energy onto the bus, which :mod:`testbed.run.community_bench` routes.
 """
 
 from __future__ import annotations

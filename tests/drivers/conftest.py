@@ -16,7 +16,7 @@ from drivers.clock import Clock, RealClock
 from drivers.emulators.bench import EmulatedBench
 from drivers.registry import Bench, build_bench
 from drivers.spec import RigSpec
-from testbed.rigfile import load_rig, rig_from_dict
+from testbed.config.rig import load_rig, rig_from_dict
 
 SHORT_TIMEOUT_S = 0.3
 

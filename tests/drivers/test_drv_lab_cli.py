@@ -15,9 +15,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from drivers.emulators.bench import EmulatedBench
-from testbed.lab import check_rig, serve_emulated
-from testbed.lab_cli import register
-from testbed.rigfile import load_rig
+from testbed.cli.lab import register
+from testbed.config.rig import load_rig
+from testbed.run.bench import check_rig, serve_emulated
 from tests.drivers.conftest import emulated_rig
 
 

@@ -13,10 +13,10 @@ from drivers.emulators.modbus_device import EmulatedModbusDevice
 from drivers.emulators.scpi_server import EmulatedScpiDevice
 from drivers.registry import build_bench
 from drivers.spec import RigSpec
-from testbed.cli import app
-from testbed.lab import check_rig, make_safe
-from testbed.preflight import unwatched
-from testbed.store import Store
+from testbed.cli.app import app
+from testbed.ledger.store import Store
+from testbed.run.bench import check_rig, make_safe
+from testbed.run.preflight import unwatched
 from tests.drivers.conftest import emulated_rig
 
 READ_FUNCTIONS = {1, 2, 3, 4}

@@ -20,7 +20,7 @@ from drivers.instruments import ScpiCommandSet, load_instrument
 from drivers.mock.plant import Plant
 from drivers.registry import Bench, BuildContext, build_bench, build_device
 from drivers.spec import DeviceSpec, Limits, RigSpec
-from testbed.rigfile import rig_from_dict
+from testbed.config.rig import rig_from_dict
 from tests.drivers.conftest import drivers_for
 
 

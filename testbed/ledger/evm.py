@@ -36,7 +36,7 @@ from contracts.mechanism import Clearing
 from contracts.orders import natural_key
 from testbed import json_input
 from testbed.errors import InputError
-from testbed.store import Store
+from testbed.ledger.store import Store
 
 GRID_HID = 0
 GAS_LIMIT = 30_000_000  # one block at the usual limit

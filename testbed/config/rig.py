@@ -16,8 +16,8 @@ from typing import Any
 
 from drivers.roles import ROLES
 from drivers.spec import DeviceSpec, HouseholdSpec, Limits, RigSpec
+from testbed.config.tomlfile import Table, load_table, resolve
 from testbed.errors import InputError
-from testbed.tomlfile import Table, load_table, resolve
 
 # Device parameters the drivers and models read, with their bounds: (kind, low, high,
 # low_open). Checked when the rig file is read, so a bad value names its key.

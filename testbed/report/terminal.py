@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from contracts.numbers import MICRO
-from testbed.runner import RunOutcome
+from testbed.run.runner import RunOutcome
 
 
 def _f(x: Fraction | float | None, places: int = 6) -> float | None:

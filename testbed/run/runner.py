@@ -30,22 +30,22 @@ from contracts.settlement import GRID, Funding, Settlement, fund, settle
 from drivers.clock import Clock, RealClock, VirtualClock
 from drivers.registry import Bench, build_bench
 from drivers.spec import RigSpec
-from testbed import preflight
-from testbed.controller import (
+from testbed.config.profiles import day_profile
+from testbed.config.scenario import Scenario
+from testbed.errors import InputError
+from testbed.ledger.chain import BlockDraft, Ledger
+from testbed.ledger.store import Store
+from testbed.run import preflight
+from testbed.run.controller import (
     Controller,
     EmergencyStop,
     IntervalMeasurement,
     RigPlan,
     SafeStateIncomplete,
 )
-from testbed.errors import InputError
-from testbed.events import EventBus, Observer
-from testbed.ledger import BlockDraft, Ledger
-from testbed.mechanisms import mechanism_for
-from testbed.profiles import day_profile
-from testbed.scenario import Scenario
-from testbed.store import Store
-from testbed.validation import Check, interval_checks
+from testbed.run.events import EventBus, Observer
+from testbed.run.mechanisms import mechanism_for
+from testbed.run.validation import Check, interval_checks
 
 
 @dataclass
@@ -82,7 +82,7 @@ class RunOutcome:
 
 class ChainBackend(Protocol):
     """A market contract on a chain beside the SQLite ledger (``--ledger evm...``,
-    :class:`testbed.evm_ledger.ChainLedger`): it receives the same signed orders and meter
+    :class:`testbed.ledger.evm.ChainLedger`): it receives the same signed orders and meter
     readings, and its clearing and balances are the run's."""
 
     def place(self, order: dict[str, Any]) -> str | None: ...  # refusal reason or None
@@ -123,7 +123,7 @@ def open_chain(spec: str, scenario: Scenario, opening: dict[str, int]) -> ChainB
     """``--ledger``: ``sqlite`` (the signed ledger alone) or an EVM back-end beside it."""
     if spec == "sqlite":
         return None
-    from testbed.evm_ledger import ChainLedger
+    from testbed.ledger.evm import ChainLedger
 
     if scenario.mechanism not in ("dual_bidding", "grid_only"):
         raise InputError(f"--ledger {spec}", "the EVM contract implements dual bidding; "

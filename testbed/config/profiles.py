@@ -25,7 +25,7 @@ _RESIDENTIAL_TOTAL = sum(RESIDENTIAL_SHAPE)
 
 # Clear-sky shapes computed once with pvlib and shipped with the package, so that running a
 # built-in scenario does not import pvlib and pandas (1.4 s of a 5 s run). Written by
-# ``python -m testbed.profiles``; ``tests/test_profiles.py`` recomputes every entry with pvlib.
+# ``python -m testbed.config.profiles``; ``tests/test_profiles.py`` recomputes each with pvlib.
 SHIPPED_SHAPES = Path(__file__).with_name("clearsky_shapes.json")
 
 
@@ -75,7 +75,7 @@ def write_shipped_shapes() -> dict[str, list[float]]:
     """Recompute the shapes of every built-in scenario's site and day with pvlib and write
     them to :data:`SHIPPED_SHAPES`."""
     from rigs import builtin
-    from testbed.scenario import load_scenario
+    from testbed.config.scenario import load_scenario
 
     table: dict[str, list[float]] = {}
     for name in sorted(builtin("scenarios")):

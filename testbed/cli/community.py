@@ -54,10 +54,10 @@ def register(app: typer.Typer) -> None:
         except InputError as e:
             err.print(f"[red]error:[/red] {e}", highlight=False)
             raise typer.Exit(2) from None
-        from testbed.community.cli import _bar
         from testbed.community.day import CLASSES
         from testbed.community.params import CommunityParams
         from testbed.community.sweep import replicate_seeds, run_sweep, write
+        from testbed.run.community_day import _bar
 
         with _bar(not as_json) as bar:
             cells = run_sweep(sizes, shares, seed, replicates,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from drivers.roles import BatteryReading, MeterReading, PowerReading
 from drivers.spec import HouseholdSpec
-from testbed.validation import Check
+from testbed.run.validation import Check
 
 
 @dataclass

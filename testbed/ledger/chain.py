@@ -10,7 +10,7 @@ checked against the certificates), ``balances`` (the state after the head, for a
 ``runs.ledger_height``/``ledger_head``. No private key and no trust anchor is in the
 database: the operator's key, its public half (the anchor ``verify_run`` checks genesis
 and every block against) and each run's keystore with the sealed head (so a block cut from
-the end is noticed) live in the operator's key folder, :mod:`testbed.keys`.
+the end is noticed) live in the operator's key folder, :mod:`testbed.ledger.keys`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from contracts import ledger as rules
 from contracts.settlement import GRID, Transfer
 from testbed import json_input
 from testbed.errors import InputError
-from testbed.keys import Keyring, load_anchor
-from testbed.keys import public_hex as _public_hex
-from testbed.store import Store
+from testbed.ledger.keys import Keyring, load_anchor
+from testbed.ledger.keys import public_hex as _public_hex
+from testbed.ledger.store import Store
 
 OPERATOR = "operator"
 AUD_PER_TOKEN = Fraction(370)

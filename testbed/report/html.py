@@ -1,13 +1,13 @@
 """``testbed report RUN --out DIR``: one self-contained HTML page with PNG plots of a run.
 
-Read entirely from the run database (:mod:`testbed.reporting.data`), so a run can be
+Read entirely from the run database (:mod:`testbed.report.figures`), so a run can be
 reported on any machine that has its ``.db`` file, long after the process that ran it. The
 PNGs are embedded in the HTML (one file to mail or archive) and also written beside it.
 
 A market run (dual bidding, grid only) gets its power over the day from the meters' readings,
 cleared versus metered energy per household and per trade, and its figures beside the
 paper's; a community day (mechanism ``cesdt``) gets the CE-SDT paper's Fig. 5 and Fig. 10
-from the summary its run row carries (:mod:`testbed.reporting.community`), and, when rigs
+from the summary its run row carries (:mod:`testbed.report.community`), and, when rigs
 played some of its homes, their power and routed-versus-metered energy.
 """
 
@@ -18,10 +18,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from testbed.reporting import data, plots
-from testbed.reporting.community import CLASS_LABELS, CommunityDay, SummaryError, community_day
-from testbed.reporting.page import document, esc, figure, fmt, table
-from testbed.store import Store
+from testbed.ledger.store import Store
+from testbed.report import figures as data
+from testbed.report import plots
+from testbed.report.community import CLASS_LABELS, CommunityDay, SummaryError, community_day
+from testbed.report.page import document, esc, figure, fmt, table
 
 __all__ = ["SummaryError", "build_report", "write_report"]
 

@@ -32,10 +32,10 @@ from drivers.limits import LimitError
 from drivers.registry import Bench, HouseholdDevices
 from drivers.roles import BatteryReading, Device, MeterReading
 from drivers.spec import RigSpec
-from testbed.dut import DutTracker
-from testbed.events import EventBus
-from testbed.profiles import DayProfile
-from testbed.validation import Check
+from testbed.config.profiles import DayProfile
+from testbed.run.dut import DutTracker
+from testbed.run.events import EventBus
+from testbed.run.validation import Check
 
 T = TypeVar("T")
 

@@ -195,13 +195,13 @@ def run(
     from contracts.ledger import TxError
     from drivers.bench.health import DeviceUnavailable
     from drivers.spec import DriverConfigError
-    from testbed.controller import EmergencyStop, SafeStateIncomplete
-    from testbed.report import render, summarise
-    from testbed.rigfile import load_rig
-    from testbed.runner import apply_speed, run_scenario
-    from testbed.scenario import load_scenario
-    from testbed.store import Store
-    from testbed.validation import write_junit
+    from testbed.config.rig import load_rig
+    from testbed.config.scenario import load_scenario
+    from testbed.ledger.store import Store
+    from testbed.report.terminal import render, summarise
+    from testbed.run.controller import EmergencyStop, SafeStateIncomplete
+    from testbed.run.runner import apply_speed, run_scenario
+    from testbed.run.validation import write_junit
 
     # MQTT (aiomqtt, paho) is loaded only for a run that publishes.
     telemetry_errors: tuple[type[Exception], ...] = ()
@@ -228,7 +228,7 @@ def run(
 
     def launch(observers: list[Any], on_controller: Any) -> Any:
         if sc is None:
-            from testbed.community.cli import run_cesdt_async
+            from testbed.run.community_day import run_cesdt_async
 
             return run_cesdt_async(households=households, generating=generating, seed=seed,
                                    rig=rg, store=store, progress=not as_json,
@@ -300,7 +300,7 @@ async def _with_agents(url: str, gate_s: float, sc: Any, rg: Any, store: Any, cl
     import aiomqtt
 
     from testbed.agents import order_source
-    from testbed.runner import run_scenario
+    from testbed.run.runner import run_scenario
 
     if not 0.1 <= gate_s <= 3600:
         raise InputError("--gate-s", f"expected seconds in [0.1, 3600], got {gate_s}")
@@ -315,7 +315,7 @@ async def _with_agents(url: str, gate_s: float, sc: Any, rg: Any, store: Any, cl
 
 
 def _print_community(summary: dict[str, Any], as_json: bool) -> None:
-    from testbed.community.cli import render_cesdt
+    from testbed.run.community_day import render_cesdt
 
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -333,7 +333,7 @@ def runs(
 ) -> None:
     """List the runs in a database (running, finished, aborted or failed)."""
     JSON_ERRORS.set(as_json)
-    from testbed.store import Store
+    from testbed.ledger.store import Store
 
     try:
         store = Store(db, readonly=True, check="full")
@@ -363,7 +363,7 @@ def clear(
 ) -> None:
     """Clear one order book with the dual-bidding contract."""
     JSON_ERRORS.set(as_json)
-    from testbed.tomlfile import read_text
+    from testbed.config.tomlfile import read_text
 
     try:
         raw = json_input.loads(read_text(orders))
@@ -404,7 +404,7 @@ def clear(
 @app.command()
 def rigs() -> None:
     """List the built-in rigs."""
-    from testbed.rigfile import load_rig
+    from testbed.config.rig import load_rig
     t = Table("name", "households", "time scale", "power scale", "description")
     for name in builtin("rigs"):
         r = load_rig(name)
@@ -416,7 +416,7 @@ def rigs() -> None:
 @app.command()
 def scenarios() -> None:
     """List the built-in scenarios."""
-    from testbed.scenario import load_scenario
+    from testbed.config.scenario import load_scenario
     t = Table("name", "mechanism", "households", "title")
     for name in builtin("scenarios"):
         s = load_scenario(name)
@@ -427,8 +427,11 @@ def scenarios() -> None:
 
 
 def _register_subcommands() -> None:
-    from testbed import agents_cli, instrument_cli, lab_cli, ledger_cli
-    from testbed.community import commands as community_commands
+    from testbed.cli import agents as agents_cli
+    from testbed.cli import community as community_commands
+    from testbed.cli import instrument as instrument_cli
+    from testbed.cli import lab as lab_cli
+    from testbed.cli import ledger as ledger_cli
 
     instrument_cli.register(app)
     lab_cli.register(app)
@@ -438,7 +441,7 @@ def _register_subcommands() -> None:
 
 
 _register_subcommands()
-from testbed import web_cli  # noqa: E402  (serve and report, issue 6)
+from testbed.cli import web as web_cli  # noqa: E402  (serve and report, issue 6)
 
 web_cli.register(app)
 

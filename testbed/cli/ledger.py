@@ -2,8 +2,8 @@
 
 Verification needs the database and the operator's public key, which never comes from the
 database it checks: ``--operator-key FILE|HEX``, else ``operator.pub`` in the operator's key
-folder (``testbed.keys.home``). Every signature, hash, Merkle root, link, escrow and balance
-is recomputed from genesis (``testbed.ledger.verify_run``); a genesis naming another
+folder (``testbed.ledger.keys.home``). Every signature, hash, Merkle root, link, escrow and balance
+is recomputed from genesis (``testbed.ledger.chain.verify_run``); a genesis naming another
 operator key fails.
 """
 
@@ -35,7 +35,7 @@ KeyOpt = Annotated[str | None, typer.Option(
 def _open(db: Path) -> Any:
     """The database opened read-only after a full integrity check; exit 2 with one message
     when it is missing, empty, foreign or damaged (nothing is written to it)."""
-    from testbed.store import DamagedDatabase, Store
+    from testbed.ledger.store import DamagedDatabase, Store
 
     try:
         return Store(db, readonly=True, check="full")
@@ -62,8 +62,8 @@ def verify(db: DbArg, run: RunOpt = None, operator_key: KeyOpt = None,
     (kept outside the database); exit 1 naming the first bad block of any run that fails,
     2 when there is no operator key or no database."""
     from testbed.errors import InputError
-    from testbed.keys import load_anchor
-    from testbed.ledger import verify_run
+    from testbed.ledger.chain import verify_run
+    from testbed.ledger.keys import load_anchor
 
     store = _open(db)
     try:
@@ -141,7 +141,7 @@ def _verify_chain(store: Any, run_id: str) -> str | None:
     if not store.db["evm"].exists() or store.db.execute(
             "select count(*) from evm where run_id = ?", [run_id]).fetchone()[0] == 0:
         return None
-    from testbed.evm_ledger import verify_evm
+    from testbed.ledger.evm import verify_evm
 
     return verify_evm(store, run_id)
 

@@ -21,7 +21,7 @@ def _fail(message: str) -> None:
 
 
 def _households(rig: str) -> list[str]:
-    from testbed.rigfile import load_rig
+    from testbed.config.rig import load_rig
 
     return [h.id for h in load_rig(rig).households]
 

@@ -3,7 +3,7 @@ directly: :func:`check_rig` (``testbed rig check``: read-only unless ``write_tes
 :func:`make_safe` (``testbed rig safe``: every device safe, read back) and
 :func:`serve_emulated` (``testbed emulate``: a rig's instruments over real protocols).
 
-The commands themselves are in :mod:`testbed.lab_cli`, which imports this module (and with
+The commands themselves are in :mod:`testbed.cli.lab`, which imports this module (and with
 it the drivers, pymodbus and pyserial) only when one of them runs.
 """
 
@@ -155,7 +155,7 @@ def runs_holding(rig: RigSpec, db: Path) -> list[dict[str, Any]]:
     """Runs recorded in ``db`` as running on ``rig`` (a live run, or one that crashed)."""
     if not db.is_file():
         return []
-    from testbed.store import Store
+    from testbed.ledger.store import Store
 
     store = Store(db)
     try:

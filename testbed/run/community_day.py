@@ -1,10 +1,10 @@
 """``testbed run cesdt`` and ``testbed sweep cesdt``: a community day on the rig, and sweeps.
 
 :func:`run_cesdt` simulates the day (the contract settles every round), routes the first
-homes' hourly energy through the rig's households (:mod:`testbed.community.rig`), seals one
-ledger block per hour with the hour's run rows (:mod:`testbed.community.records`), and
+homes' hourly energy through the rig's households (:mod:`testbed.run.community_bench`), seals one
+ledger block per hour with the hour's run rows (:mod:`testbed.ledger.community_records`), and
 records the run and its JSON summary in the store. The bench is left safe however it ends.
-The ``sweep`` command is registered by :mod:`testbed.community.commands`.
+The ``sweep`` command is registered by :mod:`testbed.cli.community`.
 """
 
 from __future__ import annotations
@@ -27,18 +27,18 @@ from contracts.numbers import fmt
 from drivers.clock import Clock, RealClock, VirtualClock
 from drivers.registry import build_bench
 from drivers.spec import RigSpec
-from testbed import preflight
-from testbed.community.commands import MAX_HOUSEHOLDS
+from testbed.cli.community import MAX_HOUSEHOLDS
 from testbed.community.day import CLASSES, SERIES, DayResult, simulate_day
 from testbed.community.params import CommunityParams
-from testbed.community.records import DayBook, Transfers, open_ledger, seal_hour
-from testbed.community.rig import Comparison, Routing, routing
-from testbed.controller import Controller, EmergencyStop, IntervalMeasurement
 from testbed.errors import InputError
-from testbed.events import EventBus, Observer
-from testbed.ledger import Ledger
-from testbed.runner import until_done
-from testbed.store import Store
+from testbed.ledger.chain import Ledger
+from testbed.ledger.community_records import DayBook, Transfers, open_ledger, seal_hour
+from testbed.ledger.store import Store
+from testbed.run import preflight
+from testbed.run.community_bench import Comparison, Routing, routing
+from testbed.run.controller import Controller, EmergencyStop, IntervalMeasurement
+from testbed.run.events import EventBus, Observer
+from testbed.run.runner import until_done
 
 # The paper's Fig. 10 as its text states it (cost per class / grid-only cost), for display
 # beside ours; omega2 at 70 % is only said to be negative ("earns money").

@@ -75,9 +75,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a self-contained HTML report of a run, with PNG plots, into --out."""
         from testbed.errors import InputError
-        from testbed.reporting import SummaryError, write_report
-        from testbed.reporting.data import NotFound, list_runs
-        from testbed.store import Store
+        from testbed.ledger.store import Store
+        from testbed.report.figures import NotFound, list_runs
+        from testbed.report.html import SummaryError, write_report
 
         try:
             Store(db, readonly=True, check="full").close()

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from contracts.dual_bidding import DualBidding
 from contracts.grid_only import GridOnly
 from contracts.mechanism import Mechanism
+from testbed.config.scenario import Scenario
 from testbed.errors import InputError
-from testbed.scenario import Scenario
 
 MECHANISMS: dict[str, Callable[[Scenario], Mechanism]] = {
     "dual_bidding": lambda s: DualBidding(alpha=s.alpha),

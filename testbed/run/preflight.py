@@ -15,10 +15,10 @@ from drivers.instruments.model import Ratings, energy_resolution_wh, load_instru
 from drivers.mock.plant import BatteryModel
 from drivers.registry import Bench
 from drivers.spec import DeviceSpec, RigSpec
-from testbed.controller import RigPlan, Timeline, setpoints
 from testbed.errors import InputError
+from testbed.run.controller import RigPlan, Timeline, setpoints
 
-# The profiles' resolution (testbed.profiles: PV in 5-minute steps, load hourly).
+# The profiles' resolution (testbed.config.profiles: PV in 5-minute steps, load hourly).
 PREFLIGHT_STEPS_PER_DAY = 288
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from contracts.numbers import exact
 from testbed import json_input
-from testbed.store import DamagedDatabase, Store
+from testbed.ledger.store import DamagedDatabase, Store
 
 _SOURCE = re.compile(r"^built-in (rig|scenario) '(.+)'$")
 READING_FIELDS = ("power_w", "pv_w", "load_w", "battery_w", "soc", "meter_net_wh")
@@ -32,7 +32,7 @@ _FRACTION = re.compile(r"(-?\d{1,40})/(\d{1,40})")
 def frac(value: Any, where: str = "a stored number") -> Fraction | None:
     """A stored exact value (``"21/10"``, ``"2.1"``, an int) or None for NULL/empty.
     Bounded like every number read from outside (``contracts.numbers.exact``); anything
-    else raises :class:`~testbed.store.DamagedDatabase` naming ``where``: no figure is
+    else raises :class:`~testbed.ledger.store.DamagedDatabase` naming ``where``: no figure is
     ever computed from a row that does not parse."""
     if value is None or value == "":
         return None
@@ -97,7 +97,7 @@ def source_name(label: str | None, kind: str) -> str | None:
 
 def load_scenario_of(run: dict[str, Any]) -> Any:
     """The run's scenario if it can still be loaded (built-in, or its file still exists)."""
-    from testbed.scenario import load_scenario
+    from testbed.config.scenario import load_scenario
 
     name = source_name(run["params"].get("scenario_source"), "scenario") or run.get("scenario")
     try:
@@ -107,7 +107,7 @@ def load_scenario_of(run: dict[str, Any]) -> Any:
 
 
 def load_rig_of(run: dict[str, Any]) -> Any:
-    from testbed.rigfile import load_rig
+    from testbed.config.rig import load_rig
 
     name = source_name(run["params"].get("rig_source"), "rig") or run.get("rig")
     try:
@@ -253,7 +253,7 @@ def orderbook(store: Store, run_id: str, interval: int | None = None) -> dict[st
 def verification(store: Store, run_id: str) -> dict[str, Any]:
     """Everything ``testbed ledger verify`` checks: every hash, root, link, signature,
     escrow and balance from genesis, the rows' form, the keys and the recorded head."""
-    from testbed.ledger import verify_run
+    from testbed.ledger.chain import verify_run
 
     chain = store.blocks(run_id)
     err = verify_run(store, run_id)
@@ -325,7 +325,7 @@ def readings(store: Store, run_id: str, field: str = "power_w", max_points: int 
 def figures(store: Store, run_id: str) -> dict[str, Any]:
     """The run's headline figures, recomputed from its rows, beside the paper's.
 
-    Same definitions as ``testbed.report.summarise``: self-sufficiency is community energy
+    Same definitions as ``testbed.report.terminal.summarise``: self-sufficiency is community energy
     actually delivered (cleared volume less sellers' shortfall) over the buyers' metered
     demand; the community's net is every household's market plus grid money.
     """

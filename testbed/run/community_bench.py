@@ -22,8 +22,8 @@ from typing import Any
 from contracts.numbers import MICRO
 from drivers.spec import RigSpec
 from testbed.community.day import DayResult
-from testbed.controller import IntervalMeasurement, RigPlan
-from testbed.profiles import DayProfile
+from testbed.config.profiles import DayProfile
+from testbed.run.controller import IntervalMeasurement, RigPlan
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from typing import Any
 
 from contracts.numbers import exact, fmt
 from contracts.settlement import Tariff
+from testbed.config.tomlfile import Table, load_table, resolve
 from testbed.errors import InputError
-from testbed.tomlfile import Table, load_table, resolve
 
 
 @dataclass(frozen=True, slots=True)

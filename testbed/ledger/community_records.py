@@ -15,7 +15,7 @@ micro-unit now and at the previous hour. So every pair's micro-units over the da
 exact total rounded once, and every transfer is an integer from one account to another:
 the sum of all balances is conserved exactly.
 
-All calls into :class:`testbed.ledger.Ledger` are in :func:`open_ledger` and
+All calls into :class:`testbed.ledger.chain.Ledger` are in :func:`open_ledger` and
 :func:`seal_hour`, so a change of the ledger's API touches only them.
 """
 
@@ -30,8 +30,8 @@ from typing import Any
 from contracts.cesdt import Offer, Round
 from contracts.numbers import aud_to_micro
 from contracts.settlement import GRID, Transfer
-from testbed.ledger import Ledger
-from testbed.store import Store
+from testbed.ledger.chain import Ledger
+from testbed.ledger.store import Store
 
 AUD_PER_ETH = Fraction(370)
 OPENING_MICRO = 100_000  # 0.1 ETH (37 AUD) per household: a day's bills and escrows

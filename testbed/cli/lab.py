@@ -1,7 +1,7 @@
 """Lab commands: ``testbed emulate`` (a mock rig over real protocols), ``testbed rig check``
 (read-only unless ``--write-test``) and ``testbed rig safe`` (every device safe, read back).
 
-``register(app)`` adds them to the main Typer app. The work is done in :mod:`testbed.lab`,
+``register(app)`` adds them to the main Typer app. The work is done in :mod:`testbed.run.bench`,
 imported (with asyncio, the drivers and the emulators) only by the command that runs, so
 registering these commands costs ``testbed --help`` nothing.
 """
@@ -18,12 +18,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from testbed.config.rig import load_rig
 from testbed.errors import InputError
-from testbed.rigfile import load_rig
 
 if TYPE_CHECKING:
     from drivers.spec import RigSpec
-    from testbed.lab import CheckResult
+    from testbed.run.bench import CheckResult
 
 
 def fail(message: str, as_json: bool, code: int = 2) -> NoReturn:
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
         """Reach every instrument, identify it, read it once; exit 1 if any fails."""
         import asyncio
 
-        from testbed.lab import check_rig, runs_holding
+        from testbed.run.bench import check_rig, runs_holding
 
         spec = _load(rig, as_json)
         for held in runs_holding(spec, db):
@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
         a crash, or before leaving the lab); exit 1 unless every read-back confirms."""
         import asyncio
 
-        from testbed.lab import make_safe
+        from testbed.run.bench import make_safe
 
         results = asyncio.run(make_safe(_load(rig, as_json)))
         _show(results, as_json, "rig safe")
@@ -147,7 +147,7 @@ def register(app: typer.Typer) -> None:
         models, RTU lines, gateways, unit ids and channels the rig names, on loopback."""
         import asyncio
 
-        from testbed.lab import serve_emulated
+        from testbed.run.bench import serve_emulated
 
         try:
             spec = load_rig(rig)

@@ -1,6 +1,6 @@
 """The report's figures as PNG bytes (matplotlib, Agg, no pyplot global state).
 
-Each function takes plain data (from :mod:`testbed.reporting.data`) and returns PNG bytes,
+Each function takes plain data (from :mod:`testbed.report.figures`) and returns PNG bytes,
 or ``None`` when the run has nothing to plot, so a report never shows an empty axis.
 """
 

@@ -1,0 +1,1 @@
+"""What an operator writes: rig and scenario files (strict TOML), and the day they imply."""

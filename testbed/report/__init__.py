@@ -1,0 +1,1 @@
+"""A run's figures and their presentations: terminal tables, JSON, the HTML report and its plots."""
