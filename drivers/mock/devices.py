@@ -27,8 +27,9 @@ class _MockDevice:
 
     def _sync(self) -> float:
         now = self.clock.now()
-        if now > self.plant.t:  # most calls of a control period share one instant
-            self.plant.advance_to(now)
+        plant = self.plant
+        if now > plant.t:  # most calls of a control period share one instant
+            plant.advance_to(now)
         return now
 
     async def identify(self) -> str:
@@ -91,11 +92,12 @@ class MockBattery(_MockDevice):
     async def read(self) -> BatteryReading:
         at = self._sync()
         b = self.rig.battery
+        v = self.plant.bus_voltage_v
         # ``firmware_energy_gain`` (a rig param) lets a test play a miscalibrated BMS.
         energy = b.energy_wh * self.plant.firmware_gain.get(self.name, 1.0)
-        return BatteryReading(at, energy / b.capacity_wh, energy, b.actual_w, self._v(),
-                              b.actual_w / self._v(), b.temperature_c, b.enabled,
-                              tuple(sorted(b.alarms)))
+        return BatteryReading(at, energy / b.capacity_wh, energy, b.actual_w, v,
+                              b.actual_w / v, b.temperature_c, b.enabled,
+                              tuple(sorted(b.alarms)) if b.alarms else ())
 
     async def safe_state(self) -> None:
         await self.set_enabled(False)
@@ -105,8 +107,8 @@ class MockMeter(_MockDevice):
     async def read(self) -> MeterReading:
         at = self._sync()
         m = self.rig.meter
-        return MeterReading(at, m.import_wh, m.export_wh, m.power_w, self._v(),
-                            m.power_w / self._v())
+        v = self.plant.bus_voltage_v
+        return MeterReading(at, m.import_wh, m.export_wh, m.power_w, v, m.power_w / v)
 
     async def safe_state(self) -> None:
         return None

@@ -105,7 +105,7 @@ class Store:
                                        check_same_thread=False)
             else:
                 conn = sqlite3.connect(self.path, check_same_thread=False)
-            self.db = sqlite_utils.Database(conn)
+            self.db = sqlite_utils.Database(conn, execute_plugins=False)  # no plugin scan
             self._open(check)
         except DamagedDatabase:
             self.close()
@@ -201,7 +201,7 @@ class Store:
         sql = (f"insert into [{table}] ({', '.join(f'[{c}]' for c in columns)}) "
                f"values ({', '.join('?' * len(columns))})")
         with self.db.atomic():  # one transaction (a savepoint inside the caller's)
-            self.db.conn.executemany(sql, [tuple(row.get(c) for c in columns) for row in rows])
+            self.db.conn.executemany(sql, [tuple(map(row.get, columns)) for row in rows])
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         self.db["runs"].update(run_id, fields)  # type: ignore[union-attr]

@@ -264,11 +264,15 @@ class Controller:
         on alone: that role is not asked again until it has answered. In-process: in turn."""
         if not self._concurrent:  # without a wrapper coroutine each: the mock day's hot path
             out: list[Any] = []
-            for _, call in calls:
+            seen, now = self._seen, self.clock.now()
+            for role, call in calls:
                 try:
                     out.append(await call())
                 except Exception as exc:  # returned, like gather's
                     out.append(exc)
+                else:
+                    seen[(household, role)] = now
+            return out
         else:
             tasks: list[asyncio.Future[Any] | None] = []
             for role, call in calls:
