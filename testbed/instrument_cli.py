@@ -1,18 +1,29 @@
-"""Operator tools: ``testbed instrument check FILE`` and ``testbed scenario show|copy NAME``.
+"""Operator tools: ``testbed instrument check FILE``, ``testbed instrument read|set
+RESOURCE --model M ...`` (a pyvisa-style session, :mod:`drivers.bench.session`) and
+``testbed scenario show|copy NAME``.
 
-``register(app)`` adds them to the main Typer app; the instrument model is imported only by
-the command that runs.
+``register(app)`` adds them to the main Typer app; the instrument model and the drivers
+are imported only by the command that runs. Exit codes: 2 for what the operator typed or
+an instrument that does not answer (one line, JSON under ``--json``), 1 for an instrument
+that answers with an error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from rigs import builtin
+
+if TYPE_CHECKING:
+    from drivers.bench.session import Reading, Session
+
+T = TypeVar("T")
 
 # What a file must state for its roles (the pre-flight checks read these ratings).
 RATINGS_FOR_ROLE: dict[str, tuple[str, ...]] = {
@@ -53,9 +64,52 @@ def check_instrument(name_or_path: str) -> dict[str, Any]:
             "energy_resolution_wh": energy_resolution_wh(inst)}
 
 
+def _in_session(resource: str, model: str, channel: int | None, as_json: bool,
+                work: Callable[[Session], Awaitable[T]]) -> T:
+    """Open a session, run ``work`` on it, close it; every failure is one line (exit 2 for
+    input and an instrument that does not answer, 1 for one that answers with an error)."""
+    from drivers.bench.session import SessionError, Unreachable, open_session
+    from drivers.protocol.errors import InstrumentError
+
+    async def main() -> T:
+        session = open_session(resource, model, channel)
+        try:
+            return await work(session)
+        finally:
+            await session.close()
+
+    try:
+        return asyncio.run(main())
+    except (SessionError, Unreachable) as err:
+        _fail(str(err), as_json)
+    except InstrumentError as err:
+        _fail(f"{resource}: the instrument refused: {err}", as_json, code=1)
+
+
+def _show_readings(readings: list[Reading], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps([{"name": r.name, "value": r.value, "unit": r.unit,
+                                "where": r.where} for r in readings], indent=2))
+        return
+    for r in readings:
+        value = f"{r.value:g}" if isinstance(r.value, float) else str(r.value)
+        typer.echo(f"{r.name} = {value}{' ' + r.unit if r.unit else ''}  ({r.where})")
+
+
+ResourceArg = Annotated[str, typer.Argument(
+    help="Where the instrument is: TCPIP::HOST::PORT::SOCKET, ASRL/dev/PATH::INSTR, "
+         "modbus+tcp://HOST:PORT?unit=N, modbus+rtu:///dev/PATH?baud=9600&unit=N.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m",
+                                       help="A built-in instrument name or a file path.")]
+ChannelOpt = Annotated[int | None, typer.Option(
+    "--channel", help="The channel of a multi-channel instrument (default: the file's).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (errors too).")]
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``instrument`` and ``scenario`` sub-apps to ``app``."""
-    inst_app = typer.Typer(help="Check instrument files.", no_args_is_help=True,
+    inst_app = typer.Typer(help="Check instrument files; read and set an instrument.",
+                           no_args_is_help=True,
                            rich_markup_mode=None)
     sc_app = typer.Typer(help="Start from a built-in scenario.", no_args_is_help=True,
                          rich_markup_mode=None)
@@ -79,6 +133,39 @@ def register(app: typer.Typer) -> None:
         for key in result["missing_ratings"]:
             typer.echo(f"warning: {file}: [ratings] {key} is not stated: pre-flight cannot "
                        "check the rig against it", err=True)
+
+    @inst_app.command("read")
+    def instrument_read(
+        resource: ResourceArg,
+        model: ModelOpt,
+        point: Annotated[str | None, typer.Argument(
+            help="A point (Modbus) or command (SCPI) of the file; all readable ones if "
+                 "omitted.")] = None,
+        channel: ChannelOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Read POINT (or every readable point or query) of the instrument at RESOURCE, as
+        its file MODEL declares it. Nothing is written."""
+        readings = _in_session(resource, model, channel, as_json,
+                               lambda s: s.read(point))
+        _show_readings(readings, as_json)
+
+    # a negative VALUE (-120 W: sink) is a value, not an option
+    @inst_app.command("set", context_settings={"ignore_unknown_options": True})
+    def instrument_set(
+        resource: ResourceArg,
+        model: ModelOpt,
+        point: Annotated[str, typer.Argument(help="A writable point or setting command.")],
+        value: Annotated[str, typer.Argument(help="The value (numbers in the point's "
+                                                  "unit; on/off for switches).")],
+        channel: ChannelOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Set POINT to VALUE, checked first against the file's [ratings] (V, A, W and
+        direction), the point's valid range and its register type, then read back."""
+        reading = _in_session(resource, model, channel, as_json,
+                              lambda s: s.set(point, value))
+        _show_readings([reading], as_json)
 
     @sc_app.command("show")
     def scenario_show(

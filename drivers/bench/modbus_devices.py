@@ -95,8 +95,8 @@ class ModbusDevice(InstrumentDevice):
         return self.channel if self.instrument.channels > 1 else 0
 
     def _offset(self, point: Point) -> int:
-        """Per-channel points (coils of a relay board) move with the device's channel."""
-        return self.channel if self.instrument.channels > 1 and point.table == "coil" else 0
+        """Per-channel points move with the device's channel (ModbusMap.channel_offset)."""
+        return self.instrument.channel_offset(point, self.channel)
 
     def _plan(self, names: tuple[str, ...]) -> list[Block]:
         """The requests for ``names``, planned once per set of names (a device reads the

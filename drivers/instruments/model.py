@@ -185,6 +185,17 @@ class ModbusMap:
     turnaround_s: float = 0.0  # RTU: the device's extra time before it listens again
     watchdog: str | None = None  # the point (seconds) arming its communication watchdog
     ratings: Ratings = Ratings()
+    channel_stride: int = 0  # registers between channel blocks (a multi-channel meter)
+
+    def channel_offset(self, point: Point, channel: int) -> int:
+        """How far ``point`` of ``channel`` sits from channel 0's: coils one per channel (a
+        relay board), whole registers ``channel_stride`` per channel (per-channel register
+        blocks); bit fields stay put (their bits move, :meth:`Point.field_mask`)."""
+        if self.channels == 1 or point.mask is not None:
+            return 0
+        if point.table == "coil":
+            return channel
+        return channel * self.channel_stride if point.table in ("holding", "input") else 0
 
     def write_function_for(self, table: str) -> int:
         """The function code that writes one value of ``table``."""
