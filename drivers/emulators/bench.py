@@ -30,6 +30,7 @@ from drivers.emulators.bindings import (
     Binding,
     ConverterScpiBinding,
     GridBinding,
+    GridScpiBinding,
     LoadBinding,
     MeterBinding,
     RelayBoardBinding,
@@ -412,4 +413,5 @@ _BINDINGS: dict[str, type[Binding]] = {
     "grid": GridBinding,
 }
 # SCPI instruments whose role's binding differs from the Modbus one (command names)
-_SCPI_BINDINGS: dict[str, type[Binding]] = {"converter": ConverterScpiBinding}
+_SCPI_BINDINGS: dict[str, type[Binding]] = {"converter": ConverterScpiBinding,
+                                             "grid": GridScpiBinding}

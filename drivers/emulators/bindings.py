@@ -238,6 +238,25 @@ class GridBinding(Binding):
         self.setters |= {"enabled": lambda ch, v: setattr(g(), "enabled", bool(v))}
 
 
+class GridScpiBinding(Binding):
+    """A bidirectional SCPI supply as the grid node: ``output`` switches the node, the
+    measured power is the grid's, + into the bus (the grid meter's export negated);
+    ``voltage`` is stored (the plant's bus is held at the rig's voltage)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        def g() -> GridModel:
+            return self.plant.grid
+
+        self.getters |= {
+            "output": lambda ch: g().enabled,
+            "measured_voltage": lambda ch: self.v_bus,
+            "measured_current": lambda ch: -g().meter.power_w / self.v_bus,
+            "measured_power": lambda ch: -g().meter.power_w,
+        }
+        self.setters |= {"output": lambda ch, v: setattr(g(), "enabled", bool(v))}
+
+
 class RelayBoardBinding(Binding):
     """A relay board: coil ``channel`` is the contactor of rig ``rig_ids[channel]``."""
 

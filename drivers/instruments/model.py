@@ -36,7 +36,13 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
     # the direction (+ source into the bus, - sink from it); measured_power is signed too
     "converter": ("identify", "output", "measured_voltage", "measured_current",
                   "measured_power"),
+    # a bidirectional supply as the grid node: constant voltage at the bus voltage, it
+    # sources what the rigs draw and sinks what they export (measured_power + into the bus)
+    "grid": ("identify", "output", "voltage", "measured_voltage", "measured_current",
+             "measured_power"),
 }
+# The SCPI roles driven by a power setpoint (they need the setpoint's commands too).
+SETPOINT_ROLES = ("pv", "load", "converter")
 SETPOINT_COMMANDS: dict[str, tuple[str, ...]] = {
     "current": ("voltage", "current"),  # CC into the bus: I = P / V_bus
     "power": ("power",),  # native constant-power mode
@@ -611,8 +617,9 @@ def _parse_scpi(source: str, data: dict[str, Any], head: dict[str, Any],
             raise InstrumentFileError(source, "[instrument] roles",
                                       f"no SCPI driver for role {role!r} "
                                       f"(SCPI roles: {', '.join(ROLE_COMMANDS)})")
-        missing = [n for n in ROLE_COMMANDS[role] + SETPOINT_COMMANDS[setpoint]
-                   if n not in commands]
+        needs = ROLE_COMMANDS[role] + (SETPOINT_COMMANDS[setpoint]
+                                       if role in SETPOINT_ROLES else ())
+        missing = [n for n in needs if n not in commands]
         if missing:
             raise InstrumentFileError(source, "[commands]",
                                       f"role {role} needs command(s) {', '.join(missing)}")
