@@ -28,6 +28,7 @@ from drivers.clock import Clock, RealClock
 from drivers.emulators.bindings import (
     BatteryBinding,
     Binding,
+    ChannelsBinding,
     ConverterScpiBinding,
     GridBinding,
     GridScpiBinding,
@@ -193,22 +194,27 @@ class EmulatedBench:
                            *, serial: bool) -> None:
         units: dict[int, EmulatedModbusDevice] = {}
         boards: dict[int, list[tuple[DeviceSpec, str | None]]] = {}
+        shared: dict[int, list[tuple[DeviceSpec, str | None]]] = {}
         for spec, hid, res in members:
             if spec.role == "relay":  # a board: one unit, a coil per household
                 boards.setdefault(res.unit, []).append((spec, hid))
                 continue
-            if res.unit in units:
-                raise ValueError(f"{spec.name}: unit {res.unit} on {key} is taken")
             model = str(spec.model)
             instrument = load_instrument(model)
             if not isinstance(instrument, ModbusMap):
                 raise ValueError(f"{spec.name}: {model} is not a Modbus instrument")
-            extra: dict[str, Any] = {"alarm_bits": instrument.point("alarms").bits} \
-                if spec.role == "battery" and "alarms" in instrument.points else {}
-            if spec.role == "meter":
-                extra["unit"] = res.unit
+            if instrument.channels > 1:  # one unit, a register block per household
+                shared.setdefault(res.unit, []).append((spec, hid))
+                continue
+            if res.unit in units:
+                raise ValueError(f"{spec.name}: unit {res.unit} on {key} is taken")
             units[res.unit] = EmulatedModbusDevice(
-                instrument, self._binding(spec, hid, model, **extra), res.unit)
+                instrument, self._binding(spec, hid, model, **_extra(spec, instrument, res)),
+                res.unit)
+        for unit, group in shared.items():
+            if unit in units:
+                raise ValueError(f"{group[0][0].name}: unit {unit} on {key} is taken")
+            units[unit] = self._channels(key, unit, group)
         for unit, board in boards.items():
             if unit in units:
                 raise ValueError(f"{board[0][0].name}: unit {unit} on {key} is taken")
@@ -239,6 +245,31 @@ class EmulatedBench:
         for spec, hid, res in members:
             query = f"?baud={res.baud}&unit={res.unit}" if serial else f"?unit={res.unit}"
             self._add(spec, hid, str(spec.model), where + query, units[res.unit])
+
+    def _channels(self, key: str, unit: int,
+                  group: list[tuple[DeviceSpec, str | None]]) -> EmulatedModbusDevice:
+        """One multi-channel instrument at ``unit`` serving each device of ``group`` on
+        the channel its rig file names (its own register block)."""
+        spec0 = group[0][0]
+        model = str(spec0.model)
+        instrument = load_instrument(model)
+        assert isinstance(instrument, ModbusMap)
+        res = parse_resource(str(spec0.resource))
+        bindings: dict[int, Binding] = {}
+        for spec, hid in group:
+            channel = int(spec.params.get("channel", 0))
+            if spec.model != model:
+                raise ValueError(f"{spec.name}: shares unit {unit} of {key} with "
+                                 f"{spec0.name} but names model {spec.model}, not {model}")
+            if not 0 <= channel < instrument.channels or channel in bindings:
+                raise ValueError(f"{spec.name}: channel {channel} of {model} on {key} is "
+                                 "out of range or taken")
+            bindings[channel] = self._binding(spec, hid, model,
+                                              **_extra(spec, instrument, res))
+        name = f"{model} {key} unit {unit}"
+        return EmulatedModbusDevice(instrument, ChannelsBinding(
+            self.plant, self.clock, name, self._identity(model, name), channels=bindings),
+            unit)
 
     def _binding(self, spec: DeviceSpec, household: str | None, model: str,
                  kinds: dict[str, type[Binding]] | None = None, **extra: Any) -> Binding:
@@ -384,6 +415,16 @@ class EmulatedBench:
         if spec.dut:
             table["dut"] = True
         return table | limits | dict(spec.params) | end.params
+
+
+def _extra(spec: DeviceSpec, instrument: ModbusMap, res: Resource) -> dict[str, Any]:
+    """What a Modbus role's binding takes beyond the plant: a battery's alarm bits, a
+    meter's unit id."""
+    extra: dict[str, Any] = {"alarm_bits": instrument.point("alarms").bits} \
+        if spec.role == "battery" and "alarms" in instrument.points else {}
+    if spec.role == "meter":
+        extra["unit"] = res.unit
+    return extra
 
 
 def _slug(key: str) -> str:

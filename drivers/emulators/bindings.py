@@ -257,6 +257,27 @@ class GridScpiBinding(Binding):
         self.setters |= {"output": lambda ch, v: setattr(g(), "enabled", bool(v))}
 
 
+class ChannelsBinding(Binding):
+    """A multi-channel instrument whose channels serve different households (a meter or
+    load with one register block per channel): each name is answered by the channel's own
+    binding; a channel no household uses stores what is written to it."""
+
+    def __init__(self, *args: Any, channels: dict[int, Binding]) -> None:
+        super().__init__(*args)
+        self.channels = channels
+
+    def get(self, name: str, channel: int = 0) -> Any:
+        own = self.channels.get(channel)
+        return own.get(name, channel) if own is not None else super().get(name, channel)
+
+    def set(self, name: str, channel: int, value: Any) -> None:
+        own = self.channels.get(channel)
+        if own is not None:
+            own.set(name, channel, value)
+        else:
+            super().set(name, channel, value)
+
+
 class RelayBoardBinding(Binding):
     """A relay board: coil ``channel`` is the contactor of rig ``rig_ids[channel]``."""
 

@@ -403,15 +403,17 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
     channels = head.get("channels", 1)
     if not isinstance(channels, int) or isinstance(channels, bool) or not 1 <= channels <= 64:
         raise InstrumentFileError(source, "[instrument] channels", "an integer in 1..64")
+    stride = _channel_stride(source, head, channels, points)
     for role in roles:
         for name in ROLE_POINTS.get(role, ()):
             p = points.get(name)
-            if channels > 1 and p is not None and p.table in ("holding", "input") \
-                    and p.mask is None:
+            if channels > 1 and not stride and p is not None \
+                    and p.table in ("holding", "input") and p.mask is None:
                 raise InstrumentFileError(
                     source, f"[points] {name}", f"channels = {channels}, but {name} is a "
                     "whole register: every channel would write the same one. Declare the "
-                    "bit of channel 0 (bit = 0: channel N is bit N), or use coils")
+                    "bit of channel 0 (bit = 0: channel N is bit N), use coils, or give "
+                    "channel_stride (registers between channel blocks)")
             if p is not None and p.mask is not None and \
                     p.field_mask(channels - 1) > 0xFFFF:
                 raise InstrumentFileError(source, f"[points] {name}",
@@ -439,7 +441,41 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
         if name not in points:
             raise InstrumentFileError(source, "[instrument] identify", f"no point {name!r}")
     return ModbusMap(head["model"], head["title"], head["follows"], roles, points, identify,
-                     int(head.get("channels", 1)), source, numbering=numbering, **quirks)
+                     int(head.get("channels", 1)), source, numbering=numbering,
+                     channel_stride=stride, **quirks)
+
+
+def _channel_stride(source: str, head: dict[str, Any], channels: int,
+                    points: dict[str, Point]) -> int:
+    """``channel_stride``: channel N's registers sit N x stride above channel 0's (a
+    multi-channel meter or load with one register block per channel). Every whole
+    register point moves with the channel, so a block must fit in the stride and the last
+    channel's block in the 16-bit address space."""
+    stride = head.get("channel_stride", 0)
+    if not isinstance(stride, int) or isinstance(stride, bool) or not 0 <= stride <= 0x8000:
+        raise InstrumentFileError(source, "[instrument] channel_stride",
+                                  "an integer in 0..32768 (registers between channel blocks)")
+    if not stride:
+        return 0
+    if channels < 2:
+        raise InstrumentFileError(source, "[instrument] channel_stride",
+                                  "applies to a multi-channel instrument (channels >= 2)")
+    for table in ("holding", "input"):
+        block = [p for p in points.values() if p.table == table and p.mask is None]
+        if not block:
+            continue
+        low = min(p.address for p in block)
+        high = max(p.address + p.count for p in block)
+        if high - low > stride:
+            raise InstrumentFileError(source, "[instrument] channel_stride",
+                                      f"{stride} registers, but channel 0's {table} block "
+                                      f"spans {high - low} ({low}..{high - 1}): the "
+                                      "channels' blocks would overlap")
+        if high + (channels - 1) * stride > 0x10000:
+            raise InstrumentFileError(source, "[instrument] channel_stride",
+                                      f"channel {channels - 1}'s {table} block ends beyond "
+                                      "address 65535")
+    return stride
 
 
 COMMON_HEAD_KEYS = frozenset({"protocol", "model", "roles", "title", "follows"})
@@ -449,7 +485,7 @@ COMMAND_KEYS = frozenset({"get", "set", "type", "true", "false", "unit", "doc"})
 MODBUS_HEAD_KEYS = COMMON_HEAD_KEYS | {"word_order", "identify", "channels", "numbering",
                                        "write_function", "coil_write_function",
                                        "max_read_registers", "timeout_s", "rtu_silent_s",
-                                       "turnaround_s", "watchdog"}
+                                       "turnaround_s", "watchdog", "channel_stride"}
 NUMBERINGS = ("zero-based", "one-based")
 # Datasheet ("Modicon") numbering: table -> the reference of protocol address 0.
 DATASHEET_BASE = {"coil": 1, "discrete": 10001, "input": 30001, "holding": 40001}

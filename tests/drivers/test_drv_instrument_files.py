@@ -100,19 +100,20 @@ async def test_modbus_map_against_emulator(model: str, small_rig: RigSpec) -> No
     link = ModbusLink(parse_resource(f"modbus+tcp://127.0.0.1:{port}?unit=1&timeout=1"))
     try:
         for point in instrument.points.values():
-            channels = range(instrument.channels) if point.table == "coil" else range(1)
-            for ch in channels:
+            moves = instrument.channels > 1 and instrument.channel_offset(point, 1) != 0
+            for ch in range(instrument.channels) if moves else range(1):
+                at = point.address + instrument.channel_offset(point, ch)
                 if point.readable:
-                    words = await link.read(point.table, point.address + ch, point.count, 1)
+                    words = await link.read(point.table, at, point.count, 1)
                     expected = point.codec.decode(point.codec.encode(
                         float(binding.get(point.name, ch))))
                     assert point.codec.decode(words) == pytest.approx(expected), point.name
                 if point.writable:
                     value = WRITE_VALUES[point.codec.type]
-                    await link.write(point.table, point.address + ch, point.codec.encode(value), 1)
+                    await link.write(point.table, at, point.codec.encode(value), 1)
                     assert float(binding.get(point.name, ch)) == pytest.approx(
                         point.codec.decode(point.codec.encode(value))), point.name
-                    words = await link.read(point.table, point.address + ch, point.count, 1)
+                    words = await link.read(point.table, at, point.count, 1)
                     assert point.codec.decode(words) == pytest.approx(
                         point.codec.decode(point.codec.encode(value))), point.name
     finally:
