@@ -126,7 +126,9 @@ class ScpiGrid(ScpiPowerDevice):
     """A bidirectional supply as the grid node: in constant voltage at the rig's
     ``bus_voltage_v`` (set on every connection) it sources what the rigs draw and sinks
     what they export. Readings follow the grid meter's convention: ``power_w`` + bus ->
-    grid (the supply's measured power, + into the bus, negated), ``import_wh`` grid -> bus.
+    grid, that is -V x I with the supply's measured current signed + sourcing (many
+    supplies report power unsigned; the current's sign is the direction), ``import_wh``
+    grid -> bus.
 
     A supply has no energy counter: the energies are the trapezoid of its power over the
     clock, sampled once per control period while it is on (a background task started by
@@ -171,15 +173,20 @@ class ScpiGrid(ScpiPowerDevice):
         while True:
             await self.clock.sleep_until(self.clock.now() + self.period_s)
             with contextlib.suppress(Exception):
-                power = float(await self._query("measured_power"))
-                self._integrate(self.clock.now(), -power)
+                volts = float(await self._query("measured_voltage"))
+                amps = float(await self._query("measured_current"))
+                self._integrate(self.clock.now(), -volts * amps)
 
     async def read(self) -> MeterReading:  # type: ignore[override]
-        r = await super().read()
-        to_grid = -r.power_w if r.on else 0.0
-        self._integrate(r.at, to_grid)
-        return MeterReading(r.at, self.import_wh, self.export_wh, to_grid, r.voltage_v,
-                            -r.current_a)
+        async def exchange() -> tuple[float, float, bool]:
+            return (await self._query("measured_voltage"),
+                    await self._query("measured_current"), await self._query(self.switch))
+
+        v, i, on = await self._run("read", exchange)
+        at = self.clock.now()
+        to_grid = -v * i if on else 0.0  # + sourcing into the bus is import from the grid
+        self._integrate(at, to_grid)
+        return MeterReading(at, self.import_wh, self.export_wh, to_grid, v, -i if on else 0.0)
 
     async def safe_state(self) -> None:
         return None  # the grid node stays up to hold the bus while rigs disconnect

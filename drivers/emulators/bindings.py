@@ -163,7 +163,9 @@ class BatteryBinding(_ConverterBinding):
         self.getters |= {
             "soc": lambda ch: b().soc,
             "energy_wh": lambda ch: b().energy_wh,
+            "remaining_ah": lambda ch: b().energy_wh / self.v_bus,  # a BMS counting Ah
             "capacity_wh": lambda ch: b().capacity_wh,
+            "capacity_ah": lambda ch: b().capacity_wh / self.v_bus,
             "power_w": lambda ch: b().actual_w,
             "voltage_v": lambda ch: self.v_bus,
             "current_a": lambda ch: b().actual_w / self.v_bus,

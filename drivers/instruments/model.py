@@ -25,8 +25,9 @@ ROLE_POINTS: dict[str, tuple[str, ...]] = {
     "battery": ("soc", "energy_wh", "power_w", "voltage_v", "current_a", "temperature_c",
                 "enabled", "power_setpoint_w"),
     "relay": ("closed",),
-    # a battery of two instruments: the BMS's readings, the converter's setpoint
-    "bms": ("soc", "energy_wh", "voltage_v", "current_a", "temperature_c"),
+    # a battery of two instruments: the BMS's readings, the converter's setpoint (and the
+    # stored energy: energy_wh, or remaining_ah, ENERGY_ALTERNATIVES)
+    "bms": ("soc", "voltage_v", "current_a", "temperature_c"),
     "converter": ("power_w", "enabled", "power_setpoint_w"),
 }
 ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
@@ -37,10 +38,13 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
     "converter": ("identify", "output", "measured_voltage", "measured_current",
                   "measured_power"),
     # a bidirectional supply as the grid node: constant voltage at the bus voltage, it
-    # sources what the rigs draw and sinks what they export (measured_power + into the bus)
-    "grid": ("identify", "output", "voltage", "measured_voltage", "measured_current",
-             "measured_power"),
+    # sources what the rigs draw and sinks what they export; its power is V x I, the
+    # measured current signed (+ sourcing into the bus, - sinking)
+    "grid": ("identify", "output", "voltage", "measured_voltage", "measured_current"),
 }
+# Points a role needs one of: a BMS that counts charge, not energy, gives remaining_ah
+# (the driver reports energy_wh = remaining_ah x voltage_v).
+ENERGY_ALTERNATIVES: dict[str, tuple[str, ...]] = {"bms": ("energy_wh", "remaining_ah")}
 # The SCPI roles driven by a power setpoint (they need the setpoint's commands too).
 SETPOINT_ROLES = ("pv", "load", "converter")
 SETPOINT_COMMANDS: dict[str, tuple[str, ...]] = {
@@ -246,6 +250,8 @@ class Command:
             if word in ("0", self.false.upper(), "OFF"):
                 return False
             raise ValueError(f"{self.name}: not a boolean reply {reply!r}")
+        if self.unit and text.upper().endswith(self.unit.upper()) and self.type != "str":
+            text = text[:-len(self.unit)].rstrip()  # "43.50V": a reply with its unit
         return COMMAND_TYPES[self.type](text)
 
     def setting_pattern(self, channel: int) -> re.Pattern[str]:
@@ -394,7 +400,10 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
         address = _protocol_address(source, where, table, p["address"], numbering)
         if address > 0xFFFF:
             raise InstrumentFileError(source, where, "address must be in 0..0xFFFF")
-        codec = Codec(kind, order, float(p.get("scale", 1)))
+        offset = p.get("offset", 0)
+        if isinstance(offset, bool) or not isinstance(offset, int | float):
+            raise InstrumentFileError(source, where, "offset must be a number")
+        codec = Codec(kind, order, float(p.get("scale", 1)), float(offset))
         points[name] = Point(name, table, address, codec, p.get("unit", ""), access,
                              tuple(p.get("bits", ())), p.get("doc", ""),
                              _rollover(source, where, p.get("rollover"), codec),
@@ -425,6 +434,9 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
                                       f"no Modbus driver for role {role!r} "
                                       f"(Modbus roles: {', '.join(ROLE_POINTS)})")
         missing = [n for n in ROLE_POINTS[role] if n not in points]
+        either = ENERGY_ALTERNATIVES.get(role, ())
+        if either and not any(n in points for n in either):
+            missing.append(" or ".join(either))
         if missing:
             raise InstrumentFileError(source, "[points]",
                                       f"role {role} needs point(s) {', '.join(missing)}")
@@ -479,7 +491,8 @@ def _channel_stride(source: str, head: dict[str, Any], channels: int,
 
 
 COMMON_HEAD_KEYS = frozenset({"protocol", "model", "roles", "title", "follows"})
-POINT_KEYS = frozenset({"table", "address", "type", "scale", "unit", "access", "bits", "doc",
+POINT_KEYS = frozenset({"table", "address", "type", "scale", "offset", "unit", "access",
+                        "bits", "doc",
                         "word_order", "rollover", "min", "max", "bit", "mask"})
 COMMAND_KEYS = frozenset({"get", "set", "type", "true", "false", "unit", "doc"})
 MODBUS_HEAD_KEYS = COMMON_HEAD_KEYS | {"word_order", "identify", "channels", "numbering",

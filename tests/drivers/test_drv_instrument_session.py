@@ -235,3 +235,24 @@ async def test_a_run_with_an_instrument_switched_off_stops_before_the_bench_move
     assert "did not answer at identify, nothing was switched on" in error
     assert error in r.err.strip().splitlines()[-1]
     assert not any(relays) and not any(outputs), "no relay closed, no output on"
+
+
+async def test_a_commercial_bms_map_read_from_pymodbus_own_server() -> None:
+    """seplos-v3: temperature in 0.1 K (scale and offset), current + charging negated,
+    SoC in 0.1 % as a fraction."""
+    bms = load_instrument("seplos-v3")
+    assert isinstance(bms, ModbusMap)
+    values = {"voltage_v": 53.12, "current_a": -4.2, "remaining_ah": 87.5, "soc": 0.734,
+              "temperature_c": 24.85, "cell_count": 16}
+    async with serve_map(bms, values) as served:
+        resource = f"modbus+tcp://127.0.0.1:{served.port}?unit=1"
+        read = await testbed("instrument", "read", resource, "--model", bms.model, "--json")
+        raw = dict(served.registers)
+    assert read.code == 0, read.err
+    got = {r["name"]: r["value"] for r in read.json}
+    assert got["voltage_v"] == pytest.approx(53.12) and got["soc"] == pytest.approx(0.734)
+    assert got["temperature_c"] == pytest.approx(24.85, abs=0.051)
+    assert got["current_a"] == pytest.approx(-4.2) and got["cell_count"] == 16
+    assert bms.point("temperature_c").codec.encode(24.85) == [2980]  # 298.0 K in 0.1 K
+    assert bms.point("current_a").codec.encode(-4.2) == [420]  # 4.2 A charging: + on the wire
+    assert raw == {}, "a read wrote nothing"
