@@ -1,6 +1,6 @@
 """Operator tools: ``testbed instrument check FILE``, ``testbed instrument read|set
 RESOURCE --model M ...`` (a pyvisa-style session, :mod:`drivers.bench.session`) and
-``testbed scenario show|copy NAME``.
+``testbed scenario show|copy NAME`` (``testbed rig show|copy`` share the helpers).
 
 ``register(app)`` adds them to the main Typer app; the instrument model and the drivers
 are imported only by the command that runs. Exit codes: 2 for what the operator typed or
@@ -62,6 +62,29 @@ def check_instrument(name_or_path: str) -> dict[str, Any]:
                         "power_w": r.power_w, "directions": list(r.directions)},
             "missing_ratings": missing,
             "energy_resolution_wh": energy_resolution_wh(inst)}
+
+
+def show_builtin(kind: str, name: str) -> None:
+    """Print the built-in (or example) ``kind`` file ``name``; exit 2 naming the known ones."""
+    known = builtin(kind)
+    if name not in known:
+        _fail(f"no built-in {kind[:-1]} {name!r} (built-in: {', '.join(known)})", False)
+    typer.echo(known[name].read_text("utf-8"), nl=False)
+
+
+def copy_builtin(kind: str, name: str, dest: Path) -> None:
+    """Copy the built-in (or example) ``kind`` file ``name`` to ``dest`` to edit it; never
+    overwrites (exit 2)."""
+    known = builtin(kind)
+    if name not in known:
+        _fail(f"no built-in {kind[:-1]} {name!r} (built-in: {', '.join(known)})", False)
+    try:
+        with dest.open("x", encoding="utf-8") as f:
+            f.write(known[name].read_text("utf-8"))
+    except OSError as err:
+        _fail(f"{dest}: {err.strerror or 'cannot be written'}", False)
+    use = {"scenarios": f"testbed run {dest}", "rigs": f"testbed rig check {dest}"}[kind]
+    typer.echo(f"wrote {dest}: edit it, then `{use}`")
 
 
 def _in_session(resource: str, model: str, channel: int | None, as_json: bool,
@@ -172,10 +195,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="A built-in scenario name.")],
     ) -> None:
         """Print a built-in scenario's TOML, comments and all."""
-        known = builtin("scenarios")
-        if name not in known:
-            _fail(f"no built-in scenario {name!r} (built-in: {', '.join(known)})", False)
-        typer.echo(known[name].read_text("utf-8"), nl=False)
+        show_builtin("scenarios", name)
 
     @sc_app.command("copy")
     def scenario_copy(
@@ -183,15 +203,7 @@ def register(app: typer.Typer) -> None:
         dest: Annotated[Path, typer.Argument(help="The file to write (not overwritten).")],
     ) -> None:
         """Copy a built-in scenario to DEST to edit it; refuses to overwrite a file."""
-        known = builtin("scenarios")
-        if name not in known:
-            _fail(f"no built-in scenario {name!r} (built-in: {', '.join(known)})", False)
-        try:
-            with dest.open("x", encoding="utf-8") as f:
-                f.write(known[name].read_text("utf-8"))
-        except OSError as err:
-            _fail(f"{dest}: {err.strerror or 'cannot be written'}", False)
-        typer.echo(f"wrote {dest}: run it with `testbed run {dest}`")
+        copy_builtin("scenarios", name, dest)
 
     app.add_typer(inst_app, name="instrument")
     app.add_typer(sc_app, name="scenario")
