@@ -48,3 +48,22 @@ def test_scenario_copy_then_run_from_the_copy(tmp_path: Path) -> None:
     shown = runner.invoke(app, ["scenario", "show", "scenario2"])
     assert shown.stdout == dest.read_text()
     assert runner.invoke(app, ["scenario", "show", "nope"]).exit_code == 2
+
+
+def test_every_example_is_reachable_by_name_and_copies(tmp_path: Path) -> None:
+    from rigs import EXAMPLES, builtin
+
+    shipped = {f.stem for f in (Path(__file__).resolve().parent.parent / "rigs" /
+                                "examples").glob("*.toml")}
+    assert shipped == {n for names in EXAMPLES.values() for n in names}
+    assert "university-lab3" in builtin("rigs") and "lab3-scenario" in builtin("scenarios")
+    runner = CliRunner()
+    dest = tmp_path / "rig.toml"
+    assert runner.invoke(app, ["rig", "copy", "university-lab3", str(dest)]).exit_code == 0
+    assert runner.invoke(app, ["rig", "show", "university-lab3"]).stdout == dest.read_text()
+    again = runner.invoke(app, ["rig", "copy", "university-lab3", str(dest)])
+    assert again.exit_code == 2 and "exists" in again.output
+    from testbed.rigfile import load_rig
+
+    assert [h.id for h in load_rig(str(dest)).households] == ["1", "2", "3"]
+    assert load_rig("university-lab3").name == "university-lab3"
