@@ -232,7 +232,7 @@ async def test_a_run_with_an_instrument_switched_off_stops_before_the_bench_move
     assert "Traceback" not in r.err + r.out
     error = r.json["error"]
     assert f"{device}: {device} at" in error and why in error, error
-    assert "did not answer at identify, nothing was switched on" in error
+    assert "failed at identify and set-up, nothing was switched on" in error
     assert error in r.err.strip().splitlines()[-1]
     assert not any(relays) and not any(outputs), "no relay closed, no output on"
 
