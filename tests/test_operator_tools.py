@@ -34,8 +34,10 @@ def test_check_names_the_overlapping_register_with_exit_2(tmp_path: Path) -> Non
 def test_check_warns_of_missing_ratings_and_reports_a_meter_resolution() -> None:
     result = CliRunner().invoke(app, ["instrument", "check", "peacefair-pzem017", "--json"])
     assert json.loads(result.stdout)["energy_resolution_wh"] == 1.0
-    supply = CliRunner().invoke(app, ["instrument", "check", "rigol-dp800"])
+    supply = CliRunner().invoke(app, ["instrument", "check", "generic-scpi-supply"])
     assert "[ratings] voltage_v is not stated" in supply.output
+    rated = CliRunner().invoke(app, ["instrument", "check", "rigol-dp800"])
+    assert "not stated" not in rated.output
 
 
 def test_scenario_copy_then_run_from_the_copy(tmp_path: Path) -> None:

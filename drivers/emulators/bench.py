@@ -41,7 +41,12 @@ from drivers.emulators.modbus_device import EmulatedModbusDevice
 from drivers.emulators.modbus_server import ModbusRtuServer, ModbusTcpServer
 from drivers.emulators.pty_port import PtyPort
 from drivers.emulators.scpi_server import EmulatedScpiDevice, ScpiPtyServer, ScpiTcpServer
-from drivers.instruments.model import ModbusMap, ScpiCommandSet, load_instrument
+from drivers.instruments.model import (
+    ModbusMap,
+    ScpiCommandSet,
+    load_instrument,
+    rating_problems,
+)
 from drivers.mock.plant import Plant
 from drivers.resources import Resource, parse_resource
 from drivers.spec import DeviceSpec, RigSpec
@@ -95,10 +100,18 @@ class EmulatedBench:
         self._servers: list[Any] = []
         self._watchdog: asyncio.Task[None] | None = None
 
-    def _model(self, role: str, index: int) -> str:
+    def _model(self, role: str, index: int, spec: DeviceSpec | None = None) -> str:
+        """The model for a mock device: ``--model`` if given, else the role's models in
+        turn, skipping one whose ratings cannot serve ``spec``'s limits on this bus (a
+        30 V supply is no PV for a 48 V bus: pre-flight would refuse the run)."""
         if role in self.models:
             return self.models[role]
         choices = ROLE_MODELS[role]
+        for k in range(len(choices)):
+            model = choices[(index + k) % len(choices)]
+            if spec is None or not rating_problems(load_instrument(model), role,
+                                                   spec.limits, self.rig.bus_voltage_v):
+                return model
         return choices[index % len(choices)]
 
     def _identity(self, model: str, name: str) -> str:
@@ -122,7 +135,8 @@ class EmulatedBench:
         for i, h in enumerate(households):
             for role in ("pv", "load"):
                 if h.devices[role].name not in done:
-                    await self._scpi(h.devices[role], h.id, self._model(role, i))
+                    await self._scpi(h.devices[role], h.id,
+                                     self._model(role, i, h.devices[role]))
             if h.devices["battery"].name not in done:
                 await self._modbus_tcp(h.devices["battery"], h.id, self._model("battery", i))
         for role, serve in (("meter", self._meters), ("relay", self._relays)):

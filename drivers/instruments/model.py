@@ -103,6 +103,32 @@ def parse_ratings(source: str, data: dict[str, Any]) -> Ratings:
                    tuple(directions), values.get("energy_resolution_wh"))
 
 
+def rating_problems(instrument: Instrument, role: str, limits: Any,
+                    bus_voltage_v: float) -> list[str]:
+    """Why ``instrument`` cannot serve a device of ``role`` with these rig ``limits``
+    (a :class:`drivers.spec.Limits`) on a bus at ``bus_voltage_v``: a limit above a rating,
+    or a bus voltage a current-setpoint supply cannot hold above (``bus_voltage_v x
+    voltage_headroom``). One line each, with both figures and what to change; [] when it
+    fits (a rating not stated is not checked). Read by pre-flight and the emulator."""
+    r = instrument.ratings
+    out: list[str] = []
+    for key, limit, rating, unit in (("max_power_w", limits.max_power_w, r.power_w, "W"),
+                                     ("max_voltage_v", limits.max_voltage_v, r.voltage_v, "V"),
+                                     ("max_current_a", limits.max_current_a, r.current_a, "A")):
+        if limit is not None and rating is not None and limit > rating:
+            out.append(f"{key} = {limit:g} {unit} but {instrument.model} is rated "
+                       f"{rating:g} {unit}: lower the limit or use a larger instrument")
+    if r.voltage_v is not None and role in ("pv", "load", "battery", "grid"):
+        headroom = getattr(instrument, "voltage_headroom", 1.0) \
+            if getattr(instrument, "setpoint", "") == "current" else 1.0
+        needed = bus_voltage_v * headroom
+        if needed > r.voltage_v:
+            out.append(f"the bus needs {needed:.4g} V (bus_voltage_v {bus_voltage_v:g} x "
+                       f"headroom {headroom:g}) but {instrument.model} is rated "
+                       f"{r.voltage_v:g} V: lower bus_voltage_v or use a supply rated for it")
+    return out
+
+
 def energy_resolution_wh(instrument: Instrument) -> float:
     """One count of the instrument's energy counter in Wh: the stated rating, else the
     ``import_wh`` point's step (0 for a float counter or an instrument without one)."""

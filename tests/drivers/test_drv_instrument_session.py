@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import sys
 from dataclasses import dataclass
@@ -73,7 +74,9 @@ def one_line_error(r: Result, *words: str) -> None:
 
 def rated(tmp_path: Path, model: str, ratings: str) -> str:
     path = tmp_path / f"{model}-rated.toml"
-    path.write_text((INSTRUMENTS / f"{model}.toml").read_text() + ratings)
+    text = re.sub(r"\n\[ratings\].*?(?=\n\[)", "", (INSTRUMENTS / f"{model}.toml").read_text(),
+                  flags=re.S)
+    path.write_text(text + ratings)
     return str(path)
 
 
