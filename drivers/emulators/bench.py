@@ -1,7 +1,8 @@
 """Every instrument of a mock rig, emulated over real protocols, and a rig file pointing at them.
 
 Layout (per household): the PV supply and the load are SCPI instruments on their own TCP
-ports (alternating the generic and the Rigol command sets), the battery a Modbus TCP
+ports (the generic and the Rigol command sets in turn, where the Rigol's ratings can serve
+the device's limits), the battery a Modbus TCP
 instrument, the meters share one Modbus RTU line (a pseudo-terminal, unit id = household
 number) as RS-485 meters do, the relays are coils of 8-channel relay boards on Modbus TCP,
 and the grid node is a Modbus TCP instrument. All of them serve one plant, advanced on a
