@@ -220,7 +220,10 @@ async def test_the_same_converter_is_driven_with_16_once_its_file_says_so(
     assert served.registers[0x103] == 5  # the watchdog armed (rig file: watchdog_s = 5)
 
 
-async def test_testbed_run_on_that_converter_exits_1_with_one_line(tmp_path: Path) -> None:
+async def test_testbed_run_on_that_converter_exits_2_with_one_line(tmp_path: Path) -> None:
+    """Its set-up (the watchdog write, function 06) fails when the run asks every
+    instrument who it is, before anything is switched on: a set-up error, exit 2, one
+    line; the converter is still sent its safe state (disabled with function 16)."""
     instrument = load_instrument("testbed-bms-converter")
     assert isinstance(instrument, ModbusMap)
     mock = (ROOT / "rigs/rigs/mock.toml").read_text()
@@ -235,12 +238,12 @@ async def test_testbed_run_on_that_converter_exits_1_with_one_line(tmp_path: Pat
         _, stderr = await asyncio.wait_for(proc.communicate(), 120)
         enabled = served.registers.get(0x100)
     err = stderr.decode()
-    assert proc.returncode == 1, err
+    assert proc.returncode == 2, err
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
     assert "household 1 battery" in errors[0] and "function 06" in errors[0]
-    assert "safe state: every output off" in err  # complete
+    assert "failed at identify and set-up, nothing was switched on" in errors[0]
     assert enabled == 0
 
 

@@ -99,3 +99,50 @@ async def test_the_lab3_bench_runs_to_a_passing_junit(tmp_path: Path) -> None:
     assert int(suite.get("tests", "0")) > 0
     assert suite.get("failures") == "0" and suite.get("errors", "0") == "0", \
         ET.tostring(suite, "unicode")
+
+
+SCPI_GRID = '''[grid]                 # a regenerative supply holds the bus: sources and sinks
+driver = "scpi"
+model = "generic-scpi-bidirectional"
+resource = "TCPIP::192.168.1.41::5025::SOCKET"
+max_power_w = 300
+'''
+
+
+@pytest.mark.serial
+async def test_the_lab3_bench_runs_with_a_bidirectional_scpi_supply_as_grid_node(
+        tmp_path: Path) -> None:
+    text = RIG.read_text()
+    start = text.index("[grid]")
+    end = text.index("[defaults.pv]")
+    rig_file = tmp_path / "lab3-scpi-grid.toml"
+    rig_file.write_text(text[:start] + SCPI_GRID + "\n" + text[end:])
+    rig = load_rig(str(rig_file))
+    assert rig.grid.driver == "scpi"
+    sc = load_scenario(str(SCENARIO))
+    async with EmulatedBench(rig) as emu:
+        data = emu.rig_dict(time_scale=4320, control_period_s=0.8)
+        assert data["grid"]["model"] == "generic-scpi-bidirectional"  # served as written
+        for table in [data["grid"], *(t for h in data["households"] for t in h.values()
+                                      if isinstance(t, dict))]:
+            table["timeout_s"] = 0.5
+        out = await run_scenario(sc, rig_from_dict("lab3-scpi-grid", data),
+                                 Store(tmp_path / "grid.db"), clock=RealClock())
+        grid = _scpi(emu, "grid")
+        lines = [line.upper() for line in grid.lines_seen]
+        plant_import, plant_export = emu.plant.grid.meter.import_wh, emu.plant.grid.meter.export_wh
+    assert out.status == "finished"
+    assert "SOUR:VOLT 24.0000" in lines and "OUTP ON" in lines  # CV at the bus, on
+    assert "OUTP OFF" not in lines  # its safe state keeps holding the bus
+    # the driver's energies, integrated from the node's power once per control period,
+    # against the plant's own grid meter (the day exports: the rigs' surplus went to grid)
+    measured = [iv.measurement for iv in out.intervals]
+    export = sum(m.grid_export_wh for m in measured)
+    assert export == pytest.approx(plant_export, rel=0.05) and export > 0
+    assert sum(m.grid_import_wh for m in measured) <= plant_import + 0.05 * plant_export
+    junit = tmp_path / "grid.xml"
+    write_junit(junit, out.checks, "testbed.lab3-scpi-grid")
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite[0]
+    assert suite.get("failures") == "0" and suite.get("errors", "0") == "0", \
+        ET.tostring(suite, "unicode")

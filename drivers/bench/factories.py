@@ -74,15 +74,8 @@ def scpi_factory(spec: DeviceSpec, household: str | None, ctx: BuildContext) -> 
     instrument: ScpiCommandSet = _instrument(spec, ScpiCommandSet)
     resource = _resource(spec, "scpi", instrument.timeout_s)
     pool, defects = _shared(ctx)
-    quirks = ScpiQuirks(instrument.remote, instrument.settle_s, instrument.opc,
-                        instrument.echo, instrument.read_terminator, instrument.busy_errors)
-
-    def make_link() -> ScpiLink:
-        return ScpiLink(lambda: open_transport(resource), timeout_s=resource.timeout_s,
-                        terminator=instrument.terminator, error_query=instrument.error_query,
-                        quirks=quirks)
-
-    device = SCPI_ROLES[spec.role](spec, resource, ctx.clock, pool, make_link, defects,
+    device = SCPI_ROLES[spec.role](spec, resource, ctx.clock, pool,
+                                   lambda: scpi_link_for(instrument, resource), defects,
                                    ctx.rig.control_period_s, instrument=instrument,
                                    bus_voltage_v=ctx.rig.bus_voltage_v,
                                    read_only=ctx.read_only)
@@ -100,11 +93,35 @@ def modbus_factory(spec: DeviceSpec, household: str | None,
                                      ctx.rig.control_period_s, instrument=instrument,
                                      read_only=ctx.read_only)
     device.link.allow_busy(ctx.rig.control_period_s / 2)
+    _quiet_for(device.link, instrument, resource)
+    return device
+
+
+def _quiet_for(link: ModbusLink, instrument: ModbusMap, resource: Resource) -> None:
+    """On an RTU line, the silence this device needs before a request (its own silent
+    interval, else 3.5 characters at the baud, plus its turnaround)."""
     if resource.link == "serial":
         silent = instrument.rtu_silent_s
-        device.link.need_quiet((silent_interval(resource.baud) if silent is None else silent)
-                               + instrument.turnaround_s)
-    return device
+        link.need_quiet((silent_interval(resource.baud) if silent is None else silent)
+                        + instrument.turnaround_s)
+
+
+def scpi_link_for(instrument: ScpiCommandSet, resource: Resource) -> ScpiLink:
+    """An unopened SCPI link to ``resource`` speaking as ``instrument``'s file says
+    (terminator, error query, remote lines and the other quirks)."""
+    quirks = ScpiQuirks(instrument.remote, instrument.settle_s, instrument.opc,
+                        instrument.echo, instrument.read_terminator, instrument.busy_errors)
+    return ScpiLink(lambda: open_transport(resource), timeout_s=resource.timeout_s,
+                    terminator=instrument.terminator, error_query=instrument.error_query,
+                    quirks=quirks)
+
+
+def modbus_link_for(instrument: ModbusMap, resource: Resource) -> ModbusLink:
+    """An unopened Modbus link of its own to ``resource`` (an operator's session; a rig's
+    devices share theirs through the link pool), quiet as the instrument needs."""
+    link = ModbusLink(resource)
+    _quiet_for(link, instrument, resource)
+    return link
 
 
 FACTORIES = {"scpi": scpi_factory, "modbus": modbus_factory}

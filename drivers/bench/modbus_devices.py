@@ -95,8 +95,8 @@ class ModbusDevice(InstrumentDevice):
         return self.channel if self.instrument.channels > 1 else 0
 
     def _offset(self, point: Point) -> int:
-        """Per-channel points (coils of a relay board) move with the device's channel."""
-        return self.channel if self.instrument.channels > 1 and point.table == "coil" else 0
+        """Per-channel points move with the device's channel (ModbusMap.channel_offset)."""
+        return self.instrument.channel_offset(point, self.channel)
 
     def _plan(self, names: tuple[str, ...]) -> list[Block]:
         """The requests for ``names``, planned once per set of names (a device reads the
@@ -280,17 +280,22 @@ class ModbusBattery(ModbusDevice):
         await self.set_enabled(False, always=True)
 
 
-BMS_POINTS = ["soc", "energy_wh", "voltage_v", "current_a", "temperature_c"]
+BMS_POINTS = ["soc", "voltage_v", "current_a", "temperature_c"]
 
 
 class ModbusBms(ModbusDevice):
     """A stand-alone BMS: readings only (the battery's converter is another instrument).
-    ``read()`` gives a :class:`BatteryReading` whose power is V x I and ``enabled`` True."""
+    ``read()`` gives a :class:`BatteryReading` whose power is V x I and ``enabled`` True;
+    its energy is the ``energy_wh`` point, or ``remaining_ah`` x ``voltage_v`` for a BMS
+    that counts charge (Ah), not energy."""
 
     async def read(self) -> BatteryReading:
-        v = await self.read_points(*BMS_POINTS, *self._optional("alarms"))
+        energy = "energy_wh" if "energy_wh" in self.instrument.points else "remaining_ah"
+        v = await self.read_points(*BMS_POINTS, energy, *self._optional("alarms"))
         alarms = self.instrument.point("alarms").flags(v["alarms"]) if "alarms" in v else ()
-        return BatteryReading(self.clock.now(), v["soc"], v["energy_wh"],
+        energy_wh = v["energy_wh"] if energy == "energy_wh" \
+            else v["remaining_ah"] * v["voltage_v"]
+        return BatteryReading(self.clock.now(), v["soc"], energy_wh,
                               v["voltage_v"] * v["current_a"], v["voltage_v"], v["current_a"],
                               v["temperature_c"], True, tuple(sorted(alarms)))
 

@@ -1,4 +1,5 @@
-"""SCPI supplies and loads by role: the PV supply and the electronic load.
+"""SCPI supplies and loads by role: the PV supply, the electronic load, a battery's
+converter and the grid node (bidirectional supplies).
 
 Which lines to send comes from the instrument's command set; how a power setpoint becomes
 a setting (constant current into the bus, or native constant power) is its ``setpoint``.
@@ -6,13 +7,15 @@ a setting (constant current into the bus, or native constant power) is its ``set
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from functools import partial
 from typing import Any
 
 from drivers.bench.base import InstrumentDevice, ReadbackMismatch, watchdog_seconds
 from drivers.instruments.model import ScpiCommandSet
 from drivers.protocol.scpi import ScpiLink
-from drivers.roles import PowerReading
+from drivers.roles import MeterReading, PowerReading
 from drivers.transport.base import LinkError
 
 
@@ -119,9 +122,87 @@ class ScpiConverter(ScpiPowerDevice):
         await self._switch(on)
 
 
+class ScpiGrid(ScpiPowerDevice):
+    """A bidirectional supply as the grid node: in constant voltage at the rig's
+    ``bus_voltage_v`` (set on every connection) it sources what the rigs draw and sinks
+    what they export. Readings follow the grid meter's convention: ``power_w`` + bus ->
+    grid, that is -V x I with the supply's measured current signed + sourcing (many
+    supplies report power unsigned; the current's sign is the direction), ``import_wh``
+    grid -> bus.
+
+    A supply has no energy counter: the energies are the trapezoid of its power over the
+    clock, sampled once per control period while it is on (a background task started by
+    ``set_enabled(True)``, a failed sample skipped) and at every read (``resolution_wh``
+    0). They are reported beside the households' metered energies; settlement never uses
+    them. Its safe state leaves it on, holding the bus while the rigs disconnect.
+    """
+
+    switch = "output"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.import_wh = 0.0
+        self.export_wh = 0.0
+        self._last: tuple[float, float] | None = None  # (at, bus -> grid W)
+        self._sampler: asyncio.Task[None] | None = None
+
+    async def _setup(self) -> None:
+        await super()._setup()
+        volts = min(self.bus_voltage_v, self.spec.limits.max_voltage_v or float("inf"))
+        line = self._setting("voltage", volts)
+        await self._setup_step(repr(line), lambda: self.link.write(line))
+
+    def _integrate(self, at: float, to_grid: float) -> None:
+        if self._last is not None:
+            before_at, before = self._last
+            wh = (before + to_grid) / 2 * max(at - before_at, 0.0) / 3600.0
+            if wh >= 0:
+                self.export_wh += wh
+            else:
+                self.import_wh -= wh
+        self._last = (at, to_grid)
+
+    async def set_enabled(self, on: bool) -> None:
+        await self._switch(on)
+        if on and self._sampler is None:
+            self._sampler = asyncio.create_task(self._sample(), name=f"{self.name} energy")
+
+    async def _sample(self) -> None:
+        """Integrate the node's power once per control period (outside the failure policy:
+        a sample that fails is skipped, the next one spans the gap)."""
+        while True:
+            await self.clock.sleep_until(self.clock.now() + self.period_s)
+            with contextlib.suppress(Exception):
+                volts = float(await self._query("measured_voltage"))
+                amps = float(await self._query("measured_current"))
+                self._integrate(self.clock.now(), -volts * amps)
+
+    async def read(self) -> MeterReading:  # type: ignore[override]
+        async def exchange() -> tuple[float, float, bool]:
+            return (await self._query("measured_voltage"),
+                    await self._query("measured_current"), await self._query(self.switch))
+
+        v, i, on = await self._run("read", exchange)
+        at = self.clock.now()
+        to_grid = -v * i if on else 0.0  # + sourcing into the bus is import from the grid
+        self._integrate(at, to_grid)
+        return MeterReading(at, self.import_wh, self.export_wh, to_grid, v, -i if on else 0.0)
+
+    async def safe_state(self) -> None:
+        return None  # the grid node stays up to hold the bus while rigs disconnect
+
+    async def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
+        await super().close()
+
+
 def _on_off(on: bool) -> str:
     return "on" if on else "off"
 
 
 SCPI_ROLES: dict[str, type[ScpiPowerDevice]] = {"pv": ScpiSupply, "load": ScpiLoad,
-                                                "converter": ScpiConverter}
+                                                "converter": ScpiConverter, "grid": ScpiGrid}

@@ -1,7 +1,8 @@
 """Every instrument of a mock rig, emulated over real protocols, and a rig file pointing at them.
 
 Layout (per household): the PV supply and the load are SCPI instruments on their own TCP
-ports (alternating the generic and the Rigol command sets), the battery a Modbus TCP
+ports (the generic and the Rigol command sets in turn, where the Rigol's ratings can serve
+the device's limits), the battery a Modbus TCP
 instrument, the meters share one Modbus RTU line (a pseudo-terminal, unit id = household
 number) as RS-485 meters do, the relays are coils of 8-channel relay boards on Modbus TCP,
 and the grid node is a Modbus TCP instrument. All of them serve one plant, advanced on a
@@ -28,8 +29,10 @@ from drivers.clock import Clock, RealClock
 from drivers.emulators.bindings import (
     BatteryBinding,
     Binding,
+    ChannelsBinding,
     ConverterScpiBinding,
     GridBinding,
+    GridScpiBinding,
     LoadBinding,
     MeterBinding,
     RelayBoardBinding,
@@ -39,7 +42,12 @@ from drivers.emulators.modbus_device import EmulatedModbusDevice
 from drivers.emulators.modbus_server import ModbusRtuServer, ModbusTcpServer
 from drivers.emulators.pty_port import PtyPort
 from drivers.emulators.scpi_server import EmulatedScpiDevice, ScpiPtyServer, ScpiTcpServer
-from drivers.instruments.model import ModbusMap, ScpiCommandSet, load_instrument
+from drivers.instruments.model import (
+    ModbusMap,
+    ScpiCommandSet,
+    load_instrument,
+    rating_problems,
+)
 from drivers.mock.plant import Plant
 from drivers.resources import Resource, parse_resource
 from drivers.spec import DeviceSpec, RigSpec
@@ -93,10 +101,18 @@ class EmulatedBench:
         self._servers: list[Any] = []
         self._watchdog: asyncio.Task[None] | None = None
 
-    def _model(self, role: str, index: int) -> str:
+    def _model(self, role: str, index: int, spec: DeviceSpec | None = None) -> str:
+        """The model for a mock device: ``--model`` if given, else the role's models in
+        turn, skipping one whose ratings cannot serve ``spec``'s limits on this bus (a
+        30 V supply is no PV for a 48 V bus: pre-flight would refuse the run)."""
         if role in self.models:
             return self.models[role]
         choices = ROLE_MODELS[role]
+        for k in range(len(choices)):
+            model = choices[(index + k) % len(choices)]
+            if spec is None or not rating_problems(load_instrument(model), role,
+                                                   spec.limits, self.rig.bus_voltage_v):
+                return model
         return choices[index % len(choices)]
 
     def _identity(self, model: str, name: str) -> str:
@@ -120,7 +136,8 @@ class EmulatedBench:
         for i, h in enumerate(households):
             for role in ("pv", "load"):
                 if h.devices[role].name not in done:
-                    await self._scpi(h.devices[role], h.id, self._model(role, i))
+                    await self._scpi(h.devices[role], h.id,
+                                     self._model(role, i, h.devices[role]))
             if h.devices["battery"].name not in done:
                 await self._modbus_tcp(h.devices["battery"], h.id, self._model("battery", i))
         for role, serve in (("meter", self._meters), ("relay", self._relays)):
@@ -192,22 +209,27 @@ class EmulatedBench:
                            *, serial: bool) -> None:
         units: dict[int, EmulatedModbusDevice] = {}
         boards: dict[int, list[tuple[DeviceSpec, str | None]]] = {}
+        shared: dict[int, list[tuple[DeviceSpec, str | None]]] = {}
         for spec, hid, res in members:
             if spec.role == "relay":  # a board: one unit, a coil per household
                 boards.setdefault(res.unit, []).append((spec, hid))
                 continue
-            if res.unit in units:
-                raise ValueError(f"{spec.name}: unit {res.unit} on {key} is taken")
             model = str(spec.model)
             instrument = load_instrument(model)
             if not isinstance(instrument, ModbusMap):
                 raise ValueError(f"{spec.name}: {model} is not a Modbus instrument")
-            extra: dict[str, Any] = {"alarm_bits": instrument.point("alarms").bits} \
-                if spec.role == "battery" and "alarms" in instrument.points else {}
-            if spec.role == "meter":
-                extra["unit"] = res.unit
+            if instrument.channels > 1:  # one unit, a register block per household
+                shared.setdefault(res.unit, []).append((spec, hid))
+                continue
+            if res.unit in units:
+                raise ValueError(f"{spec.name}: unit {res.unit} on {key} is taken")
             units[res.unit] = EmulatedModbusDevice(
-                instrument, self._binding(spec, hid, model, **extra), res.unit)
+                instrument, self._binding(spec, hid, model, **_extra(spec, instrument, res)),
+                res.unit)
+        for unit, group in shared.items():
+            if unit in units:
+                raise ValueError(f"{group[0][0].name}: unit {unit} on {key} is taken")
+            units[unit] = self._channels(key, unit, group)
         for unit, board in boards.items():
             if unit in units:
                 raise ValueError(f"{board[0][0].name}: unit {unit} on {key} is taken")
@@ -238,6 +260,31 @@ class EmulatedBench:
         for spec, hid, res in members:
             query = f"?baud={res.baud}&unit={res.unit}" if serial else f"?unit={res.unit}"
             self._add(spec, hid, str(spec.model), where + query, units[res.unit])
+
+    def _channels(self, key: str, unit: int,
+                  group: list[tuple[DeviceSpec, str | None]]) -> EmulatedModbusDevice:
+        """One multi-channel instrument at ``unit`` serving each device of ``group`` on
+        the channel its rig file names (its own register block)."""
+        spec0 = group[0][0]
+        model = str(spec0.model)
+        instrument = load_instrument(model)
+        assert isinstance(instrument, ModbusMap)
+        res = parse_resource(str(spec0.resource))
+        bindings: dict[int, Binding] = {}
+        for spec, hid in group:
+            channel = int(spec.params.get("channel", 0))
+            if spec.model != model:
+                raise ValueError(f"{spec.name}: shares unit {unit} of {key} with "
+                                 f"{spec0.name} but names model {spec.model}, not {model}")
+            if not 0 <= channel < instrument.channels or channel in bindings:
+                raise ValueError(f"{spec.name}: channel {channel} of {model} on {key} is "
+                                 "out of range or taken")
+            bindings[channel] = self._binding(spec, hid, model,
+                                              **_extra(spec, instrument, res))
+        name = f"{model} {key} unit {unit}"
+        return EmulatedModbusDevice(instrument, ChannelsBinding(
+            self.plant, self.clock, name, self._identity(model, name), channels=bindings),
+            unit)
 
     def _binding(self, spec: DeviceSpec, household: str | None, model: str,
                  kinds: dict[str, type[Binding]] | None = None, **extra: Any) -> Binding:
@@ -385,6 +432,16 @@ class EmulatedBench:
         return table | limits | dict(spec.params) | end.params
 
 
+def _extra(spec: DeviceSpec, instrument: ModbusMap, res: Resource) -> dict[str, Any]:
+    """What a Modbus role's binding takes beyond the plant: a battery's alarm bits, a
+    meter's unit id."""
+    extra: dict[str, Any] = {"alarm_bits": instrument.point("alarms").bits} \
+        if spec.role == "battery" and "alarms" in instrument.points else {}
+    if spec.role == "meter":
+        extra["unit"] = res.unit
+    return extra
+
+
 def _slug(key: str) -> str:
     """A file name for the pty of resource link ``key``."""
     return "".join(c if c.isalnum() else "-" for c in key).strip("-")[:80]
@@ -412,4 +469,5 @@ _BINDINGS: dict[str, type[Binding]] = {
     "grid": GridBinding,
 }
 # SCPI instruments whose role's binding differs from the Modbus one (command names)
-_SCPI_BINDINGS: dict[str, type[Binding]] = {"converter": ConverterScpiBinding}
+_SCPI_BINDINGS: dict[str, type[Binding]] = {"converter": ConverterScpiBinding,
+                                             "grid": GridScpiBinding}

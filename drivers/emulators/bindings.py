@@ -163,7 +163,9 @@ class BatteryBinding(_ConverterBinding):
         self.getters |= {
             "soc": lambda ch: b().soc,
             "energy_wh": lambda ch: b().energy_wh,
+            "remaining_ah": lambda ch: b().energy_wh / self.v_bus,  # a BMS counting Ah
             "capacity_wh": lambda ch: b().capacity_wh,
+            "capacity_ah": lambda ch: b().capacity_wh / self.v_bus,
             "power_w": lambda ch: b().actual_w,
             "voltage_v": lambda ch: self.v_bus,
             "current_a": lambda ch: b().actual_w / self.v_bus,
@@ -236,6 +238,46 @@ class GridBinding(Binding):
             "enabled": lambda ch: g().enabled,
         }
         self.setters |= {"enabled": lambda ch, v: setattr(g(), "enabled", bool(v))}
+
+
+class GridScpiBinding(Binding):
+    """A bidirectional SCPI supply as the grid node: ``output`` switches the node, the
+    measured power is the grid's, + into the bus (the grid meter's export negated);
+    ``voltage`` is stored (the plant's bus is held at the rig's voltage)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        def g() -> GridModel:
+            return self.plant.grid
+
+        self.getters |= {
+            "output": lambda ch: g().enabled,
+            "measured_voltage": lambda ch: self.v_bus,
+            "measured_current": lambda ch: -g().meter.power_w / self.v_bus,
+            "measured_power": lambda ch: -g().meter.power_w,
+        }
+        self.setters |= {"output": lambda ch, v: setattr(g(), "enabled", bool(v))}
+
+
+class ChannelsBinding(Binding):
+    """A multi-channel instrument whose channels serve different households (a meter or
+    load with one register block per channel): each name is answered by the channel's own
+    binding; a channel no household uses stores what is written to it."""
+
+    def __init__(self, *args: Any, channels: dict[int, Binding]) -> None:
+        super().__init__(*args)
+        self.channels = channels
+
+    def get(self, name: str, channel: int = 0) -> Any:
+        own = self.channels.get(channel)
+        return own.get(name, channel) if own is not None else super().get(name, channel)
+
+    def set(self, name: str, channel: int, value: Any) -> None:
+        own = self.channels.get(channel)
+        if own is not None:
+            own.set(name, channel, value)
+        else:
+            super().set(name, channel, value)
 
 
 class RelayBoardBinding(Binding):

@@ -45,10 +45,11 @@ class EmulatedModbusDevice:
                 self._fields.setdefault((p.table, p.address), []).extend(
                     (p, ch) for ch in range(instrument.channels))
                 continue
-            channels = instrument.channels if instrument.channels > 1 and p.table == "coil" else 1
-            for ch in range(channels):
+            moves = instrument.channels > 1 and instrument.channel_offset(p, 1) != 0
+            for ch in range(instrument.channels if moves else 1):
+                base = p.address + instrument.channel_offset(p, ch)
                 for k in range(p.count):
-                    self._cells[(p.table, p.address + ch + k)] = (p, ch, k)
+                    self._cells[(p.table, base + k)] = (p, ch, k)
 
     @property
     def name(self) -> str:

@@ -25,8 +25,9 @@ ROLE_POINTS: dict[str, tuple[str, ...]] = {
     "battery": ("soc", "energy_wh", "power_w", "voltage_v", "current_a", "temperature_c",
                 "enabled", "power_setpoint_w"),
     "relay": ("closed",),
-    # a battery of two instruments: the BMS's readings, the converter's setpoint
-    "bms": ("soc", "energy_wh", "voltage_v", "current_a", "temperature_c"),
+    # a battery of two instruments: the BMS's readings, the converter's setpoint (and the
+    # stored energy: energy_wh, or remaining_ah, ENERGY_ALTERNATIVES)
+    "bms": ("soc", "voltage_v", "current_a", "temperature_c"),
     "converter": ("power_w", "enabled", "power_setpoint_w"),
 }
 ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
@@ -36,7 +37,16 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
     # the direction (+ source into the bus, - sink from it); measured_power is signed too
     "converter": ("identify", "output", "measured_voltage", "measured_current",
                   "measured_power"),
+    # a bidirectional supply as the grid node: constant voltage at the bus voltage, it
+    # sources what the rigs draw and sinks what they export; its power is V x I, the
+    # measured current signed (+ sourcing into the bus, - sinking)
+    "grid": ("identify", "output", "voltage", "measured_voltage", "measured_current"),
 }
+# Points a role needs one of: a BMS that counts charge, not energy, gives remaining_ah
+# (the driver reports energy_wh = remaining_ah x voltage_v).
+ENERGY_ALTERNATIVES: dict[str, tuple[str, ...]] = {"bms": ("energy_wh", "remaining_ah")}
+# The SCPI roles driven by a power setpoint (they need the setpoint's commands too).
+SETPOINT_ROLES = ("pv", "load", "converter")
 SETPOINT_COMMANDS: dict[str, tuple[str, ...]] = {
     "current": ("voltage", "current"),  # CC into the bus: I = P / V_bus
     "power": ("power",),  # native constant-power mode
@@ -91,6 +101,32 @@ def parse_ratings(source: str, data: dict[str, Any]) -> Ratings:
                                   f"a list of {' and/or '.join(DIRECTIONS)}, got {directions!r}")
     return Ratings(values.get("voltage_v"), values.get("current_a"), values.get("power_w"),
                    tuple(directions), values.get("energy_resolution_wh"))
+
+
+def rating_problems(instrument: Instrument, role: str, limits: Any,
+                    bus_voltage_v: float) -> list[str]:
+    """Why ``instrument`` cannot serve a device of ``role`` with these rig ``limits``
+    (a :class:`drivers.spec.Limits`) on a bus at ``bus_voltage_v``: a limit above a rating,
+    or a bus voltage a current-setpoint supply cannot hold above (``bus_voltage_v x
+    voltage_headroom``). One line each, with both figures and what to change; [] when it
+    fits (a rating not stated is not checked). Read by pre-flight and the emulator."""
+    r = instrument.ratings
+    out: list[str] = []
+    for key, limit, rating, unit in (("max_power_w", limits.max_power_w, r.power_w, "W"),
+                                     ("max_voltage_v", limits.max_voltage_v, r.voltage_v, "V"),
+                                     ("max_current_a", limits.max_current_a, r.current_a, "A")):
+        if limit is not None and rating is not None and limit > rating:
+            out.append(f"{key} = {limit:g} {unit} but {instrument.model} is rated "
+                       f"{rating:g} {unit}: lower the limit or use a larger instrument")
+    if r.voltage_v is not None and role in ("pv", "load", "battery", "grid"):
+        headroom = getattr(instrument, "voltage_headroom", 1.0) \
+            if getattr(instrument, "setpoint", "") == "current" else 1.0
+        needed = bus_voltage_v * headroom
+        if needed > r.voltage_v:
+            out.append(f"the bus needs {needed:.4g} V (bus_voltage_v {bus_voltage_v:g} x "
+                       f"headroom {headroom:g}) but {instrument.model} is rated "
+                       f"{r.voltage_v:g} V: lower bus_voltage_v or use a supply rated for it")
+    return out
 
 
 def energy_resolution_wh(instrument: Instrument) -> float:
@@ -185,6 +221,17 @@ class ModbusMap:
     turnaround_s: float = 0.0  # RTU: the device's extra time before it listens again
     watchdog: str | None = None  # the point (seconds) arming its communication watchdog
     ratings: Ratings = Ratings()
+    channel_stride: int = 0  # registers between channel blocks (a multi-channel meter)
+
+    def channel_offset(self, point: Point, channel: int) -> int:
+        """How far ``point`` of ``channel`` sits from channel 0's: coils one per channel (a
+        relay board), whole registers ``channel_stride`` per channel (per-channel register
+        blocks); bit fields stay put (their bits move, :meth:`Point.field_mask`)."""
+        if self.channels == 1 or point.mask is not None:
+            return 0
+        if point.table == "coil":
+            return channel
+        return channel * self.channel_stride if point.table in ("holding", "input") else 0
 
     def write_function_for(self, table: str) -> int:
         """The function code that writes one value of ``table``."""
@@ -229,6 +276,8 @@ class Command:
             if word in ("0", self.false.upper(), "OFF"):
                 return False
             raise ValueError(f"{self.name}: not a boolean reply {reply!r}")
+        if self.unit and text.upper().endswith(self.unit.upper()) and self.type != "str":
+            text = text[:-len(self.unit)].rstrip()  # "43.50V": a reply with its unit
         return COMMAND_TYPES[self.type](text)
 
     def setting_pattern(self, channel: int) -> re.Pattern[str]:
@@ -377,7 +426,10 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
         address = _protocol_address(source, where, table, p["address"], numbering)
         if address > 0xFFFF:
             raise InstrumentFileError(source, where, "address must be in 0..0xFFFF")
-        codec = Codec(kind, order, float(p.get("scale", 1)))
+        offset = p.get("offset", 0)
+        if isinstance(offset, bool) or not isinstance(offset, int | float):
+            raise InstrumentFileError(source, where, "offset must be a number")
+        codec = Codec(kind, order, float(p.get("scale", 1)), float(offset))
         points[name] = Point(name, table, address, codec, p.get("unit", ""), access,
                              tuple(p.get("bits", ())), p.get("doc", ""),
                              _rollover(source, where, p.get("rollover"), codec),
@@ -386,15 +438,17 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
     channels = head.get("channels", 1)
     if not isinstance(channels, int) or isinstance(channels, bool) or not 1 <= channels <= 64:
         raise InstrumentFileError(source, "[instrument] channels", "an integer in 1..64")
+    stride = _channel_stride(source, head, channels, points)
     for role in roles:
         for name in ROLE_POINTS.get(role, ()):
             p = points.get(name)
-            if channels > 1 and p is not None and p.table in ("holding", "input") \
-                    and p.mask is None:
+            if channels > 1 and not stride and p is not None \
+                    and p.table in ("holding", "input") and p.mask is None:
                 raise InstrumentFileError(
                     source, f"[points] {name}", f"channels = {channels}, but {name} is a "
                     "whole register: every channel would write the same one. Declare the "
-                    "bit of channel 0 (bit = 0: channel N is bit N), or use coils")
+                    "bit of channel 0 (bit = 0: channel N is bit N), use coils, or give "
+                    "channel_stride (registers between channel blocks)")
             if p is not None and p.mask is not None and \
                     p.field_mask(channels - 1) > 0xFFFF:
                 raise InstrumentFileError(source, f"[points] {name}",
@@ -406,6 +460,9 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
                                       f"no Modbus driver for role {role!r} "
                                       f"(Modbus roles: {', '.join(ROLE_POINTS)})")
         missing = [n for n in ROLE_POINTS[role] if n not in points]
+        either = ENERGY_ALTERNATIVES.get(role, ())
+        if either and not any(n in points for n in either):
+            missing.append(" or ".join(either))
         if missing:
             raise InstrumentFileError(source, "[points]",
                                       f"role {role} needs point(s) {', '.join(missing)}")
@@ -422,17 +479,52 @@ def _parse_modbus(source: str, data: dict[str, Any], head: dict[str, Any],
         if name not in points:
             raise InstrumentFileError(source, "[instrument] identify", f"no point {name!r}")
     return ModbusMap(head["model"], head["title"], head["follows"], roles, points, identify,
-                     int(head.get("channels", 1)), source, numbering=numbering, **quirks)
+                     int(head.get("channels", 1)), source, numbering=numbering,
+                     channel_stride=stride, **quirks)
+
+
+def _channel_stride(source: str, head: dict[str, Any], channels: int,
+                    points: dict[str, Point]) -> int:
+    """``channel_stride``: channel N's registers sit N x stride above channel 0's (a
+    multi-channel meter or load with one register block per channel). Every whole
+    register point moves with the channel, so a block must fit in the stride and the last
+    channel's block in the 16-bit address space."""
+    stride = head.get("channel_stride", 0)
+    if not isinstance(stride, int) or isinstance(stride, bool) or not 0 <= stride <= 0x8000:
+        raise InstrumentFileError(source, "[instrument] channel_stride",
+                                  "an integer in 0..32768 (registers between channel blocks)")
+    if not stride:
+        return 0
+    if channels < 2:
+        raise InstrumentFileError(source, "[instrument] channel_stride",
+                                  "applies to a multi-channel instrument (channels >= 2)")
+    for table in ("holding", "input"):
+        block = [p for p in points.values() if p.table == table and p.mask is None]
+        if not block:
+            continue
+        low = min(p.address for p in block)
+        high = max(p.address + p.count for p in block)
+        if high - low > stride:
+            raise InstrumentFileError(source, "[instrument] channel_stride",
+                                      f"{stride} registers, but channel 0's {table} block "
+                                      f"spans {high - low} ({low}..{high - 1}): the "
+                                      "channels' blocks would overlap")
+        if high + (channels - 1) * stride > 0x10000:
+            raise InstrumentFileError(source, "[instrument] channel_stride",
+                                      f"channel {channels - 1}'s {table} block ends beyond "
+                                      "address 65535")
+    return stride
 
 
 COMMON_HEAD_KEYS = frozenset({"protocol", "model", "roles", "title", "follows"})
-POINT_KEYS = frozenset({"table", "address", "type", "scale", "unit", "access", "bits", "doc",
+POINT_KEYS = frozenset({"table", "address", "type", "scale", "offset", "unit", "access",
+                        "bits", "doc",
                         "word_order", "rollover", "min", "max", "bit", "mask"})
 COMMAND_KEYS = frozenset({"get", "set", "type", "true", "false", "unit", "doc"})
 MODBUS_HEAD_KEYS = COMMON_HEAD_KEYS | {"word_order", "identify", "channels", "numbering",
                                        "write_function", "coil_write_function",
                                        "max_read_registers", "timeout_s", "rtu_silent_s",
-                                       "turnaround_s", "watchdog"}
+                                       "turnaround_s", "watchdog", "channel_stride"}
 NUMBERINGS = ("zero-based", "one-based")
 # Datasheet ("Modicon") numbering: table -> the reference of protocol address 0.
 DATASHEET_BASE = {"coil": 1, "discrete": 10001, "input": 30001, "holding": 40001}
@@ -600,8 +692,9 @@ def _parse_scpi(source: str, data: dict[str, Any], head: dict[str, Any],
             raise InstrumentFileError(source, "[instrument] roles",
                                       f"no SCPI driver for role {role!r} "
                                       f"(SCPI roles: {', '.join(ROLE_COMMANDS)})")
-        missing = [n for n in ROLE_COMMANDS[role] + SETPOINT_COMMANDS[setpoint]
-                   if n not in commands]
+        needs = ROLE_COMMANDS[role] + (SETPOINT_COMMANDS[setpoint]
+                                       if role in SETPOINT_ROLES else ())
+        missing = [n for n in needs if n not in commands]
         if missing:
             raise InstrumentFileError(source, "[commands]",
                                       f"role {role} needs command(s) {', '.join(missing)}")

@@ -27,9 +27,13 @@ WORD_ORDERS = ("big", "little")
 
 @dataclass(frozen=True, slots=True)
 class Codec:
+    """``value = raw * scale + offset`` (``offset``: a register that counts from a base,
+    e.g. a temperature in 0.1 K: scale 0.1, offset -273.15 gives degC)."""
+
     type: str
     word_order: str = "big"
     scale: float = 1.0
+    offset: float = 0.0
 
     @property
     def count(self) -> int:
@@ -43,14 +47,14 @@ class Codec:
             return float(bool(words[0]))
         ordered = words if self.word_order == "big" else list(reversed(words))
         raw = struct.unpack(fmt, b"".join(w.to_bytes(2, "big") for w in ordered))[0]
-        return float(raw) * self.scale
+        return float(raw) * self.scale + self.offset
 
     def encode(self, value: float) -> list[int]:
         """Words for ``value``; integers saturate at their range, as a real device's would."""
         count, fmt, span = TYPES[self.type]
         if self.type == "bit":
             return [1 if value else 0]
-        raw: float | int = value / self.scale
+        raw: float | int = (value - self.offset) / self.scale
         if span is not None:
             raw = 0 if math.isnan(raw) else min(max(round(raw), span[0]), span[1])
         data = struct.pack(fmt, raw)

@@ -159,4 +159,25 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
 
+    @rig_app.command("show")
+    def rig_show(
+        name: Annotated[str, typer.Argument(help="A built-in or example rig name.")],
+    ) -> None:
+        """Print a built-in or example rig's TOML (university-lab3: a real 3-household
+        bench), comments and all."""
+        from testbed.instrument_cli import show_builtin
+
+        show_builtin("rigs", name)
+
+    @rig_app.command("copy")
+    def rig_copy(
+        name: Annotated[str, typer.Argument(help="A built-in or example rig name.")],
+        dest: Annotated[Path, typer.Argument(help="The file to write (not overwritten).")],
+    ) -> None:
+        """Copy a built-in or example rig to DEST to describe your bench from it; refuses
+        to overwrite a file."""
+        from testbed.instrument_cli import copy_builtin
+
+        copy_builtin("rigs", name, dest)
+
     app.add_typer(rig_app, name="rig")

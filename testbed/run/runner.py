@@ -602,6 +602,26 @@ async def require_a_meter(bench: Bench, rig: RigSpec) -> None:
                          "; ".join(errors[:3]) + (" ..." if len(errors) > 3 else "") + ")")
 
 
+async def require_answers(bench: Bench, rig: RigSpec) -> None:
+    """Refuse to start (InputError naming each device and why) when an actuator, relay or
+    the grid node does not say who it is or refuses its set-up (watchdog, init lines): an
+    instrument switched off, unplugged, at the wrong address or configured wrong is a
+    set-up error, found before the bench moves. Nothing has been switched on then; every
+    device is still sent its safe state (best effort: a bench left live by an earlier run
+    goes off), and the bench is closed. Meters: :func:`require_a_meter`."""
+    devices = [d for h in bench.households.values() for d in h.all() if d is not h.meter]
+    devices.append(bench.grid)
+    answers = await asyncio.gather(*(d.identify() for d in devices), return_exceptions=True)
+    errors = [f"{d.name}: {a}" for d, a in zip(devices, answers, strict=True)
+              if isinstance(a, Exception)]
+    if errors:
+        await asyncio.gather(*(d.safe_state() for d in devices), return_exceptions=True)
+        await asyncio.gather(*(d.close() for d in bench.devices()), return_exceptions=True)
+        raise InputError(rig.source, f"{len(errors)} instrument(s) failed at identify and "
+                         "set-up, nothing was switched on (" + "; ".join(errors[:3]) +
+                         (" ..." if len(errors) > 3 else "") + ")")
+
+
 async def until_done(coro: Any) -> None:
     """Await ``coro`` to its end even if cancelled meanwhile (the safe state must land);
     a cancellation received on the way is raised again afterwards."""
@@ -644,6 +664,7 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     bench = build_bench(rig, clock)
     preflight.ensure_links_carry(bench, rig)
     await require_a_meter(bench, rig)
+    await require_answers(bench, rig)
     run = (_resume(scenario, rig, store, clock, events, run_id) if resume else
            _start(scenario, rig, store, clock, events, run_id, ledger))
     run.orders, run.gate_s = orders, gate_s

@@ -12,6 +12,8 @@ from drivers.emulators.bench import EmulatedBench
 from drivers.instruments import load_instrument
 from drivers.registry import Bench
 from drivers.roles import BatteryReading, MeterReading, PowerReading
+from drivers.spec import RigSpec
+from tests.drivers.conftest import drivers_for
 
 
 @pytest.mark.asyncio
@@ -23,8 +25,26 @@ async def test_layout_speaks_every_protocol(emulator: EmulatedBench) -> None:
     assert resources["household 3 meter"].startswith("modbus+rtu:///")
     assert resources["household 3 meter"].endswith("unit=3")
     assert resources["household 1 relay"] == resources["household 3 relay"]  # one board
-    assert {e.model for e in emulator.endpoints.values()} >= {
-        "generic-scpi-supply", "rigol-dp800", "generic-scpi-load", "rigol-dl3000"}
+    models = {e.name: e.model for e in emulator.endpoints.values()}
+    assert set(models.values()) >= {"generic-scpi-supply", "generic-scpi-load"}
+    # the mock rig's 600 W PV on a 48 V bus is beyond a DP800 (40 V, 200 W) and its 500 W
+    # load beyond a DL3000 (350 W): the emulator's turn passes them by, as pre-flight would
+    assert models["household 2 pv"] == "generic-scpi-supply"
+    assert models["household 2 load"] == "generic-scpi-load"
+
+
+@pytest.mark.asyncio
+async def test_rigol_models_are_served_when_asked_for(small_rig: RigSpec) -> None:
+    async with EmulatedBench(small_rig, models={"pv": "rigol-dp800",
+                                                "load": "rigol-dl3000"}) as emu:
+        bench = drivers_for(emu)
+        try:
+            h = bench.households["2"]
+            assert "rigol-dp800" in await h.pv.identify()
+            assert "rigol-dl3000" in await h.load.identify()
+        finally:
+            for device in bench.devices():
+                await device.close()
 
 
 @pytest.mark.asyncio
@@ -89,8 +109,8 @@ async def test_safe_state_leaves_outputs_off_and_relays_open(emulator: EmulatedB
 @pytest.mark.asyncio
 async def test_identify_names_the_instrument(bench: Bench) -> None:
     h = bench.households["2"]
-    assert "rigol-dp800" in await h.pv.identify()
-    assert "rigol-dl3000" in await h.load.identify()
+    assert "generic-scpi-supply" in await h.pv.identify()
+    assert "generic-scpi-load" in await h.load.identify()
     assert "eastron-sdm630" in await h.meter.identify()
     assert "ch 1" in await h.relay.identify()
     assert "capacity_wh=25" in await h.battery.identify()

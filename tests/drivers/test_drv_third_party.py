@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+from typing import Any
 
 import pytest
 
 from drivers.emulators.bench import EmulatedBench
+from drivers.spec import RigSpec
 
 MBPOLL = shutil.which("mbpoll")
 
@@ -52,22 +54,22 @@ async def test_minimalmodbus_reads_a_meter_over_the_pty(emulator: EmulatedBench)
 
 
 @pytest.mark.asyncio
-async def test_pyvisa_queries_idn_of_a_supply(emulator: EmulatedBench) -> None:
+async def test_pyvisa_queries_idn_of_a_supply(small_rig: RigSpec) -> None:
     pyvisa = pytest.importorskip("pyvisa", reason="pyvisa not installed (pip install pyvisa)")
     pytest.importorskip("pyvisa_py", reason="pyvisa-py not installed (pip install pyvisa-py)")
-    resource = emulator.endpoints["household 2 pv"].resource
-
-    def query() -> tuple[str, str]:
-        rm = pyvisa.ResourceManager("@py")
-        inst = rm.open_resource(resource, read_termination="\n", write_termination="\n",
-                                timeout=2000)
-        try:
-            return inst.query("*IDN?"), inst.query(":MEAS:VOLT? CH1")
-        finally:
-            inst.close()
-            rm.close()
-
-    idn, volts = await asyncio.to_thread(query)
+    async with EmulatedBench(small_rig, models={"pv": "rigol-dp800"}) as emulator:
+        resource = emulator.endpoints["household 2 pv"].resource
+        idn, volts = await asyncio.to_thread(_pyvisa_query, pyvisa, resource)
     assert idn == "testbed-emulator,rigol-dp800,household-2-pv,1.0"
     assert float(volts) == 48.0
 
+
+def _pyvisa_query(pyvisa: Any, resource: str) -> tuple[str, str]:
+    rm = pyvisa.ResourceManager("@py")
+    inst = rm.open_resource(resource, read_termination="\n", write_termination="\n",
+                            timeout=2000)
+    try:
+        return str(inst.query("*IDN?")), str(inst.query(":MEAS:VOLT? CH1"))
+    finally:
+        inst.close()
+        rm.close()
