@@ -65,7 +65,7 @@ def test_every_example_is_reachable_by_name_and_copies(tmp_path: Path) -> None:
     assert runner.invoke(app, ["rig", "show", "university-lab3"]).stdout == dest.read_text()
     again = runner.invoke(app, ["rig", "copy", "university-lab3", str(dest)])
     assert again.exit_code == 2 and "exists" in again.output
-    from testbed.rigfile import load_rig
+    from testbed.config.rig import load_rig
 
     assert [h.id for h in load_rig(str(dest)).households] == ["1", "2", "3"]
     assert load_rig("university-lab3").name == "university-lab3"

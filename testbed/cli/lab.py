@@ -165,7 +165,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Print a built-in or example rig's TOML (university-lab3: a real 3-household
         bench), comments and all."""
-        from testbed.instrument_cli import show_builtin
+        from testbed.cli.instrument import show_builtin
 
         show_builtin("rigs", name)
 
@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Copy a built-in or example rig to DEST to describe your bench from it; refuses
         to overwrite a file."""
-        from testbed.instrument_cli import copy_builtin
+        from testbed.cli.instrument import copy_builtin
 
         copy_builtin("rigs", name, dest)
 

@@ -22,7 +22,7 @@ from drivers.emulators.bench import EmulatedBench
 from drivers.emulators.toml_out import dumps
 from drivers.instruments.model import ModbusMap, load_instrument
 from drivers.spec import RigSpec
-from testbed.rigfile import load_rig
+from testbed.config.rig import load_rig
 from tests.pymodbus_served import serve_map
 
 INSTRUMENTS = Path(__file__).resolve().parents[2] / "drivers" / "instruments"

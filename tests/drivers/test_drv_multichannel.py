@@ -13,7 +13,7 @@ from drivers.clock import RealClock
 from drivers.emulators.bench import EmulatedBench
 from drivers.instruments.model import InstrumentFileError, ModbusMap, load_instrument
 from drivers.registry import build_bench
-from testbed.rigfile import load_rig, rig_from_dict
+from testbed.config.rig import load_rig, rig_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 RIG = ROOT / "rigs" / "examples" / "university-lab3.toml"
