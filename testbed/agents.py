@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from fractions import Fraction
@@ -172,6 +173,59 @@ def registered(households: list[str]) -> dict[str, str | Ed25519PrivateKey]:
         else:
             raise InputError(str(pub), f"household {h!r} bids through an agent, but no agent "
                              f"key is registered for it (testbed agents keys RIG DIR)")
+    return out
+
+
+ETH_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+def register_address(household: str, address: str) -> Path:
+    """Register the Ethereum address of an account household ``household``'s HEMS holds
+    the key of (``agents/{id}.eth``): on ``--ledger evm...`` the operator certifies that
+    address instead of making one, and the household's orders are its HEMS's own
+    transactions. Returns the file; InputError for an address that is not 0x + 40 hex."""
+    if not ETH_ADDRESS.fullmatch(address.strip()):
+        raise InputError(f"household {household}", f"{address[:60]!r} is not an Ethereum "
+                         "address (0x and 40 hex digits)")
+    reg = agents_dir()
+    reg.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = reg / f"{household}.eth"
+    path.write_text(address.strip() + "\n", "ascii")
+    return path
+
+
+def enrol_eth(households: list[str], out: Path) -> list[Path]:
+    """A new Ethereum (secp256k1) key per household in ``out/{id}.eth.key`` (0x-hex, mode
+    0600) for its HEMS, its address registered with :func:`register_address`."""
+    from eth_account import Account
+
+    paths = []
+    for h in households:
+        account = Account.create()
+        _write_private(out / f"{h}.eth.key", ("0x" + bytes(account.key).hex() + "\n").encode())
+        register_address(h, str(account.address))
+        paths.append(out / f"{h}.eth.key")
+    return paths
+
+
+def load_eth_key(path: Path) -> str:
+    """An agent's Ethereum key file (0x + 64 hex digits, mode 0600). Raises InputError."""
+    text = _read_private(path).decode("ascii", "replace").strip()
+    if not re.fullmatch(r"0x[0-9a-fA-F]{64}", text):
+        raise InputError(str(path), "not an Ethereum private key (0x and 64 hex digits)")
+    return text
+
+
+def registered_addresses(households: list[str]) -> dict[str, str]:
+    """The Ethereum addresses registered for ``households`` (those that have one)."""
+    out = {}
+    for h in households:
+        path = agents_dir() / f"{h}.eth"
+        if path.exists():
+            text = path.read_text("ascii", "replace").strip()
+            if not ETH_ADDRESS.fullmatch(text):
+                raise InputError(str(path), "not an Ethereum address (0x and 40 hex digits)")
+            out[h] = text
     return out
 
 

@@ -17,7 +17,7 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol
@@ -87,9 +87,11 @@ class ChainBackend(Protocol):
 
     def place(self, order: dict[str, Any]) -> str | None: ...  # refusal reason or None
     def clear(self) -> Clearing: ...
-    def settle(self, metered_kwh: dict[str, Fraction]) -> dict[str, int]: ...  # micro
+    def settle(self, metered_kwh: dict[str, Fraction],
+               disputed: Collection[str] = ()) -> dict[str, int]: ...  # micro
     def describe(self) -> dict[str, Any]: ...
     def record(self, store: Store, run_id: str) -> None: ...  # inside the transaction
+    def secrets(self) -> dict[str, str]: ...  # Ethereum keys for the run's keystore
 
 
 class OrderSource(Protocol):
@@ -120,9 +122,12 @@ def gate_message(run_id: str, index: int, sc: Scenario, agents: list[str],
 
 
 def open_chain(spec: str, scenario: Scenario, opening: dict[str, int]) -> ChainBackend | None:
-    """``--ledger``: ``sqlite`` (the signed ledger alone) or an EVM back-end beside it."""
+    """``--ledger``: ``sqlite`` (the signed ledger alone) or an EVM back-end beside it. An
+    agent household whose HEMS registered its own Ethereum address
+    (:func:`testbed.agents.registered_addresses`) is certified at that address."""
     if spec == "sqlite":
         return None
+    from testbed.agents import registered_addresses
     from testbed.evm_ledger import ChainLedger
 
     if scenario.mechanism not in ("dual_bidding", "grid_only"):
@@ -132,7 +137,31 @@ def open_chain(spec: str, scenario: Scenario, opening: dict[str, int]) -> ChainB
                        alpha=scenario.alpha,
                        import_aud_per_kwh=scenario.tariff.import_aud_per_kwh,
                        feed_in_aud_per_kwh=scenario.tariff.feed_in_aud_per_kwh,
-                       aud_per_token=scenario.aud_per_token)
+                       aud_per_token=scenario.aud_per_token,
+                       registered=registered_addresses(
+                           [h.id for h in scenario.households if h.orders == "agent"]))
+
+
+def resume_chain(spec: str, store: Store, run_id: str, ledger: Ledger,
+                 intervals_done: int) -> ChainBackend | None:
+    """The EVM back-end of a resumed run (``--resume`` with its ``--ledger``): rebuilt from
+    the run's record (embedded) or reconnected to its contract with the keystore's
+    Ethereum keys (node). None for a run on the SQLite ledger alone; InputError when
+    ``spec`` is not what the run used."""
+    recorded = store.db["evm"].exists() and store.db.execute(
+        "select 1 from evm where run_id = ?", [run_id]).fetchone() is not None
+    if spec == "sqlite" and not recorded:
+        return None
+    if not recorded:
+        raise InputError(f"--ledger {spec}", f"run {run_id} ran on the SQLite ledger alone; "
+                         "resume it without --ledger")
+    if spec == "sqlite":
+        spec = store.db.execute("select backend from evm where run_id = ?",
+                                [run_id]).fetchone()[0]
+    from testbed.evm_ledger import ChainLedger
+
+    keys = ledger.keyring.load_eth_keys(run_id, ledger.genesis)
+    return ChainLedger.resume(store, run_id, spec, keys, intervals_done)  # InputError
 
 
 def chain_checks(index: int, suite_of: str, python: Clearing, chain: Clearing,
@@ -415,7 +444,7 @@ class Run:
                                  measured.tripped)
         checks += [dataclasses.replace(c, suite=f"interval {index} DUT")
                    for c in measured.dut_checks]
-        on_chain = self.chain.settle(metered) if self.chain is not None else {}
+        on_chain = self.chain.settle(metered, disputed) if self.chain is not None else {}
 
         # 5. Seal orders, fills, transfers and escrow releases in one block; write the
         #    interval atomically.
@@ -562,11 +591,14 @@ def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
                                ratings=ratings(rig, ids), agents=agent_keys)
         if chain is not None:
             chain.record(store, run_id)
+            if keys := chain.secrets():  # a node's accounts: kept for resume and verify
+                store.on_commit(lambda: ledger.keyring.save_eth_keys(run_id, ledger.genesis,
+                                                                     keys))
     return Run(scenario, rig, store, clock, events, run_id, ledger, opening, 0, chain)
 
 
 def _resume(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
-            events: EventBus, run_id: str) -> Run:
+            events: EventBus, run_id: str, chain_spec: str = "sqlite") -> Run:
     try:
         row = store.run(run_id)
     except Exception:
@@ -580,10 +612,11 @@ def _resume(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
     done = store.db.execute("select count(*) from intervals where run_id = ?",
                             [run_id]).fetchone()[0]
     opening = {k: v for k, v in ledger.opening().items() if k != GRID}
+    chain = resume_chain(chain_spec, store, run_id, ledger, done)
     with store.transaction():
         store.update_run(run_id, status="running", finished_at=None)
     events.emit("status", {"status": "resumed", "from_interval": done})
-    return Run(scenario, rig, store, clock, events, run_id, ledger, opening, done)
+    return Run(scenario, rig, store, clock, events, run_id, ledger, opening, done, chain)
 
 
 async def require_a_meter(bench: Bench, rig: RigSpec) -> None:
@@ -632,8 +665,6 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     if agents and orders is None:
         raise InputError(scenario.source, f"households {agents} bid through agents: give "
                          "the run an agent broker (--agents mqtt://HOST:PORT)")
-    if resume and ledger != "sqlite":
-        raise InputError(f"--ledger {ledger}", "an EVM run cannot be resumed: start it again")
     check_scenario_fits_rig(scenario, rig)
     mechanism_for(scenario)  # fail on an unknown mechanism before touching anything
     plans = plans_for(scenario)
@@ -644,7 +675,7 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     bench = build_bench(rig, clock)
     preflight.ensure_links_carry(bench, rig)
     await require_a_meter(bench, rig)
-    run = (_resume(scenario, rig, store, clock, events, run_id) if resume else
+    run = (_resume(scenario, rig, store, clock, events, run_id, ledger) if resume else
            _start(scenario, rig, store, clock, events, run_id, ledger))
     run.orders, run.gate_s = orders, gate_s
     events.emit("status", {"status": "running", "scenario": scenario.name, "rig": rig.name})

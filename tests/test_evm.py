@@ -73,8 +73,11 @@ PRICE = st.integers(20, 40).map(lambda n: Fraction(n, 200))
 DEVIATION = st.integers(-300_000, 300_000)  # micro-kWh the meter differs from the trade
 
 
+Book = tuple[list[Order], dict[str, Fraction], set[str]]
+
+
 @st.composite
-def books(draw: st.DrawFn, max_side: int = 60) -> tuple[list[Order], dict[str, Fraction]]:
+def books(draw: st.DrawFn, max_side: int = 60) -> Book:
     ids = draw(st.permutations(HOUSEHOLDS[:2 * max_side]))
     n_buy = draw(st.integers(0, max_side))
     n_sell = draw(st.integers(0, max_side))
@@ -84,11 +87,18 @@ def books(draw: st.DrawFn, max_side: int = 60) -> tuple[list[Order], dict[str, F
                for h in ids[n_buy:n_buy + n_sell]]
     orders = draw(st.permutations(orders))  # the order of arrival must not matter
     deviation = {h: draw(DEVIATION) * MICRO_KWH for h in HOUSEHOLDS[:2 * max_side]}
-    return orders, deviation
+    # a disputed reading (meter fault) now and then: that household is not settled, and
+    # every fill it is party to is held
+    disputed = draw(st.sets(st.sampled_from(sorted(o.id for o in orders)), max_size=2)
+                    if orders else st.just(set[str]()))
+    return orders, deviation, disputed
 
 
-def check_same(market: EvmMarket, orders: list[Order], deviation: dict[str, Fraction]) -> None:
-    """One interval on the chain and in contracts/: identical in every figure and µETH."""
+def check_same(market: EvmMarket, orders: list[Order], deviation: dict[str, Fraction],
+               disputed: set[str] | None = None) -> None:
+    """One interval on the chain and in contracts/: identical in every figure and µETH,
+    with the Python contract's disputes and its no-credit rule (funds: the balances)."""
+    disputed = disputed or set()
     before = market.balances()
     for o in orders:
         market.place(o.id, o.side.value, o.energy, o.price)
@@ -101,17 +111,19 @@ def check_same(market: EvmMarket, orders: list[Order], deviation: dict[str, Frac
     # surplus, a buyer taking less): the grid settles it at the tariffs.
     metered = {h: python.sold(h) - python.bought(h) + deviation.get(h, Fraction(0))
                for h in market.hid}
-    market.settle(metered)
+    market.settle(metered, disputed)
     expected = apply({**before, GRID: before["grid"]},
-                     settle(python.fills, metered, TARIFF, RATE).transfers)
+                     settle(python.fills, metered, TARIFF, RATE, funds=before,
+                            disputed={h: "meter fault" for h in disputed}).transfers)
     assert market.balances() == expected
+    assert min(market.balances()[h] for h in market.hid) >= 0  # no credit
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                 HealthCheck.data_too_large])
 @given(books())
 def test_embedded_evm_clears_and_settles_like_contracts(
-        embedded_market: EvmMarket, book: tuple[list[Order], dict[str, Fraction]]) -> None:
+        embedded_market: EvmMarket, book: Book) -> None:
     check_same(embedded_market, *book)
 
 
@@ -119,13 +131,53 @@ def test_embedded_evm_clears_and_settles_like_contracts(
                                                                HealthCheck.data_too_large])
 @given(books(max_side=NODE_SIDE))
 def test_node_clears_and_settles_like_contracts(
-        node_market: EvmMarket, book: tuple[list[Order], dict[str, Fraction]]) -> None:
+        node_market: EvmMarket, book: Book) -> None:
     check_same(node_market, *book)
+
+
+POOR = [str(i) for i in range(1, 13)]
+
+
+@st.composite
+def poor_books(draw: st.DrawFn) -> tuple[dict[str, int], Book]:
+    """Households with little or nothing deposited, sellers that deliver far less than they
+    sold: grid import their balance cannot pay (the no-credit rule)."""
+    funds = {h: draw(st.sampled_from([0, 1, 250, 4_000])) for h in POOR}  # micro-ETH
+    orders = [Order(h, Side.SELL, draw(WHOLE), draw(PRICE)) for h in POOR[:6]]
+    orders += [Order(h, Side.BUY, Fraction(1, 100), draw(PRICE)) for h in POOR[6:]
+               if funds[h] >= 10]
+    deviation = {h: -draw(st.integers(0, 3)) * Fraction(1) for h in POOR}
+    disputed = draw(st.sets(st.sampled_from(POOR), max_size=2))
+    return funds, (orders, deviation, disputed)
+
+
+@pytest.mark.parametrize("backend", ["embedded", "node"])
+def test_no_credit_and_disputes_on_the_chain_like_contracts(
+        backend: str, request: pytest.FixtureRequest) -> None:
+    """Unfunded grid import and disputed readings: the chain caps and holds exactly as
+    contracts.settlement does (differential, a fresh deployment per book)."""
+    def chain() -> EmbeddedChain | RpcChain:
+        return (EmbeddedChain() if backend == "embedded"
+                else RpcChain(request.getfixturevalue("evm_node")))
+
+    @settings(max_examples=6 if backend == "embedded" else 2, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(poor_books())
+    def one(case: tuple[dict[str, int], Book]) -> None:
+        funds, (orders, deviation, disputed) = case
+        market = new_market(chain(), POOR, deposit_eth=0)
+        for h, micro in funds.items():
+            if micro:
+                market.deposit(h, micro * 10**12)
+        check_same(market, orders, deviation, disputed)
+
+    one()
 
 
 def test_known_books_on_the_evm(embedded_market: EvmMarket) -> None:
     """Method 1 (exact meet, alpha between L and U), method 2 on either side, no trade."""
     zero: dict[str, Fraction] = {}
+
     def pair(bought: int, bid: str) -> list[Order]:
         return [Order("1", Side.BUY, Fraction(bought), Fraction(bid)),
                 Order("2", Side.SELL, Fraction(2), Fraction("0.15"))]
@@ -223,9 +275,11 @@ def test_wrong_priority_proposal_and_readings_are_refused(fresh: EvmMarket) -> N
         fresh._tx(fresh.accounts["1"], "clear", [[1, 0], [2]])
     fresh.clear()
     with pytest.raises(ChainRevert, match="one reading per"):
-        fresh._tx(fresh.operator, "settle", [[0, 0]])
+        fresh._tx(fresh.operator, "settle", [[0, 0], [False, False]])
+    with pytest.raises(ChainRevert, match="one dispute flag per"):
+        fresh._tx(fresh.operator, "settle", [[0, 0, 0], [False]])
     with pytest.raises(ChainRevert, match="oracle"):
-        fresh._tx(fresh.accounts["1"], "settle", [[0, 0, 0]])
+        fresh._tx(fresh.accounts["1"], "settle", [[0, 0, 0], [False] * 3])
 
 
 # ---- the paper's scenarios through `testbed run --ledger ...` -------------------------------
