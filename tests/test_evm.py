@@ -151,16 +151,20 @@ def poor_books(draw: st.DrawFn) -> tuple[dict[str, int], Book]:
     return funds, (orders, deviation, disputed)
 
 
-@pytest.mark.parametrize("backend", ["embedded", "node"])
-def test_no_credit_and_disputes_on_the_chain_like_contracts(
-        backend: str, request: pytest.FixtureRequest) -> None:
+@pytest.fixture(params=["embedded", "node"])
+def new_chain(request: pytest.FixtureRequest) -> Any:
+    """A function making a fresh chain: embedded py-evm, or the loopback node's."""
+    url = None if request.param == "embedded" else request.getfixturevalue("evm_node")
+    return lambda: EmbeddedChain() if url is None else RpcChain(url)
+
+
+def test_no_credit_and_disputes_on_the_chain_like_contracts(new_chain: Any) -> None:
     """Unfunded grid import and disputed readings: the chain caps and holds exactly as
     contracts.settlement does (differential, a fresh deployment per book)."""
-    def chain() -> EmbeddedChain | RpcChain:
-        return (EmbeddedChain() if backend == "embedded"
-                else RpcChain(request.getfixturevalue("evm_node")))
+    chain = new_chain
+    node = not isinstance(chain(), EmbeddedChain)
 
-    @settings(max_examples=6 if backend == "embedded" else 2, deadline=None,
+    @settings(max_examples=2 if node else 6, deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(poor_books())
     def one(case: tuple[dict[str, int], Book]) -> None:
