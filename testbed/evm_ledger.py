@@ -168,6 +168,51 @@ def intrinsic_gas(data: bytes, create: bool = False) -> int:
     return gas
 
 
+@dataclass(frozen=True, slots=True)
+class RawTx:
+    """A signed Ethereum transaction as a household's HEMS sends it: its sender (recovered
+    from the signature), chain id, account nonce, recipient, value (wei), gas and data."""
+
+    sender: str
+    chain_id: int | None
+    nonce: int
+    to: str
+    value: int
+    gas: int
+    data: bytes
+
+
+def decode_tx(raw: bytes) -> RawTx:
+    """Decode a signed legacy (EIP-155) or EIP-1559 (type 2) transaction and recover its
+    sender. Raises ValueError saying what is wrong with it."""
+    import rlp  # type: ignore[import-untyped]
+    from eth_account import Account
+
+    chain_id: int | None
+    try:
+        if raw[:1] == b"\x02":
+            f = rlp.decode(raw[1:])
+            chain_id, nonce, gas, to, value, data = (
+                _int(f[0]), _int(f[1]), _int(f[4]), f[5], _int(f[6]), f[7])
+        elif raw and raw[0] >= 0xc0:
+            f = rlp.decode(raw)
+            nonce, gas, to, value, data, v = _int(f[0]), _int(f[2]), f[3], _int(f[4]), f[5], \
+                _int(f[6])
+            chain_id = (v - 35) // 2 if v >= 35 else None
+        else:
+            raise ValueError("neither a legacy nor an EIP-1559 transaction")
+        sender = str(Account.recover_transaction(raw))
+    except Exception as err:  # rlp's and eth-account's many error types: one message
+        raise ValueError(f"not a signed Ethereum transaction ({err})") from None
+    if len(to) != 20:
+        raise ValueError("a transaction that creates a contract, not an order")
+    return RawTx(sender, chain_id, nonce, "0x" + bytes(to).hex(), value, gas, bytes(data))
+
+
+def _int(b: bytes) -> int:
+    return int.from_bytes(b, "big")
+
+
 # ---- the two chains ---------------------------------------------------------------------------
 
 class Chain(Protocol):
@@ -197,6 +242,17 @@ class Chain(Protocol):
 
     def call(self, to: str, data: bytes) -> bytes: ...
 
+    def send_raw(self, raw: bytes) -> Receipt:
+        """Send a transaction someone else signed (a HEMS's order); ChainRevert with the
+        contract's reason, or with why the chain refuses the transaction itself."""
+        ...
+
+    def account_nonce(self, address: str) -> int:
+        """The account's next transaction nonce."""
+        ...
+
+    def gas_price(self) -> int: ...
+
     def wallet(self, address: str) -> int:
         """The account's own ETH (wei), outside the contract."""
         ...
@@ -216,6 +272,7 @@ class EmbeddedChain:
     the refund capped at a fifth (EIP-3529), so the gas equals a node's receipt."""
 
     label = "evm (embedded py-evm)"
+    chain_id = 1337  # what a HEMS signs its transactions for (EIP-155), as ganache's
 
     def __init__(self, preset: Sequence[str] = (), gas_limit: int = GAS_LIMIT) -> None:
         self.gas_limit = gas_limit  # per transaction; above a block's only to measure
@@ -282,6 +339,31 @@ class EmbeddedChain:
         if comp.is_error:
             raise ChainRevert(_name_of(data), revert_reason(bytes(comp.output)))
         return bytes(comp.output)
+
+    def send_raw(self, raw: bytes) -> Receipt:
+        """Check the signed transaction as a node would (chain id, the account's nonce,
+        its balance for the value) and execute it as its sender; the nonce advances."""
+        try:
+            tx = decode_tx(raw)
+        except ValueError as err:
+            raise ChainRevert("transaction", str(err)) from None
+        fn = _name_of(tx.data)
+        if tx.chain_id != self.chain_id:
+            raise ChainRevert(fn, f"signed for chain {tx.chain_id}, not {self.chain_id}")
+        state = self.env.evm.vm.state
+        expected = state.get_nonce(bytes.fromhex(tx.sender[2:]))
+        if tx.nonce != expected:
+            raise ChainRevert(fn, f"nonce {tx.nonce}: the account's next is {expected} "
+                              "(a replayed or skipped transaction)")
+        receipt = self.transact(tx.sender, tx.to, tx.data, tx.value)
+        state.increment_nonce(bytes.fromhex(tx.sender[2:]))
+        return receipt
+
+    def account_nonce(self, address: str) -> int:
+        return int(self.env.evm.vm.state.get_nonce(bytes.fromhex(address[2:])))
+
+    def gas_price(self) -> int:
+        return 0  # the embedded chain charges no gas price
 
     def wallet(self, address: str) -> int:
         return int(self.env.get_balance(address))
@@ -432,6 +514,32 @@ class RpcChain:
         except _RpcError as err:
             raise ChainRevert(_name_of(data), err.reason()) from None
         return bytes.fromhex(str(out)[2:])
+
+    def send_raw(self, raw: bytes) -> Receipt:
+        """The node checks and mines it; its revert reason is read first by simulating
+        the call from the recovered sender (a node mines a reverted transaction without)."""
+        try:
+            tx = decode_tx(raw)
+        except ValueError as err:
+            raise ChainRevert("transaction", str(err)) from None
+        fn = _name_of(tx.data)
+        try:
+            self.rpc("eth_estimateGas", [{"from": tx.sender, "to": tx.to,
+                                          "data": "0x" + tx.data.hex(),
+                                          "value": hex(tx.value)}])
+            digest = self.rpc("eth_sendRawTransaction", ["0x" + raw.hex()])
+        except _RpcError as err:
+            raise ChainRevert(fn, err.reason()) from None
+        receipt = self._wait(digest)
+        if int(receipt["status"], 16) != 1:
+            raise ChainRevert(fn, "reverted on the node")
+        return Receipt(int(receipt["gasUsed"], 16), self._events(receipt["logs"]))
+
+    def account_nonce(self, address: str) -> int:
+        return int(self.rpc("eth_getTransactionCount", [address, "pending"]), 16)
+
+    def gas_price(self) -> int:
+        return int(self.rpc("eth_gasPrice", []), 16)
 
     def wallet(self, address: str) -> int:
         return int(self.rpc("eth_getBalance", [address, "latest"]), 16)
@@ -596,6 +704,51 @@ class EvmMarket:
         self._book.append(ChainOrder(placed.args["index"], hid, side == "buy", energy, price_u))
         return int(placed.args["index"])
 
+    def submit_raw(self, household: str, raw: bytes,
+                   expect: tuple[bool, int, int] | None = None) -> ChainOrder:
+        """A household's order as its HEMS signed it: a transaction from its own account
+        calling ``place_order`` for it (docs/agents.md), and when ``expect`` is given with
+        that (is_buy, micro-kWh, micro-AUD/kWh). Returns the order as the chain holds it;
+        ChainRevert, before anything is sent, when it is not such a transaction, and with
+        the contract's reason when the contract refuses it."""
+        try:
+            tx = decode_tx(raw)
+        except ValueError as err:
+            raise ChainRevert("transaction", str(err)) from None
+        from eth_abi.abi import decode
+
+        selector, types, _ = compiled().functions["place_order"]
+        if tx.to.lower() != self.address.lower() or tx.data[:4] != selector:
+            raise ChainRevert("transaction", "not a call of place_order on the market "
+                              f"contract {self.address}")
+        try:
+            hid, _iv, _nonce, is_buy, energy, price = decode(types, tx.data[4:])
+        except Exception as err:  # eth-abi's decoding errors
+            raise ChainRevert("place_order", f"malformed call data ({err})") from None
+        if hid != self.hid.get(household):
+            raise ChainRevert("place_order", f"an order for household number {hid}, not "
+                              f"{household}'s ({self.hid.get(household)})")
+        if expect is not None and (bool(is_buy), energy, price) != expect:
+            raise ChainRevert("place_order", "mismatch: the Ethereum transaction's order is "
+                              "not the signed order's side, energy and price")
+        receipt = self.chain.send_raw(raw)
+        self.gas.add("order", receipt.gas)
+        placed = next(e for e in receipt.events if e.name == "OrderPlaced")
+        order = ChainOrder(placed.args["index"], hid, bool(is_buy), energy, price)
+        self._book.append(order)
+        return order
+
+    def gate(self, households: Sequence[str]) -> dict[str, Any]:
+        """What each household's HEMS needs to sign its order as a transaction (the gate's
+        ``evm`` object, docs/agents.md): chain id, contract, gas price, and per household
+        its account, its number, its next order nonce and its account's next nonce."""
+        return {"chain_id": getattr(self.chain, "chain_id", None), "contract": self.address,
+                "gas_price": str(self.chain.gas_price()), "interval": self.interval,
+                "accounts": {h: {"address": self.accounts[h], "hid": self.hid[h],
+                                 "order_nonce": int(self.view("nonce_of", self.accounts[h])),
+                                 "tx_nonce": self.chain.account_nonce(self.accounts[h])}
+                             for h in households}}
+
     def clear(self) -> Clearing:
         """The operator proposes the priority order; the contract checks it and clears."""
         buys, sells = priority(self._book)
@@ -746,10 +899,17 @@ class ChainLedger:
         return out
 
     def place(self, order: Mapping[str, Any]) -> str | None:
-        """Send a signed order of the SQLite ledger as the household's own transaction;
-        the contract's reason if it refuses it, else None."""
+        """Send a signed order of the SQLite ledger as the household's own transaction (the
+        one its HEMS signed, ``eth_tx``, if it sent one); the contract's reason if it
+        refuses it, else None."""
         if not self._t0:
             self._t0 = time.perf_counter()
+        household = str(order["household"])
+        if "eth_tx" in order:
+            return self._place_raw(order)
+        if household in self.market.external:
+            return (f"no transaction: household {household}'s HEMS holds its Ethereum key "
+                    "and sent no eth_tx")
         try:
             self.market.place(str(order["household"]), str(order["side"]),
                               Fraction(str(order["energy_kwh"])), Fraction(str(order["price"])))
@@ -758,6 +918,22 @@ class ChainLedger:
         except ValueError as err:
             return f"malformed: {err}"
         return None
+
+    def _place_raw(self, order: Mapping[str, Any]) -> str | None:
+        try:
+            raw = bytes.fromhex(str(order["eth_tx"]).removeprefix("0x"))
+            want = (order["side"] == "buy",
+                    micro_units(Fraction(str(order["energy_kwh"])), "energy_kwh"),
+                    micro_units(Fraction(str(order["price"])), "price"))
+            self.market.submit_raw(str(order["household"]), raw, want)
+        except ChainRevert as err:
+            return err.reason
+        except ValueError as err:
+            return f"malformed: {err}"
+        return None
+
+    def gate(self, households: Sequence[str]) -> dict[str, Any]:
+        return self.market.gate(households)
 
     def clear(self) -> Clearing:
         try:

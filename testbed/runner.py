@@ -92,6 +92,7 @@ class ChainBackend(Protocol):
     def describe(self) -> dict[str, Any]: ...
     def record(self, store: Store, run_id: str) -> None: ...  # inside the transaction
     def secrets(self) -> dict[str, str]: ...  # Ethereum keys for the run's keystore
+    def gate(self, households: list[str]) -> dict[str, Any]: ...  # the gate's "evm" object
 
 
 class OrderSource(Protocol):
@@ -489,6 +490,8 @@ class Run:
             raise InputError(self.scenario.source, f"households {agents} bid through agents: "
                              "give the run an agent broker (--agents mqtt://HOST:PORT)")
         gate = gate_message(self.run_id, index, sc, agents, self.gate_s)
+        if self.chain is not None:  # what an agent needs to sign its order as a transaction
+            gate["evm"] = self.chain.gate(agents)
         arrivals = await self.orders.collect(gate, agents)
         from testbed.agents import check_order
 

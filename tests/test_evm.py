@@ -513,3 +513,42 @@ def test_the_runs_checks_fail_when_the_chain_and_contracts_disagree() -> None:
                        {"1": 6, "grid": 0})
     assert [c.passed for c in bad] == [False, False, False]
     assert "1: ledger 5 µ, chain 6 µ" in bad[2].message
+
+
+def test_a_hems_signed_transaction_is_its_order_and_forgeries_are_refused(
+        new_chain: Any) -> None:
+    """Household 1's HEMS holds its Ethereum key (the operator certifies its registered
+    address and deposits for it): its own signed transaction places its order; the same
+    bytes again, a transaction signed by another key, one for another chain, and one
+    whose order is not the signed order's are each refused, on both back-ends."""
+    from eth_account import Account
+
+    from testbed.agents import eth_order_tx
+
+    hems, other = Account.create(), Account.create()
+    chain = new_chain()
+    market = EvmMarket(chain, ["1", "2"], alpha=ALPHA,
+                       import_aud_per_kwh=TARIFF.import_aud_per_kwh,
+                       feed_in_aud_per_kwh=TARIFF.feed_in_aud_per_kwh, aud_per_token=RATE,
+                       registered={"1": hems.address})
+    market.deposit("1", WEI_PER_ETH // 100)
+    assert market.balances()["1"] == 10_000 and market.keys["1"] == ""
+    order = {"household": "1", "side": "buy", "energy_kwh": "1", "price": "0.2"}
+    gate = {"evm": market.gate(["1"])}
+    assert gate["evm"]["accounts"]["1"]["address"] == hems.address
+    forged = bytes.fromhex(eth_order_tx(gate, order, "0x" + bytes(other.key).hex())[2:])
+    with pytest.raises(ChainRevert, match="forged"):
+        market.submit_raw("1", forged)
+    wrong_chain = bytes.fromhex(eth_order_tx({"evm": {**gate["evm"], "chain_id": 5}}, order,
+                                             "0x" + bytes(hems.key).hex())[2:])
+    with pytest.raises(ChainRevert, match="chain|signature|sender"):
+        market.submit_raw("1", wrong_chain)
+    gate = {"evm": market.gate(["1"])}  # a refused transaction may have used a nonce
+    raw = bytes.fromhex(eth_order_tx(gate, order, "0x" + bytes(hems.key).hex())[2:])
+    with pytest.raises(ChainRevert, match="mismatch"):
+        market.submit_raw("1", raw, (True, 2 * 10**6, 200_000))
+    placed = market.submit_raw("1", raw, (True, 10**6, 200_000))
+    assert (placed.hid, placed.is_buy, placed.energy, placed.price) == (1, True, 10**6, 200_000)
+    with pytest.raises(ChainRevert, match="nonce"):
+        market.submit_raw("1", raw)  # replayed: the same signed bytes
+    assert market.view("order_count") == 1
