@@ -541,7 +541,7 @@ def test_a_hems_signed_transaction_is_its_order_and_forgeries_are_refused(
         market.submit_raw("1", forged)
     wrong_chain = bytes.fromhex(eth_order_tx({"evm": {**gate["evm"], "chain_id": 5}}, order,
                                              "0x" + bytes(hems.key).hex())[2:])
-    with pytest.raises(ChainRevert, match="chain|signature|sender"):
+    with pytest.raises(ChainRevert, match=r"chain|signature|sender"):
         market.submit_raw("1", wrong_chain)
     gate = {"evm": market.gate(["1"])}  # a refused transaction may have used a nonce
     raw = bytes.fromhex(eth_order_tx(gate, order, "0x" + bytes(hems.key).hex())[2:])
