@@ -528,7 +528,7 @@ async def reference_agent(household: str, url: str, key: Ed25519PrivateKey, *,
 
     results: list[dict[str, Any]] = []
     measured: dict[str, Fraction] = {}  # run -> net kWh the meter gave for the last interval
-    seen: set[tuple[str, int]] = set()
+    seen: set[tuple[str, int, str]] = set()
     rig: dict[str, dict[str, Any]] = {}  # run -> its rig's last reading
     readings: dict[str, int] = {}
     done_runs: set[str] = set()
@@ -556,7 +556,8 @@ async def reference_agent(household: str, url: str, key: Ed25519PrivateKey, *,
                 readings[run] = readings.get(run, 0) + 1
                 continue
             if topic.endswith("/gate"):
-                key_ = (run, int(body.get("interval", -1)))
+                # one order per gate; a resumed run opens the interval's gate again
+                key_ = (run, int(body.get("interval", -1)), str(body.get("opens")))
                 if body.get("state") != "open" or key_ in seen or run in done_runs or \
                         household not in body.get("forecast_kwh", {}) or \
                         _closed(body.get("closes")):

@@ -82,3 +82,62 @@ def test_ten_agents_sign_their_orders_as_ethereum_transactions(tmp_path: Path) -
     assert all(len(r) == 1 and r[0]["interval"] == 0 for r in results)
     assert verify_run(store, "eth10") is None
     assert verify_evm(store, "eth10") is None
+
+
+class Died(RuntimeError):
+    """The controller's process dying while the bench runs the interval."""
+
+
+def die_while_metering(controller: Any) -> None:
+    async def dead(*args: object, **kw: object) -> Any:
+        raise Died("killed while the bench ran the interval")
+    controller.run_interval = dead
+
+
+@pytest.mark.parametrize("ledger", ["sqlite", "evm"])
+def test_a_run_with_agents_dies_and_resumes(ledger: str, tmp_path: Path) -> None:
+    """Households 1-3 bid through reference agents (on the EVM with their own Ethereum
+    keys). The run dies after their orders were taken; the agents keep running; the
+    resumed run opens the interval's gate again, they bid again, and it ends as a run
+    that never died: same fills, same balances (SQLite ledger and contract), ledger and
+    chain verifying."""
+    base = load_scenario("scenario2")
+    rig = load_rig("mock")
+    agents = ["1", "2", "3"]
+    reference = asyncio.run(run_scenario(base, rig, Store(tmp_path / "ref.db"),
+                                         ledger=ledger))
+    enrol(agents, tmp_path / "keys")
+    if ledger == "evm":
+        enrol_eth(agents, tmp_path / "keys")
+    store = Store(tmp_path / "r.db")
+    sc = agent_scenario(set(agents))
+    with broker(tmp_path / "mq") as mq:
+        async def main() -> Any:
+            tasks = [asyncio.create_task(reference_agent(
+                h.id, mq.url, load_key(tmp_path / "keys" / f"{h.id}.key"),
+                eth_key=(load_eth_key(tmp_path / "keys" / f"{h.id}.eth.key")
+                         if ledger == "evm" else None),
+                price=Fraction(h.price or 0),
+                energy=None if h.offer_kwh is None else h.offer_kwh))
+                for h in base.households if h.id in agents]
+            async with MqttOrderSource(mq.url, "again", gate_s=120) as source:
+                with pytest.raises(Died):
+                    await run_scenario(sc, rig, store, run_id="again", orders=source,
+                                       gate_s=120, ledger=ledger,
+                                       on_controller=die_while_metering)
+            async with MqttOrderSource(mq.url, "again", gate_s=120) as source:
+                out = await run_scenario(sc, rig, store, resume="again", orders=source,
+                                         gate_s=120, ledger=ledger)
+            await asyncio.wait_for(asyncio.gather(*tasks), 120)
+            return out
+        out = asyncio.run(main())
+    assert out.status == "finished" and out.resumed_from == 0
+    assert [c for c in out.checks if not c.passed] == []
+    assert out.intervals[0].clearing.fills == reference.intervals[0].clearing.fills
+    assert out.balances == reference.balances
+    if ledger == "evm":
+        assert out.extra["evm"]["after_micro"] == reference.extra["evm"]["after_micro"]
+        assert verify_evm(store, "again") is None
+    orders = [t for t in txs(store, "again") if t["type"] == "order"]
+    assert sorted(t["household"] for t in orders) == sorted(h.id for h in base.households)
+    assert verify_run(store, "again") is None
