@@ -64,9 +64,10 @@ def test_ten_agents_sign_their_orders_as_ethereum_transactions(tmp_path: Path) -
                 out = await run_scenario(agent_scenario(set(ids)), rig, store,
                                          run_id="eth10", orders=source, gate_s=120,
                                          ledger="evm")
+                gate = source.gate
             results = await asyncio.wait_for(asyncio.gather(*agents), 120)
-            return out, results
-        out, results = asyncio.run(main())
+            return out, results, gate
+        out, results, gate = asyncio.run(main())
     assert out.status == "finished"
     assert [c for c in out.checks if not c.passed] == []
     first, again = today.intervals[0], out.intervals[0]
@@ -79,6 +80,16 @@ def test_ten_agents_sign_their_orders_as_ethereum_transactions(tmp_path: Path) -
         {h: a.lower() for h, a in addresses.items()}
     orders = [t for t in txs(store, "eth10") if t["type"] == "order"]
     assert len(orders) == 10 and all(t["eth_tx"].startswith("0x") for t in orders)
+    # the gate with its evm object and the orders with eth_tx fit docs/agents.md's schemas
+    import jsonschema_rs
+
+    from tests.test_agent_intake import schemas
+
+    sch = schemas()
+    assert gate is not None and set(gate["evm"]["accounts"]) == set(ids)
+    jsonschema_rs.validate(sch["gate"], gate)
+    for t in orders:
+        jsonschema_rs.validate(sch["order"], {k: v for k, v in t.items()})
     assert all(len(r) == 1 and r[0]["interval"] == 0 for r in results)
     assert verify_run(store, "eth10") is None
     assert verify_evm(store, "eth10") is None
