@@ -115,8 +115,9 @@ def check_same(market: EvmMarket, orders: list[Order], deviation: dict[str, Frac
     expected = apply({**before, GRID: before["grid"]},
                      settle(python.fills, metered, TARIFF, RATE, funds=before,
                             disputed={h: "meter fault" for h in disputed}).transfers)
-    assert market.balances() == expected
-    assert min(market.balances()[h] for h in market.hid) >= 0  # no credit
+    after = market.balances()
+    assert after == expected
+    assert min(after[h] for h in market.hid) >= 0  # no credit
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
