@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from fractions import Fraction
@@ -54,6 +55,11 @@ ORDER_SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "nonce": ((int,), "an integer above the household's last"),
     "signature": ((str,), "128 hex digits, Ed25519 over the canonical order"),
 }
+# optional fields: on the EVM ledger, the order as the household's own signed transaction
+ORDER_OPTIONAL: dict[str, tuple[tuple[type, ...], str]] = {
+    "eth_tx": ((str,), "0x and the hex of a signed transaction calling place_order"),
+}
+_ETH_TX = re.compile(r"0x(?:[0-9a-f]{2}){60,1000}")
 
 
 def gate_topic(run: str) -> str:
@@ -91,9 +97,13 @@ def check_order(raw: bytes, topic_household: str, run: str, interval: int,
         value = body.get(key)
         if key not in body or isinstance(value, bool) or not isinstance(value, types):
             return None, f"malformed: {key!r} must be {what}"
-    unknown = sorted(set(body) - set(ORDER_SCHEMA))
+    unknown = sorted(set(body) - set(ORDER_SCHEMA) - set(ORDER_OPTIONAL))
     if unknown:
         return None, f"malformed: unknown field {unknown[0]!r}"
+    for key, (types, what) in ORDER_OPTIONAL.items():
+        if key in body and (not isinstance(body[key], types)
+                            or not _ETH_TX.fullmatch(str(body[key]))):
+            return None, f"malformed: {key!r} must be {what}"
     if body["type"] != "order":
         return None, "malformed: 'type' must be \"order\""
     for key in ("energy_kwh", "price"):
@@ -172,6 +182,59 @@ def registered(households: list[str]) -> dict[str, str | Ed25519PrivateKey]:
         else:
             raise InputError(str(pub), f"household {h!r} bids through an agent, but no agent "
                              f"key is registered for it (testbed agents keys RIG DIR)")
+    return out
+
+
+ETH_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+def register_address(household: str, address: str) -> Path:
+    """Register the Ethereum address of an account household ``household``'s HEMS holds
+    the key of (``agents/{id}.eth``): on ``--ledger evm...`` the operator certifies that
+    address instead of making one, and the household's orders are its HEMS's own
+    transactions. Returns the file; InputError for an address that is not 0x + 40 hex."""
+    if not ETH_ADDRESS.fullmatch(address.strip()):
+        raise InputError(f"household {household}", f"{address[:60]!r} is not an Ethereum "
+                         "address (0x and 40 hex digits)")
+    reg = agents_dir()
+    reg.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = reg / f"{household}.eth"
+    path.write_text(address.strip() + "\n", "ascii")
+    return path
+
+
+def enrol_eth(households: list[str], out: Path) -> list[Path]:
+    """A new Ethereum (secp256k1) key per household in ``out/{id}.eth.key`` (0x-hex, mode
+    0600) for its HEMS, its address registered with :func:`register_address`."""
+    from eth_account import Account
+
+    paths = []
+    for h in households:
+        account = Account.create()
+        _write_private(out / f"{h}.eth.key", ("0x" + bytes(account.key).hex() + "\n").encode())
+        register_address(h, str(account.address))
+        paths.append(out / f"{h}.eth.key")
+    return paths
+
+
+def load_eth_key(path: Path) -> str:
+    """An agent's Ethereum key file (0x + 64 hex digits, mode 0600). Raises InputError."""
+    text = _read_private(path).decode("ascii", "replace").strip()
+    if not re.fullmatch(r"0x[0-9a-fA-F]{64}", text):
+        raise InputError(str(path), "not an Ethereum private key (0x and 64 hex digits)")
+    return text
+
+
+def registered_addresses(households: list[str]) -> dict[str, str]:
+    """The Ethereum addresses registered for ``households`` (those that have one)."""
+    out = {}
+    for h in households:
+        path = agents_dir() / f"{h}.eth"
+        if path.exists():
+            text = path.read_text("ascii", "replace").strip()
+            if not ETH_ADDRESS.fullmatch(text):
+                raise InputError(str(path), "not an Ethereum address (0x and 40 hex digits)")
+            out[h] = text
     return out
 
 
@@ -395,6 +458,38 @@ def order_source(url: str, run_id: str, gate_s: float) -> MqttOrderSource | Http
 # -- the reference agent (``testbed agent``) ------------------------------------------------
 
 
+PLACE_ORDER = "place_order(uint256,uint256,uint256,bool,uint256,uint256)"
+
+
+def eth_order_tx(gate: Mapping[str, Any], order: Mapping[str, Any], eth_key: str) -> str:
+    """``order`` as the household's own Ethereum transaction (docs/agents.md, "Orders on
+    the EVM ledger"): a call of the market contract's ``place_order(hid, interval,
+    order_nonce, is_buy, energy, price)`` (energy in micro-kWh, price in micro-AUD/kWh),
+    signed with ``eth_key`` (0x-hex) for the gate's chain, at the account's next nonce and
+    the gate's gas price. Returns 0x and the raw transaction's hex. KeyError when the gate
+    has no ``evm`` object for the household; ValueError for an energy or price that is not
+    a whole number of millionths."""
+    from eth_abi.abi import encode
+    from eth_account import Account
+    from eth_hash.auto import keccak
+    from eth_utils.address import to_checksum_address
+
+    evm, household = gate["evm"], str(order["household"])
+    mine = evm["accounts"][household]
+    energy, price = exact(order["energy_kwh"]) * 10**6, exact(order["price"]) * 10**6
+    if energy.denominator != 1 or price.denominator != 1:
+        raise ValueError("energy_kwh and price must be whole millionths on the EVM ledger")
+    data = keccak(PLACE_ORDER.encode())[:4] + encode(
+        ["uint256", "uint256", "uint256", "bool", "uint256", "uint256"],
+        [int(mine["hid"]), int(evm["interval"]), int(mine["order_nonce"]),
+         order["side"] == "buy", int(energy), int(price)])
+    signed = Account.sign_transaction({
+        "to": to_checksum_address(str(evm["contract"])), "data": data, "value": 0,
+        "gas": 600_000, "gasPrice": int(evm["gas_price"]), "nonce": int(mine["tx_nonce"]),
+        "chainId": int(evm["chain_id"])}, eth_key)
+    return "0x" + bytes(signed.raw_transaction).hex()
+
+
 def reference_order(gate: Mapping[str, Any], household: str, nonce: int,
                     price: Fraction | None, energy: Fraction | None,
                     measured_kwh: Fraction | None) -> dict[str, Any] | None:
@@ -421,9 +516,11 @@ def reference_order(gate: Mapping[str, Any], household: str, nonce: int,
 
 async def reference_agent(household: str, url: str, key: Ed25519PrivateKey, *,
                           price: Fraction | None = None, energy: Fraction | None = None,
-                          runs: int = 1) -> list[dict[str, Any]]:
+                          runs: int = 1, eth_key: str | None = None) -> list[dict[str, Any]]:
     """Run the reference HEMS of ``household``: for each gate of a run (``runs`` runs, then
-    return), forecast (:func:`reference_order`), sign and publish its order, follow its
+    return), forecast (:func:`reference_order`), sign and publish its order (on the EVM
+    ledger, with ``eth_key``, carrying it as its own transaction, :func:`eth_order_tx`),
+    follow its
     rig's PV, load and battery readings (``testbed/{run}/readings/{household}``, published
     when the run has ``--mqtt`` on the same broker), and log what it committed and what it
     got, with the last reading (one JSON line each on stdout). Returns the results."""
@@ -431,7 +528,7 @@ async def reference_agent(household: str, url: str, key: Ed25519PrivateKey, *,
 
     results: list[dict[str, Any]] = []
     measured: dict[str, Fraction] = {}  # run -> net kWh the meter gave for the last interval
-    seen: set[tuple[str, int]] = set()
+    seen: set[tuple[str, int, str]] = set()
     rig: dict[str, dict[str, Any]] = {}  # run -> its rig's last reading
     readings: dict[str, int] = {}
     done_runs: set[str] = set()
@@ -459,7 +556,8 @@ async def reference_agent(household: str, url: str, key: Ed25519PrivateKey, *,
                 readings[run] = readings.get(run, 0) + 1
                 continue
             if topic.endswith("/gate"):
-                key_ = (run, int(body.get("interval", -1)))
+                # one order per gate; a resumed run opens the interval's gate again
+                key_ = (run, int(body.get("interval", -1)), str(body.get("opens")))
                 if body.get("state") != "open" or key_ in seen or run in done_runs or \
                         household not in body.get("forecast_kwh", {}) or \
                         _closed(body.get("closes")):
@@ -471,6 +569,9 @@ async def reference_agent(household: str, url: str, key: Ed25519PrivateKey, *,
                     print(json.dumps({"agent": household, "event": "no order",
                                       "interval": body["interval"]}), flush=True)
                     continue
+                if eth_key is not None and household in body.get("evm", {}).get("accounts",
+                                                                                {}):
+                    order["eth_tx"] = eth_order_tx(body, order, eth_key)
                 signed = sign_order(key, order)
                 await client.publish(order_topic(run, household), json.dumps(signed).encode(),
                                      qos=1)

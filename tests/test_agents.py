@@ -156,6 +156,72 @@ def test_killed_forged_replayed_malformed_and_a_docs_only_agent(tmp_path: Path) 
     assert checks["agent 2"].passed is False and checks["agent 1"].passed
 
 
+async def late_agent(port: int, run_id: str, key: Any, sent: list[bytes]) -> None:
+    """Household 1's agent that publishes a valid signed order only once it has seen the
+    gate close."""
+    async with aiomqtt.Client(HOST, port) as c:
+        await c.subscribe(gate_topic(run_id), qos=1)
+        async for m in c.messages:
+            gate = json.loads(bytes(m.payload or b"{}"))
+            if gate.get("state") == "closed":
+                break
+        raw = json.dumps(sign_order(key, {
+            "type": "order", "run": run_id, "interval": 0, "household": "1", "side": "buy",
+            "energy_kwh": "3", "price": "0.2", "nonce": 0})).encode()
+        await c.publish(order_topic(run_id, "1"), raw, qos=1)
+        sent.append(raw)
+
+
+def test_an_order_after_the_gate_closed_is_refused_as_late(tmp_path: Path) -> None:
+    """Over a real mosquitto: household 1's order, valid and signed, arrives after the gate
+    closed; it is refused as late with its payload's digest in the ledger, the household
+    is absent for the interval, and the run completes and verifies."""
+    import hashlib
+
+    from testbed.agents import load_key
+
+    sc = agent_scenario({"1"})
+    enrol(["1"], tmp_path / "keys")
+    rig = load_rig("mock")
+    run_id = "late"
+    sent: list[bytes] = []
+    with broker(tmp_path / "mq") as mq:
+        store = Store(tmp_path / "l.db")
+
+        async def main() -> Any:
+            async with MqttOrderSource(mq.url, run_id, gate_s=3,
+                                       close_when_complete=False) as source:
+                agent = asyncio.create_task(late_agent(
+                    mq.port, run_id, load_key(tmp_path / "keys/1.key"), sent))
+
+                def hold_until_the_late_order_came(controller: Any) -> None:
+                    run_interval = controller.run_interval
+
+                    async def waits(*args: Any, **kw: Any) -> Any:
+                        for _ in range(600):  # generous: a loaded machine
+                            if source._late:  # the broker delivered it, gate closed
+                                break
+                            await asyncio.sleep(0.05)
+                        return await run_interval(*args, **kw)
+                    controller.run_interval = waits
+
+                out = await run_scenario(sc, rig, store, run_id=run_id, orders=source,
+                                         gate_s=3, on_controller=hold_until_the_late_order_came)
+                await agent
+                return out
+        out = asyncio.run(main())
+    assert out.status == "finished" and len(sent) == 1
+    book = txs(store, run_id)
+    late = [t for t in book if t["type"] == "refused" and t["household"] == "1"]
+    assert [t["reason"].split(":")[0] for t in late] == ["absent", "late"]
+    assert late[1]["reason"] == "late: came after the gate closed"
+    assert late[1]["payload_sha256"] == hashlib.sha256(sent[0]).hexdigest()
+    assert "1" not in {t["household"] for t in book if t["type"] == "order"}
+    checks = {c.suite: c for c in out.checks if c.name.endswith("order by the gate")}
+    assert checks["agent 1"].passed is False
+    assert verify_run(store, run_id) is None
+
+
 def test_acl_lets_each_agent_publish_only_its_own_order_topic() -> None:
     text = acl(["1", "2"])
     assert "user agent-1\ntopic write testbed/+/orders/1\n" in text

@@ -73,8 +73,11 @@ PRICE = st.integers(20, 40).map(lambda n: Fraction(n, 200))
 DEVIATION = st.integers(-300_000, 300_000)  # micro-kWh the meter differs from the trade
 
 
+Book = tuple[list[Order], dict[str, Fraction], set[str]]
+
+
 @st.composite
-def books(draw: st.DrawFn, max_side: int = 60) -> tuple[list[Order], dict[str, Fraction]]:
+def books(draw: st.DrawFn, max_side: int = 60) -> Book:
     ids = draw(st.permutations(HOUSEHOLDS[:2 * max_side]))
     n_buy = draw(st.integers(0, max_side))
     n_sell = draw(st.integers(0, max_side))
@@ -84,11 +87,18 @@ def books(draw: st.DrawFn, max_side: int = 60) -> tuple[list[Order], dict[str, F
                for h in ids[n_buy:n_buy + n_sell]]
     orders = draw(st.permutations(orders))  # the order of arrival must not matter
     deviation = {h: draw(DEVIATION) * MICRO_KWH for h in HOUSEHOLDS[:2 * max_side]}
-    return orders, deviation
+    # a disputed reading (meter fault) now and then: that household is not settled, and
+    # every fill it is party to is held
+    disputed = draw(st.sets(st.sampled_from(sorted(o.id for o in orders)), max_size=2)
+                    if orders else st.just(set[str]()))
+    return orders, deviation, disputed
 
 
-def check_same(market: EvmMarket, orders: list[Order], deviation: dict[str, Fraction]) -> None:
-    """One interval on the chain and in contracts/: identical in every figure and µETH."""
+def check_same(market: EvmMarket, orders: list[Order], deviation: dict[str, Fraction],
+               disputed: set[str] | None = None) -> None:
+    """One interval on the chain and in contracts/: identical in every figure and µETH,
+    with the Python contract's disputes and its no-credit rule (funds: the balances)."""
+    disputed = disputed or set()
     before = market.balances()
     for o in orders:
         market.place(o.id, o.side.value, o.energy, o.price)
@@ -101,17 +111,20 @@ def check_same(market: EvmMarket, orders: list[Order], deviation: dict[str, Frac
     # surplus, a buyer taking less): the grid settles it at the tariffs.
     metered = {h: python.sold(h) - python.bought(h) + deviation.get(h, Fraction(0))
                for h in market.hid}
-    market.settle(metered)
+    market.settle(metered, disputed)
     expected = apply({**before, GRID: before["grid"]},
-                     settle(python.fills, metered, TARIFF, RATE).transfers)
-    assert market.balances() == expected
+                     settle(python.fills, metered, TARIFF, RATE, funds=before,
+                            disputed={h: "meter fault" for h in disputed}).transfers)
+    after = market.balances()
+    assert after == expected
+    assert min(after[h] for h in market.hid) >= 0  # no credit
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                 HealthCheck.data_too_large])
 @given(books())
 def test_embedded_evm_clears_and_settles_like_contracts(
-        embedded_market: EvmMarket, book: tuple[list[Order], dict[str, Fraction]]) -> None:
+        embedded_market: EvmMarket, book: Book) -> None:
     check_same(embedded_market, *book)
 
 
@@ -119,13 +132,57 @@ def test_embedded_evm_clears_and_settles_like_contracts(
                                                                HealthCheck.data_too_large])
 @given(books(max_side=NODE_SIDE))
 def test_node_clears_and_settles_like_contracts(
-        node_market: EvmMarket, book: tuple[list[Order], dict[str, Fraction]]) -> None:
+        node_market: EvmMarket, book: Book) -> None:
     check_same(node_market, *book)
+
+
+POOR = [str(i) for i in range(1, 13)]
+
+
+@st.composite
+def poor_books(draw: st.DrawFn) -> tuple[dict[str, int], Book]:
+    """Households with little or nothing deposited, sellers that deliver far less than they
+    sold: grid import their balance cannot pay (the no-credit rule)."""
+    funds = {h: draw(st.sampled_from([0, 1, 250, 4_000])) for h in POOR}  # micro-ETH
+    orders = [Order(h, Side.SELL, draw(WHOLE), draw(PRICE)) for h in POOR[:6]]
+    orders += [Order(h, Side.BUY, Fraction(1, 100), draw(PRICE)) for h in POOR[6:]
+               if funds[h] >= 10]
+    deviation = {h: -draw(st.integers(0, 3)) * Fraction(1) for h in POOR}
+    disputed = draw(st.sets(st.sampled_from(POOR), max_size=2))
+    return funds, (orders, deviation, disputed)
+
+
+@pytest.fixture(params=["embedded", "node"])
+def new_chain(request: pytest.FixtureRequest) -> Any:
+    """A function making a fresh chain: embedded py-evm, or the loopback node's."""
+    url = None if request.param == "embedded" else request.getfixturevalue("evm_node")
+    return lambda: EmbeddedChain() if url is None else RpcChain(url)
+
+
+def test_no_credit_and_disputes_on_the_chain_like_contracts(new_chain: Any) -> None:
+    """Unfunded grid import and disputed readings: the chain caps and holds exactly as
+    contracts.settlement does (differential, a fresh deployment per book)."""
+    chain = new_chain
+    node = not isinstance(chain(), EmbeddedChain)
+
+    @settings(max_examples=2 if node else 6, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(poor_books())
+    def one(case: tuple[dict[str, int], Book]) -> None:
+        funds, (orders, deviation, disputed) = case
+        market = new_market(chain(), POOR, deposit_eth=0)
+        for h, micro in funds.items():
+            if micro:
+                market.deposit(h, micro * 10**12)
+        check_same(market, orders, deviation, disputed)
+
+    one()
 
 
 def test_known_books_on_the_evm(embedded_market: EvmMarket) -> None:
     """Method 1 (exact meet, alpha between L and U), method 2 on either side, no trade."""
     zero: dict[str, Fraction] = {}
+
     def pair(bought: int, bid: str) -> list[Order]:
         return [Order("1", Side.BUY, Fraction(bought), Fraction(bid)),
                 Order("2", Side.SELL, Fraction(2), Fraction("0.15"))]
@@ -223,9 +280,11 @@ def test_wrong_priority_proposal_and_readings_are_refused(fresh: EvmMarket) -> N
         fresh._tx(fresh.accounts["1"], "clear", [[1, 0], [2]])
     fresh.clear()
     with pytest.raises(ChainRevert, match="one reading per"):
-        fresh._tx(fresh.operator, "settle", [[0, 0]])
+        fresh._tx(fresh.operator, "settle", [[0, 0], [False, False]])
+    with pytest.raises(ChainRevert, match="one dispute flag per"):
+        fresh._tx(fresh.operator, "settle", [[0, 0, 0], [False]])
     with pytest.raises(ChainRevert, match="oracle"):
-        fresh._tx(fresh.accounts["1"], "settle", [[0, 0, 0]])
+        fresh._tx(fresh.accounts["1"], "settle", [[0, 0, 0], [False] * 3])
 
 
 # ---- the paper's scenarios through `testbed run --ledger ...` -------------------------------
@@ -455,3 +514,42 @@ def test_the_runs_checks_fail_when_the_chain_and_contracts_disagree() -> None:
                        {"1": 6, "grid": 0})
     assert [c.passed for c in bad] == [False, False, False]
     assert "1: ledger 5 µ, chain 6 µ" in bad[2].message
+
+
+def test_a_hems_signed_transaction_is_its_order_and_forgeries_are_refused(
+        new_chain: Any) -> None:
+    """Household 1's HEMS holds its Ethereum key (the operator certifies its registered
+    address and deposits for it): its own signed transaction places its order; the same
+    bytes again, a transaction signed by another key, one for another chain, and one
+    whose order is not the signed order's are each refused, on both back-ends."""
+    from eth_account import Account
+
+    from testbed.agents import eth_order_tx
+
+    hems, other = Account.create(), Account.create()
+    chain = new_chain()
+    market = EvmMarket(chain, ["1", "2"], alpha=ALPHA,
+                       import_aud_per_kwh=TARIFF.import_aud_per_kwh,
+                       feed_in_aud_per_kwh=TARIFF.feed_in_aud_per_kwh, aud_per_token=RATE,
+                       registered={"1": hems.address})
+    market.deposit("1", WEI_PER_ETH // 100)
+    assert market.balances()["1"] == 10_000 and market.keys["1"] == ""
+    order = {"household": "1", "side": "buy", "energy_kwh": "1", "price": "0.2"}
+    gate = {"evm": market.gate(["1"])}
+    assert gate["evm"]["accounts"]["1"]["address"] == hems.address
+    forged = bytes.fromhex(eth_order_tx(gate, order, "0x" + bytes(other.key).hex())[2:])
+    with pytest.raises(ChainRevert, match="forged"):
+        market.submit_raw("1", forged)
+    wrong_chain = bytes.fromhex(eth_order_tx({"evm": {**gate["evm"], "chain_id": 5}}, order,
+                                             "0x" + bytes(hems.key).hex())[2:])
+    with pytest.raises(ChainRevert, match=r"chain|signature|sender"):
+        market.submit_raw("1", wrong_chain)
+    gate = {"evm": market.gate(["1"])}  # a refused transaction may have used a nonce
+    raw = bytes.fromhex(eth_order_tx(gate, order, "0x" + bytes(hems.key).hex())[2:])
+    with pytest.raises(ChainRevert, match="mismatch"):
+        market.submit_raw("1", raw, (True, 2 * 10**6, 200_000))
+    placed = market.submit_raw("1", raw, (True, 10**6, 200_000))
+    assert (placed.hid, placed.is_buy, placed.energy, placed.price) == (1, True, 10**6, 200_000)
+    with pytest.raises(ChainRevert, match="nonce"):
+        market.submit_raw("1", raw)  # replayed: the same signed bytes
+    assert market.view("order_count") == 1

@@ -269,3 +269,51 @@ def test_a_fresh_machine_runs_scenario2_and_verifies_with_no_configuration(
                               cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=300)
     assert verified.returncode == 0 and "ok" in verified.stdout, verified.stderr
+
+
+def test_ethereum_keys_join_the_run_keystore_and_survive_later_heads(tmp_path: Path) -> None:
+    """Keyring.save_eth_keys seals a node run's Ethereum keys into the run's keystore; a
+    later head (record_head) keeps them; a damaged entry is one clear error."""
+    import json
+
+    ring = Keyring(tmp_path / "home", None)
+    key = Ed25519PrivateKey.generate()
+    ring.save_run("r", "ab" * 32, {"1": key}, 1, "ab" * 32)
+    eth = {"operator": "0x" + "11" * 32, "1": "0x" + "22" * 32}
+    ring.save_eth_keys("r", "ab" * 32, eth)
+    Keyring(tmp_path / "home", None).record_head("r", "ab" * 32, 2, "cd" * 32)
+    again = Keyring(tmp_path / "home", None)
+    assert again.load_eth_keys("r", "ab" * 32) == eth
+    assert again.head("r", "ab" * 32) == (2, "cd" * 32)
+    assert public_hex(again.load_run("r", "ab" * 32).keys["1"]) == public_hex(key)
+    path = ring.run_path("r", "ab" * 32)
+    body = json.loads(path.read_text())
+    body["eth_keys"] = {"plain": json.dumps({"1": "not a key"})}
+    path.write_text(json.dumps(body))
+    with pytest.raises(InputError, match="its Ethereum keys do not parse"):
+        again.load_eth_keys("r", "ab" * 32)
+    with pytest.raises(InputError, match="no keystore for this run"):
+        ring.save_eth_keys("other", "ab" * 32, eth)
+
+
+def test_agents_register_ethereum_addresses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            ) -> None:
+    from testbed.agents import load_eth_key, registered_addresses
+
+    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    out = runner.invoke(app, ["agents", "keys", "mock", str(tmp_path / "k"), "--eth"])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "k" / "3.eth.key").is_file()
+    assert stat.S_IMODE((tmp_path / "k" / "3.eth.key").stat().st_mode) == 0o600
+    from eth_account import Account
+
+    addresses = registered_addresses([str(i) for i in range(1, 11)])
+    assert Account.from_key(load_eth_key(tmp_path / "k" / "3.eth.key")).address == \
+        addresses["3"]
+    own = "0x" + "ab" * 20
+    assert runner.invoke(app, ["agents", "address", "4", own]).exit_code == 0
+    assert registered_addresses(["4"]) == {"4": own}
+    bad = runner.invoke(app, ["agents", "address", "4", "0x12"])
+    assert bad.exit_code == 2 and "is not an Ethereum address" in bad.output
+    assert "Traceback" not in bad.output

@@ -15,6 +15,13 @@
         are the contract's; the operator's oracle account then posts every household's
         metered energy, and the contract pays sellers, charges buyers and settles the rest
         with the grid at the tariffs fixed at deployment.
+        Disputes and no credit as contracts/settlement.settle: a household whose reading
+        the oracle marks disputed is not settled, every fill it is party to is held
+        (unpaid, the buy order's escrow kept), its counterparty still counts the fill as
+        cleared; a household's grid import is charged at most what it holds after its
+        market payments (the rest is reported unfunded), so no balance goes below zero.
+        An interval the operator's process died in before settling is cancelled
+        (``cancel``): its orders void, their escrows released, the interval open again.
 """
 
 MAX_SIDE: constant(uint256) = 1024          # orders per side in one interval
@@ -77,6 +84,26 @@ event Transfer:
     target: uint256
     amount: uint256     # wei
 
+event Disputed:
+    interval: indexed(uint256)
+    hid: indexed(uint256)
+
+event Held:
+    interval: indexed(uint256)
+    seller: uint256
+    buyer: uint256
+    energy: uint256     # micro-kWh
+    money: uint256      # micro-ETH, not paid
+
+event Unfunded:
+    interval: indexed(uint256)
+    hid: indexed(uint256)
+    amount: uint256     # wei of grid import its balance could not pay
+
+event Cancelled:
+    interval: indexed(uint256)
+    orders: uint256
+
 event Settled:
     interval: indexed(uint256)
 
@@ -102,6 +129,9 @@ sell_count: public(uint256)
 orders: public(HashMap[uint256, Order])
 placed: HashMap[uint256, uint256]   # hid -> interval + 1 of its last order
 order_of: HashMap[uint256, uint256]  # hid -> its order's index in that interval
+fill_count: public(uint256)
+fills: HashMap[uint256, uint256]     # the interval's fills, packed (_pack_fill)
+frozen_at: HashMap[uint256, uint256]  # hid -> interval + 1 whose buy escrow a dispute holds
 
 
 @deploy
@@ -146,6 +176,18 @@ def deposit():
 
 
 @external
+@payable
+def deposit_for(hid: uint256):
+    """The operator deposits a household's opening balance on its behalf (a household whose
+    HEMS holds its own key: the operator cannot send from that account)."""
+    assert msg.sender == self.operator, "only the operator deposits for a household"
+    assert hid != 0 and self.account_of[hid] != empty(address), \
+        "uncertified: no certified household has this number"
+    self.balance_of[hid] += convert(msg.value, int256)
+    log Deposit(hid=hid, amount=msg.value)
+
+
+@external
 def withdraw(amount: uint256):
     """A household takes back what it holds beyond its escrow (never in mid-interval debt)."""
     hid: uint256 = self.hid_of[msg.sender]
@@ -164,6 +206,13 @@ def _round_half_even(num: uint256, den: uint256) -> uint256:
     if 2 * r > den or (2 * r == den and q % 2 == 1):
         q += 1
     return q
+
+
+@internal
+@pure
+def _pack_fill(seller: uint256, buyer: uint256, energy: uint256, money: uint256) -> uint256:
+    # seller and buyer < 2**12, energy < 2**50 (MAX_UNITS), money < 2**180
+    return (seller << 244) | (buyer << 232) | (energy << 180) | money
 
 
 @external
@@ -295,6 +344,7 @@ def clear(buys: DynArray[uint256, MAX_SIDE], sells: DynArray[uint256, MAX_SIDE])
     sq: uint256 = 0
     bm: uint256 = 0
     sm: uint256 = 0
+    nf: uint256 = 0
     if nb > 0:
         b_left = self.orders[buys[0]].energy
     if ns > 0:
@@ -308,8 +358,12 @@ def clear(buys: DynArray[uint256, MAX_SIDE], sells: DynArray[uint256, MAX_SIDE])
             break
         q: uint256 = min(b_left, s_left)
         m: uint256 = self._round_half_even(q * num, money_den)
-        log Fill(interval=self.interval, seller=self.orders[sells[jj]].hid,
-                 buyer=self.orders[buys[ii]].hid, energy=q, money=m)
+        assert m < 2 ** 180, "fill money out of range"
+        seller: uint256 = self.orders[sells[jj]].hid
+        buyer: uint256 = self.orders[buys[ii]].hid
+        log Fill(interval=self.interval, seller=seller, buyer=buyer, energy=q, money=m)
+        self.fills[nf] = self._pack_fill(seller, buyer, q, m)
+        nf += 1
         bq += q
         sq += q
         bm += m
@@ -338,6 +392,7 @@ def clear(buys: DynArray[uint256, MAX_SIDE], sells: DynArray[uint256, MAX_SIDE])
     if sq > 0:
         self.orders[sells[jj]].filled = sq
         self.orders[sells[jj]].money = sm
+    self.fill_count = nf
     self.phase = CLEARED
 
 
@@ -351,32 +406,71 @@ def _pay(source: uint256, target: uint256, micro: uint256):
     log Transfer(interval=self.interval, source=source, target=target, amount=amount)
 
 
+@internal
+def _charge(hid: uint256, micro: uint256):
+    """Grid import: charged at most what the household holds after its market payments (no
+    credit); the rest is logged unfunded (the grid's loss), as contracts.settlement does."""
+    if micro == 0:
+        return
+    amount: uint256 = micro * WEI_PER_MICRO
+    balance: int256 = self.balance_of[hid]
+    paid: uint256 = amount
+    if balance < convert(amount, int256):
+        paid = 0
+        if balance > 0:
+            paid = convert(balance, uint256)
+        log Unfunded(interval=self.interval, hid=hid, amount=amount - paid)
+    if paid > 0:
+        self.balance_of[hid] -= convert(paid, int256)
+        self.balance_of[GRID] += convert(paid, int256)
+        log Transfer(interval=self.interval, source=hid, target=GRID, amount=paid)
+
+
 @external
-def settle(metered: DynArray[int256, MAX_HOUSEHOLDS]):
+def settle(metered: DynArray[int256, MAX_HOUSEHOLDS],
+           disputed: DynArray[bool, MAX_HOUSEHOLDS]):
     """The oracle (operator) posts every household's metered net energy for the cleared
-    interval, in micro-kWh (+ exported), household 1 first; the contract pays the fills,
-    settles each deviation with the grid, releases the escrows and opens the next interval."""
+    interval, in micro-kWh (+ exported), household 1 first, and which readings are disputed
+    (a meter fault, energy beyond the rig's rating); the contract pays the fills, holding
+    those with a disputed party, settles each undisputed deviation with the grid, releases
+    the escrows not held and opens the next interval."""
     assert msg.sender == self.operator, "only the operator's oracle posts meter readings"
     assert self.phase == CLEARED, "the interval is not cleared"
     assert len(metered) == self.households, "one reading per certified household"
+    assert len(disputed) == self.households, "one dispute flag per certified household"
     iv: uint256 = self.interval
+    for k: uint256 in range(MAX_HOUSEHOLDS):
+        if k == len(disputed):
+            break
+        if disputed[k]:
+            log Disputed(interval=iv, hid=k + 1)
     # The fills' money, buyer to seller (as contracts.settlement lists them: fills first).
+    any_held: bool = False
+    for f: uint256 in range(MAX_SIDE * 2):
+        if f == self.fill_count:
+            break
+        packed: uint256 = self.fills[f]
+        seller: uint256 = packed >> 244
+        buyer: uint256 = (packed >> 232) & 4095
+        money: uint256 = packed & (2 ** 180 - 1)
+        if disputed[seller - 1] or disputed[buyer - 1]:
+            any_held = True
+            self.frozen_at[buyer] = iv + 1
+            log Held(interval=iv, seller=seller, buyer=buyer,
+                     energy=(packed >> 180) & (2 ** 52 - 1), money=money)
+        elif money > 0:
+            amount: int256 = convert(money * WEI_PER_MICRO, int256)
+            self.balance_of[seller] += amount
+            self.balance_of[buyer] -= amount
+    # Escrows back, except a buy order's that is party to a held fill.
     for k: uint256 in range(MAX_SIDE * 2):
         if k == self.order_count:
             break
-        o: Order = self.orders[k]
-        if o.is_buy:
-            self.held[o.hid] -= o.escrow
-        elif o.money > 0:
-            amount: int256 = convert(o.money * WEI_PER_MICRO, int256)
-            self.balance_of[o.hid] += amount
-    for k: uint256 in range(MAX_SIDE * 2):
-        if k == self.order_count:
-            break
-        o: Order = self.orders[k]
-        if o.is_buy and o.money > 0:
-            self.balance_of[o.hid] -= convert(o.money * WEI_PER_MICRO, int256)
-    # The grid: what the meter says beyond what was cleared.
+        if self.orders[k].is_buy:
+            hid: uint256 = self.orders[k].hid
+            if not (any_held and self.frozen_at[hid] == iv + 1):
+                self.held[hid] -= self.orders[k].escrow
+    # The grid: what the meter says beyond what was cleared (a disputed reading: nothing).
     imp: uint256 = self.import_price
     feed: uint256 = self.feed_in_price
     rate: uint256 = self.rate
@@ -388,6 +482,8 @@ def settle(metered: DynArray[int256, MAX_HOUSEHOLDS]):
         assert m <= convert(MAX_UNITS, int256) and m >= -convert(MAX_UNITS, int256), \
             "reading out of range"
         log Reading(interval=iv, hid=hid, metered=m)
+        if disputed[k]:
+            continue
         cleared: int256 = 0
         bought: int256 = 0
         if self.placed[hid] == iv + 1:
@@ -404,10 +500,33 @@ def settle(metered: DynArray[int256, MAX_HOUSEHOLDS]):
                 export = max(deviation - bought, 0)
             self._pay(GRID, hid, self._round_half_even(convert(export, uint256) * feed, rate))
         else:
-            self._pay(hid, GRID, self._round_half_even(convert(-deviation, uint256) * imp, rate))
+            self._charge(hid, self._round_half_even(convert(-deviation, uint256) * imp, rate))
     log Settled(interval=iv)
     self.interval = iv + 1
     self.phase = OPEN
     self.order_count = 0
     self.buy_count = 0
     self.sell_count = 0
+    self.fill_count = 0
+
+
+@external
+def cancel():
+    """The operator voids the open interval's book (its process died before settling):
+    every order of the interval is void, its escrow released, the fills forgotten, and the
+    same interval opens again for orders (the accounts' nonces stay where they are)."""
+    assert msg.sender == self.operator, "only the operator cancels an interval"
+    n: uint256 = self.order_count
+    for k: uint256 in range(MAX_SIDE * 2):
+        if k == n:
+            break
+        o: Order = self.orders[k]
+        if o.is_buy:
+            self.held[o.hid] -= o.escrow
+        self.placed[o.hid] = 0
+    log Cancelled(interval=self.interval, orders=n)
+    self.phase = OPEN
+    self.order_count = 0
+    self.buy_count = 0
+    self.sell_count = 0
+    self.fill_count = 0

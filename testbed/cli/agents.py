@@ -42,14 +42,18 @@ def register(app: typer.Typer) -> None:
         energy: Annotated[str | None, typer.Option(
             help="order energy kWh (default: the forecast net)")] = None,
         runs: Annotated[int, typer.Option(help="exit after this many runs' last result")] = 1,
+        eth_key: Annotated[Path | None, typer.Option(
+            help="the household's Ethereum key (0x-hex file, mode 0600): on an EVM ledger "
+                 "each order is also its own signed transaction")] = None,
     ) -> None:
         """Run the reference HEMS for one household: forecast, bid, log (JSON lines)."""
-        from testbed.agents import load_key, reference_agent
+        from testbed.agents import load_eth_key, load_key, reference_agent
         from testbed.telemetry import parse_broker_url
 
         try:
             parse_broker_url(broker)
             signer = load_key(key)
+            eth = None if eth_key is None else load_eth_key(eth_key)
             limit: Fraction | None = None if price is None else exact(price)
             amount: Fraction | None = None if energy is None else exact(energy)
         except InputError as e:
@@ -62,7 +66,7 @@ def register(app: typer.Typer) -> None:
             import asyncio
 
             asyncio.run(reference_agent(household, broker, signer, price=limit,
-                                        energy=amount, runs=runs))
+                                        energy=amount, runs=runs, eth_key=eth))
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         except Exception as e:  # the broker went away: one line, not a traceback
@@ -75,17 +79,36 @@ def register(app: typer.Typer) -> None:
         lab_held: Annotated[bool, typer.Option(
             help="the operator also keeps each private key (needed for agent_absent = "
                  "'scenario')")] = False,
+        eth: Annotated[bool, typer.Option(
+            help="also an Ethereum key per household (OUT/ID.eth.key) whose address the "
+                 "operator certifies on --ledger evm...")] = False,
     ) -> None:
         """A key per household for its agent (OUT/ID.key), registered with the operator."""
-        from testbed.agents import enrol
+        from testbed.agents import enrol, enrol_eth
 
         try:
-            paths = enrol(_households(rig), out, lab_held)
+            households = _households(rig)
+            paths = enrol(households, out, lab_held)
+            if eth:
+                paths += enrol_eth(households, out)
         except InputError as e:
             _fail(str(e))
             return
         for p in paths:
             typer.echo(str(p))
+
+    @agents_app.command("address")
+    def address(
+        household: Annotated[str, typer.Argument(help="the household's id")],
+        eth_address: Annotated[str, typer.Argument(help="0x and 40 hex digits")],
+    ) -> None:
+        """Register the Ethereum address of a household whose HEMS holds its own key."""
+        from testbed.agents import register_address
+
+        try:
+            typer.echo(str(register_address(household, eth_address)))
+        except InputError as e:
+            _fail(str(e))
 
     @agents_app.command("acl")
     def acl(

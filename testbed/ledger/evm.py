@@ -23,7 +23,7 @@ import secrets
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
@@ -168,6 +168,51 @@ def intrinsic_gas(data: bytes, create: bool = False) -> int:
     return gas
 
 
+@dataclass(frozen=True, slots=True)
+class RawTx:
+    """A signed Ethereum transaction as a household's HEMS sends it: its sender (recovered
+    from the signature), chain id, account nonce, recipient, value (wei), gas and data."""
+
+    sender: str
+    chain_id: int | None
+    nonce: int
+    to: str
+    value: int
+    gas: int
+    data: bytes
+
+
+def decode_tx(raw: bytes) -> RawTx:
+    """Decode a signed legacy (EIP-155) or EIP-1559 (type 2) transaction and recover its
+    sender. Raises ValueError saying what is wrong with it."""
+    import rlp  # type: ignore[import-untyped]
+    from eth_account import Account
+
+    chain_id: int | None
+    try:
+        if raw[:1] == b"\x02":
+            f = rlp.decode(raw[1:])
+            chain_id, nonce, gas, to, value, data = (
+                _int(f[0]), _int(f[1]), _int(f[4]), f[5], _int(f[6]), f[7])
+        elif raw and raw[0] >= 0xc0:
+            f = rlp.decode(raw)
+            nonce, gas, to, value, data, v = _int(f[0]), _int(f[2]), f[3], _int(f[4]), f[5], \
+                _int(f[6])
+            chain_id = (v - 35) // 2 if v >= 35 else None
+        else:
+            raise ValueError("neither a legacy nor an EIP-1559 transaction")
+        sender = str(Account.recover_transaction(raw))
+    except Exception as err:  # rlp's and eth-account's many error types: one message
+        raise ValueError(f"not a signed Ethereum transaction ({err})") from None
+    if len(to) != 20:
+        raise ValueError("a transaction that creates a contract, not an order")
+    return RawTx(sender, chain_id, nonce, "0x" + bytes(to).hex(), value, gas, bytes(data))
+
+
+def _int(b: bytes) -> int:
+    return int.from_bytes(b, "big")
+
+
 # ---- the two chains ---------------------------------------------------------------------------
 
 class Chain(Protocol):
@@ -179,6 +224,14 @@ class Chain(Protocol):
         """A fresh account funded with ``wei``: (address, private key hex or "")."""
         ...
 
+    def fund(self, address: str, wei: int) -> None:
+        """Give an account someone else holds the key of ``wei`` for its gas."""
+        ...
+
+    def adopt(self, key: str) -> str:
+        """Sign for the account of private key ``key`` (hex) from now on; its address."""
+        ...
+
     def deploy(self, sender: str, data: bytes) -> tuple[str, int, int]:
         """Create the contract: (address, block number, gas)."""
         ...
@@ -188,6 +241,17 @@ class Chain(Protocol):
         ...
 
     def call(self, to: str, data: bytes) -> bytes: ...
+
+    def send_raw(self, raw: bytes) -> Receipt:
+        """Send a transaction someone else signed (a HEMS's order); ChainRevert with the
+        contract's reason, or with why the chain refuses the transaction itself."""
+        ...
+
+    def account_nonce(self, address: str) -> int:
+        """The account's next transaction nonce."""
+        ...
+
+    def gas_price(self) -> int: ...
 
     def wallet(self, address: str) -> int:
         """The account's own ETH (wei), outside the contract."""
@@ -208,9 +272,11 @@ class EmbeddedChain:
     the refund capped at a fifth (EIP-3529), so the gas equals a node's receipt."""
 
     label = "evm (embedded py-evm)"
+    chain_id = 1337  # what a HEMS signs its transactions for (EIP-155), as ganache's
 
-    def __init__(self, gas_limit: int = GAS_LIMIT) -> None:
+    def __init__(self, preset: Sequence[str] = (), gas_limit: int = GAS_LIMIT) -> None:
         self.gas_limit = gas_limit  # per transaction; above a block's only to measure
+        self._preset = list(preset)  # addresses new_account hands out first (a replay)
         try:
             import boa  # type: ignore[import-untyped]
         except ImportError:
@@ -222,9 +288,17 @@ class EmbeddedChain:
         self._block = 0
 
     def new_account(self, wei: int) -> tuple[str, str]:
-        address = self.env.generate_address()
+        address = self._preset.pop(0) if self._preset else self.env.generate_address()
         self.env.set_balance(address, wei)
         return str(address), ""
+
+    def fund(self, address: str, wei: int) -> None:
+        self.env.set_balance(address, self.env.get_balance(address) + wei)
+
+    def adopt(self, key: str) -> str:
+        from eth_account import Account
+
+        return str(Account.from_key(key).address)
 
     def deploy(self, sender: str, data: bytes) -> tuple[str, int, int]:
         self._new_transaction()
@@ -265,6 +339,31 @@ class EmbeddedChain:
         if comp.is_error:
             raise ChainRevert(_name_of(data), revert_reason(bytes(comp.output)))
         return bytes(comp.output)
+
+    def send_raw(self, raw: bytes) -> Receipt:
+        """Check the signed transaction as a node would (chain id, the account's nonce,
+        its balance for the value) and execute it as its sender; the nonce advances."""
+        try:
+            tx = decode_tx(raw)
+        except ValueError as err:
+            raise ChainRevert("transaction", str(err)) from None
+        fn = _name_of(tx.data)
+        if tx.chain_id != self.chain_id:
+            raise ChainRevert(fn, f"signed for chain {tx.chain_id}, not {self.chain_id}")
+        state = self.env.evm.vm.state
+        expected = state.get_nonce(bytes.fromhex(tx.sender[2:]))
+        if tx.nonce != expected:
+            raise ChainRevert(fn, f"nonce {tx.nonce}: the account's next is {expected} "
+                              "(a replayed or skipped transaction)")
+        receipt = self.transact(tx.sender, tx.to, tx.data, tx.value)
+        state.increment_nonce(bytes.fromhex(tx.sender[2:]))
+        return receipt
+
+    def account_nonce(self, address: str) -> int:
+        return int(self.env.evm.vm.state.get_nonce(bytes.fromhex(address[2:])))
+
+    def gas_price(self) -> int:
+        return 0  # the embedded chain charges no gas price
 
     def wallet(self, address: str) -> int:
         return int(self.env.get_balance(address))
@@ -340,10 +439,19 @@ class RpcChain:
         key = "0x" + secrets.token_hex(32)
         account = Account.from_key(key)
         self._keys[account.address] = account
-        tx = self.rpc("eth_sendTransaction", [{"from": self._faucet[0], "to": account.address,
-                                               "value": hex(wei)}])
-        self._wait(tx)
+        self.fund(account.address, wei)
         return str(account.address), key
+
+    def fund(self, address: str, wei: int) -> None:
+        self._wait(self.rpc("eth_sendTransaction", [{"from": self._faucet[0], "to": address,
+                                                     "value": hex(wei)}]))
+
+    def adopt(self, key: str) -> str:
+        from eth_account import Account
+
+        account = Account.from_key(key)
+        self._keys[account.address] = account
+        return str(account.address)
 
     def _send(self, sender: str, to: str | None, data: bytes, value: int,
               fn: str) -> dict[str, Any]:
@@ -407,6 +515,32 @@ class RpcChain:
             raise ChainRevert(_name_of(data), err.reason()) from None
         return bytes.fromhex(str(out)[2:])
 
+    def send_raw(self, raw: bytes) -> Receipt:
+        """The node checks and mines it; its revert reason is read first by simulating
+        the call from the recovered sender (a node mines a reverted transaction without)."""
+        try:
+            tx = decode_tx(raw)
+        except ValueError as err:
+            raise ChainRevert("transaction", str(err)) from None
+        fn = _name_of(tx.data)
+        try:
+            self.rpc("eth_estimateGas", [{"from": tx.sender, "to": tx.to,
+                                          "data": "0x" + tx.data.hex(),
+                                          "value": hex(tx.value)}])
+            digest = self.rpc("eth_sendRawTransaction", ["0x" + raw.hex()])
+        except _RpcError as err:
+            raise ChainRevert(fn, err.reason()) from None
+        receipt = self._wait(digest)
+        if int(receipt["status"], 16) != 1:
+            raise ChainRevert(fn, "reverted on the node")
+        return Receipt(int(receipt["gasUsed"], 16), self._events(receipt["logs"]))
+
+    def account_nonce(self, address: str) -> int:
+        return int(self.rpc("eth_getTransactionCount", [address, "pending"]), 16)
+
+    def gas_price(self) -> int:
+        return int(self.rpc("eth_gasPrice", []), 16)
+
     def wallet(self, address: str) -> int:
         return int(self.rpc("eth_getBalance", [address, "latest"]), 16)
 
@@ -461,15 +595,21 @@ class EvmMarket:
     ``households``: order ids in any order; they are certified in natural order, so the
     chain's numbers 1, 2, ... follow the Python contract's tie-break on the id.
     Prices and tariffs: AUD/kWh (whole micro-AUD); ``aud_per_token``: AUD per ETH.
+    ``registered``: household -> the address of an account its HEMS holds the key of (the
+    operator certifies that address, funds its gas and deposits on its behalf; its orders
+    are the HEMS's own transactions, :meth:`submit_raw`); every other household gets a new
+    account whose key is :attr:`keys` (``""`` on the embedded chain, which needs none).
     """
 
     def __init__(self, chain: Chain, households: Sequence[str], *, alpha: Fraction,
                  import_aud_per_kwh: Fraction, feed_in_aud_per_kwh: Fraction,
-                 aud_per_token: Fraction, household_wei: int = HOUSEHOLD_GAS_WEI) -> None:
+                 aud_per_token: Fraction, household_wei: int = HOUSEHOLD_GAS_WEI,
+                 registered: Mapping[str, str] | None = None) -> None:
         self.chain = chain
         self.gas = GasLog()
         self.names = {i + 1: h for i, h in enumerate(sorted(households, key=natural_key))}
         self.hid = {h: i for i, h in self.names.items()}
+        self.external = dict(registered or {})
         self.operator, self.operator_key = chain.new_account(OPERATOR_FUNDS)
         abi = compiled()
         from eth_abi.abi import encode
@@ -485,7 +625,11 @@ class EvmMarket:
         self.accounts: dict[str, str] = {}
         self.keys: dict[str, str] = {}
         for hid, name in self.names.items():
-            address, key = chain.new_account(household_wei)
+            if name in self.external:
+                address, key = self.external[name], ""
+                chain.fund(address, household_wei)
+            else:
+                address, key = chain.new_account(household_wei)
             self.accounts[name], self.keys[name] = address, key
             self.gas.add("certify", self._tx(self.operator, "certify", [address]).gas)
             if self.view("hid_of", address) != hid:
@@ -494,6 +638,37 @@ class EvmMarket:
         self.interval = 0
         self._book: list[ChainOrder] = []
 
+    @classmethod
+    def attach(cls, chain: Chain, households: Sequence[str], *, address: str,
+               deploy_block: int, operator: str, accounts: Mapping[str, str],
+               registered: Mapping[str, str] | None = None) -> EvmMarket:
+        """The deployment at ``address`` again (a resumed run): its operator and households'
+        accounts as the run recorded them, each checked against the contract's own record
+        (EvmError naming the first that differs). The open interval is the contract's."""
+        market = cls.__new__(cls)
+        market.chain, market.gas = chain, GasLog()
+        market.names = {i + 1: h for i, h in enumerate(sorted(households, key=natural_key))}
+        market.hid = {h: i for i, h in market.names.items()}
+        market.external = dict(registered or {})
+        market.operator, market.operator_key = operator, ""
+        market.address, market.deploy_block = address, deploy_block
+        market.accounts, market.keys = dict(accounts), {h: "" for h in accounts}
+        try:
+            on_chain = str(market.view("operator"))
+        except (ChainRevert, EvmError) as err:
+            raise EvmError(f"no market contract answers at {address} on {chain.label}: "
+                           f"{err}") from None
+        if on_chain.lower() != operator.lower():
+            raise EvmError(f"the contract at {address} has operator {on_chain}, the run "
+                           f"recorded {operator}")
+        for hid, name in market.names.items():
+            if str(market.view("account_of", hid)).lower() != accounts[name].lower():
+                raise EvmError(f"the contract at {address} certified another account for "
+                               f"household {name} than the run recorded")
+        market.interval = int(market.view("interval"))
+        market._book = []
+        return market
+
     def _tx(self, sender: str, fn: str, args: Sequence[Any], value: int = 0) -> Receipt:
         return self.chain.transact(sender, self.address, encode_call(fn, args), value)
 
@@ -501,7 +676,13 @@ class EvmMarket:
         return decode_result(fn, self.chain.call(self.address, encode_call(fn, args)))
 
     def deposit(self, household: str, wei: int) -> None:
-        """The household sends ``wei`` from its own account into its contract balance."""
+        """The household sends ``wei`` from its own account into its contract balance (the
+        operator sends it on behalf of a household whose HEMS holds its key)."""
+        if household in self.external:
+            self.chain.fund(self.operator, wei)
+            self.gas.add("deposit", self._tx(self.operator, "deposit_for",
+                                             [self.hid[household]], wei).gas)
+            return
         self.gas.add("deposit", self._tx(self.accounts[household], "deposit", [], wei).gas)
 
     def fund_grid(self, wei: int) -> None:
@@ -523,6 +704,51 @@ class EvmMarket:
         self._book.append(ChainOrder(placed.args["index"], hid, side == "buy", energy, price_u))
         return int(placed.args["index"])
 
+    def submit_raw(self, household: str, raw: bytes,
+                   expect: tuple[bool, int, int] | None = None) -> ChainOrder:
+        """A household's order as its HEMS signed it: a transaction from its own account
+        calling ``place_order`` for it (docs/agents.md), and when ``expect`` is given with
+        that (is_buy, micro-kWh, micro-AUD/kWh). Returns the order as the chain holds it;
+        ChainRevert, before anything is sent, when it is not such a transaction, and with
+        the contract's reason when the contract refuses it."""
+        try:
+            tx = decode_tx(raw)
+        except ValueError as err:
+            raise ChainRevert("transaction", str(err)) from None
+        from eth_abi.abi import decode
+
+        selector, types, _ = compiled().functions["place_order"]
+        if tx.to.lower() != self.address.lower() or tx.data[:4] != selector:
+            raise ChainRevert("transaction", "not a call of place_order on the market "
+                              f"contract {self.address}")
+        try:
+            hid, _iv, _nonce, is_buy, energy, price = decode(types, tx.data[4:])
+        except Exception as err:  # eth-abi's decoding errors
+            raise ChainRevert("place_order", f"malformed call data ({err})") from None
+        if hid != self.hid.get(household):
+            raise ChainRevert("place_order", f"an order for household number {hid}, not "
+                              f"{household}'s ({self.hid.get(household)})")
+        if expect is not None and (bool(is_buy), energy, price) != expect:
+            raise ChainRevert("place_order", "mismatch: the Ethereum transaction's order is "
+                              "not the signed order's side, energy and price")
+        receipt = self.chain.send_raw(raw)
+        self.gas.add("order", receipt.gas)
+        placed = next(e for e in receipt.events if e.name == "OrderPlaced")
+        order = ChainOrder(placed.args["index"], hid, bool(is_buy), energy, price)
+        self._book.append(order)
+        return order
+
+    def gate(self, households: Sequence[str]) -> dict[str, Any]:
+        """What each household's HEMS needs to sign its order as a transaction (the gate's
+        ``evm`` object, docs/agents.md): chain id, contract, gas price, and per household
+        its account, its number, its next order nonce and its account's next nonce."""
+        return {"chain_id": getattr(self.chain, "chain_id", None), "contract": self.address,
+                "gas_price": str(self.chain.gas_price()), "interval": self.interval,
+                "accounts": {h: {"address": self.accounts[h], "hid": self.hid[h],
+                                 "order_nonce": int(self.view("nonce_of", self.accounts[h])),
+                                 "tx_nonce": self.chain.account_nonce(self.accounts[h])}
+                             for h in households}}
+
     def clear(self) -> Clearing:
         """The operator proposes the priority order; the contract checks it and clears."""
         buys, sells = priority(self._book)
@@ -532,15 +758,23 @@ class EvmMarket:
         fills = [e.args for e in receipt.events if e.name == "Fill"]
         return clearing_from_events(cleared.args, fills, self._book, self.names)
 
-    def settle(self, metered_kwh: Mapping[str, Fraction]) -> None:
-        """The oracle posts every household's metered net energy (kWh, + exported)."""
+    def settle(self, metered_kwh: Mapping[str, Fraction],
+               disputed: Collection[str] = ()) -> None:
+        """The oracle posts every household's metered net energy (kWh, + exported) and
+        which of them are ``disputed`` (not settled, their fills held)."""
         missing = sorted(set(self.hid) - set(metered_kwh), key=natural_key)
         if missing:
             raise ValueError(f"no meter reading for households {missing}")
         readings = [micro_units(metered_kwh[self.names[h]], f"reading of {self.names[h]}")
                     for h in sorted(self.names)]
-        self.gas.add("settle", self._tx(self.operator, "settle", [readings]).gas)
+        flags = [self.names[h] in disputed for h in sorted(self.names)]
+        self.gas.add("settle", self._tx(self.operator, "settle", [readings, flags]).gas)
         self.interval += 1
+        self._book = []
+
+    def cancel(self) -> None:
+        """Void the open interval's orders and fills (a run resumed after dying in it)."""
+        self._tx(self.operator, "cancel", [])
         self._book = []
 
     def balances(self) -> dict[str, int]:
@@ -564,12 +798,14 @@ class ChainLedger:
 
     def __init__(self, spec: str, households: Sequence[str], opening_micro: Mapping[str, int],
                  *, alpha: Fraction, import_aud_per_kwh: Fraction,
-                 feed_in_aud_per_kwh: Fraction, aud_per_token: Fraction) -> None:
+                 feed_in_aud_per_kwh: Fraction, aud_per_token: Fraction,
+                 registered: Mapping[str, str] | None = None) -> None:
         self.spec = spec
-        self.params = {"households": list(households), "alpha": str(alpha),
-                       "import_aud_per_kwh": str(import_aud_per_kwh),
-                       "feed_in_aud_per_kwh": str(feed_in_aud_per_kwh),
-                       "aud_per_token": str(aud_per_token)}
+        self.params: dict[str, Any] = {
+            "households": list(households), "alpha": str(alpha),
+            "import_aud_per_kwh": str(import_aud_per_kwh),
+            "feed_in_aud_per_kwh": str(feed_in_aud_per_kwh),
+            "aud_per_token": str(aud_per_token), "registered": dict(registered or {})}
         self._recorded = 0
         self.chain = connect(spec)
         started = time.perf_counter()
@@ -577,11 +813,12 @@ class ChainLedger:
             self.market = EvmMarket(self.chain, households, alpha=alpha,
                                     import_aud_per_kwh=import_aud_per_kwh,
                                     feed_in_aud_per_kwh=feed_in_aud_per_kwh,
-                                    aud_per_token=aud_per_token)
+                                    aud_per_token=aud_per_token, registered=registered)
         except EvmError:
             raise
         except ValueError as err:
             raise EvmError(f"{spec}: {err}") from None
+        self.params["operator"] = self.market.operator
         for h, micro in opening_micro.items():
             if micro:
                 self.market.deposit(h, micro * units.WEI_PER_MICRO)
@@ -590,11 +827,89 @@ class ChainLedger:
         self.interval_s: list[float] = []
         self._t0 = 0.0
 
+    @classmethod
+    def resume(cls, store: Store, run_id: str, spec: str, eth_keys: Mapping[str, str],
+               intervals_done: int) -> ChainLedger:
+        """The chain of a run resumed after its process died (``--resume``), at the state
+        of its last committed interval. Embedded (``evm``): a fresh py-evm replays every
+        recorded transaction from the deployment, at the recorded addresses, and must
+        emit exactly the recorded events. Node (``evm+http://``): the contract at the
+        recorded address, signed for with the keys from the run's keystore (``eth_keys``);
+        its events must begin with the recorded ones; an interval the chain had started
+        after the last commit (orders, a clearing) is cancelled on the chain, and one it
+        had settled cannot be redone (EvmError saying so)."""
+        row = store.db.execute("select backend, contract, deploy_block, body from evm "
+                               "where run_id = ?", [run_id]).fetchone() \
+            if store.db["evm"].exists() else None
+        if row is None:
+            raise EvmError(f"run {run_id} has no EVM deployment to resume on {spec}")
+        backend, contract, deploy_block, body = row
+        if spec != backend and not (spec.startswith("evm+") and backend.startswith("evm+")):
+            raise EvmError(f"run {run_id} ran on {backend}, not {spec}: resume it there")
+        params = json_input.loads(body)
+        recorded = _recorded_events(store, run_id)
+        self = cls.__new__(cls)
+        self.spec, self.params, self._recorded = spec, params, len(recorded)
+        started = time.perf_counter()
+        if spec == "evm":
+            self.market = replay_embedded(params, recorded)
+            if _comparable(self.market.events(), True) != _comparable(recorded, True):
+                raise EvmError(f"run {run_id}: replaying its recorded transactions does not "
+                               "give its recorded events; the record is damaged")
+        else:
+            chain = RpcChain(spec.removeprefix("evm+"))
+            missing = [a for a in ["operator", *params["households"]]
+                       if a not in eth_keys and a not in params.get("registered", {})]
+            if missing:
+                raise EvmError(f"run {run_id}: the keystore holds no Ethereum key for "
+                               f"{missing[0]!r}; the run cannot sign for it")
+            for key in eth_keys.values():
+                chain.adopt(key)
+            self.market = EvmMarket.attach(
+                chain, params["households"], address=contract, deploy_block=deploy_block,
+                operator=params["operator"], accounts=params["accounts"],
+                registered=params.get("registered"))
+            live = self.market.events()
+            if _comparable(live[:len(recorded)], True) != _comparable(recorded, True):
+                raise EvmError(f"the contract at {contract} on {spec} does not hold run "
+                               f"{run_id}'s recorded events (another chain, or a node that "
+                               "lost its state)")
+            settled = [e for e in live[len(recorded):] if e.name == "Settled"]
+            if settled:
+                raise EvmError(f"the contract at {contract} settled interval "
+                               f"{settled[0].args['interval']} after run {run_id}'s last "
+                               "commit; that interval cannot be run again")
+            if self.market.interval != intervals_done:
+                raise EvmError(f"the contract at {contract} is at interval "
+                               f"{self.market.interval}, the run at {intervals_done}")
+            if self.market.view("order_count") or self.market.view("phase"):
+                self.market.cancel()
+        self.chain = self.market.chain
+        self.before = _balances_from_deposits(params["households"], recorded)
+        self.setup_s = time.perf_counter() - started
+        self.interval_s, self._t0 = [], 0.0
+        return self
+
+    def secrets(self) -> dict[str, str]:
+        """The Ethereum keys this process made (``operator`` and each household's), for the
+        run's keystore (:meth:`testbed.ledger.keys.Keyring.save_eth_keys`); {} on the embedded
+        chain, which needs none, and none for a household whose HEMS holds its own."""
+        out = {"operator": self.market.operator_key} if self.market.operator_key else {}
+        out.update({h: k for h, k in self.market.keys.items() if k})
+        return out
+
     def place(self, order: Mapping[str, Any]) -> str | None:
-        """Send a signed order of the SQLite ledger as the household's own transaction;
-        the contract's reason if it refuses it, else None."""
+        """Send a signed order of the SQLite ledger as the household's own transaction (the
+        one its HEMS signed, ``eth_tx``, if it sent one); the contract's reason if it
+        refuses it, else None."""
         if not self._t0:
             self._t0 = time.perf_counter()
+        household = str(order["household"])
+        if "eth_tx" in order:
+            return self._place_raw(order)
+        if household in self.market.external:
+            return (f"no transaction: household {household}'s HEMS holds its Ethereum key "
+                    "and sent no eth_tx")
         try:
             self.market.place(str(order["household"]), str(order["side"]),
                               Fraction(str(order["energy_kwh"])), Fraction(str(order["price"])))
@@ -604,16 +919,34 @@ class ChainLedger:
             return f"malformed: {err}"
         return None
 
+    def _place_raw(self, order: Mapping[str, Any]) -> str | None:
+        try:
+            raw = bytes.fromhex(str(order["eth_tx"]).removeprefix("0x"))
+            want = (order["side"] == "buy",
+                    micro_units(Fraction(str(order["energy_kwh"])), "energy_kwh"),
+                    micro_units(Fraction(str(order["price"])), "price"))
+            self.market.submit_raw(str(order["household"]), raw, want)
+        except ChainRevert as err:
+            return err.reason
+        except ValueError as err:
+            return f"malformed: {err}"
+        return None
+
+    def gate(self, households: Sequence[str]) -> dict[str, Any]:
+        return self.market.gate(households)
+
     def clear(self) -> Clearing:
         try:
             return self.market.clear()
         except ChainRevert as err:
             raise EvmError(f"the contract refused to clear: {err.reason}") from None
 
-    def settle(self, metered_kwh: Mapping[str, Fraction]) -> dict[str, int]:
-        """Post the readings; the contract settles. Returns the balances after (micro-ETH)."""
+    def settle(self, metered_kwh: Mapping[str, Fraction],
+               disputed: Collection[str] = ()) -> dict[str, int]:
+        """Post the readings and which are disputed; the contract settles. Returns the
+        balances after (micro-ETH)."""
         try:
-            self.market.settle(metered_kwh)
+            self.market.settle(metered_kwh, disputed)
         except ChainRevert as err:
             raise EvmError(f"the contract refused the meter readings: {err.reason}") from None
         except ValueError as err:
@@ -649,22 +982,51 @@ class ChainLedger:
 
 # ---- testbed ledger verify ---------------------------------------------------------------------
 
-def _comparable(events: Sequence[Event]) -> list[tuple[str, dict[str, Any]]]:
-    """Events without what a replay cannot reproduce: accounts' addresses and blocks."""
-    return [(e.name, {k: v for k, v in e.args.items() if k != "account"}) for e in events]
+def _comparable(events: Sequence[Event], accounts: bool = False,
+                ) -> list[tuple[str, dict[str, Any]]]:
+    """Events without what a replay cannot reproduce: blocks, and accounts' addresses
+    unless ``accounts`` (a replay at the recorded addresses, the node itself)."""
+    return [(e.name, {k: str(v).lower() if k == "account" else v for k, v in e.args.items()
+                      if accounts or k != "account"}) for e in events]
 
 
-def replay_embedded(params: Mapping[str, Any], recorded: Sequence[Event]) -> list[Event]:
+def _recorded_events(store: Store, run_id: str) -> list[Event]:
+    return [Event(r["name"], json_input.loads(r["body"]), r["block"]) for r in store.db.query(
+        "select * from evm_events where run_id = ? order by seq", [run_id])]
+
+
+def _balances_from_deposits(households: Sequence[str], events: Sequence[Event],
+                            ) -> dict[str, int]:
+    """Micro-ETH each account held after its deposits (what :class:`ChainLedger` reports
+    as before the run), from the recorded ``Deposit`` events."""
+    names = {i + 1: h for i, h in enumerate(sorted(households, key=natural_key))}
+    names[GRID_HID] = "grid"
+    out = dict.fromkeys([*names.values()], 0)
+    for e in events:
+        if e.name == "Deposit":
+            out[names[e.args["hid"]]] += wei_to_micro(e.args["amount"])
+    return out
+
+
+def replay_embedded(params: Mapping[str, Any], recorded: Sequence[Event]) -> EvmMarket:
     """Re-execute a run's transactions on a fresh embedded EVM from deployment, the inputs
-    read from the recorded events (deposits, orders, clearings, meter readings), and return
-    the events this chain emits."""
-    market = EvmMarket(EmbeddedChain(), params["households"], alpha=Fraction(params["alpha"]),
+    read from the recorded events (deposits, orders, clearings, meter readings, disputes,
+    cancellations), at the run's recorded addresses; returns that deployment (its
+    ``events()`` are what this chain emitted)."""
+    held_elsewhere = params.get("registered") or {}
+    preset = [params["operator"], *(params["accounts"][h] for h in sorted(
+        params["households"], key=natural_key) if h not in held_elsewhere)] \
+        if "operator" in params else []
+    market = EvmMarket(EmbeddedChain(preset), params["households"],
+                       alpha=Fraction(params["alpha"]),
                        import_aud_per_kwh=Fraction(params["import_aud_per_kwh"]),
                        feed_in_aud_per_kwh=Fraction(params["feed_in_aud_per_kwh"]),
                        aud_per_token=Fraction(params["aud_per_token"]),
                        household_wei=HOUSEHOLD_GAS_WEI + sum(
-                           e.args["amount"] for e in recorded if e.name == "Deposit"))
+                           e.args["amount"] for e in recorded if e.name == "Deposit"),
+                       registered=params.get("registered"))
     readings: dict[str, Fraction] = {}
+    disputed: set[str] = set()
     for e in recorded:
         a = e.args
         try:
@@ -681,12 +1043,16 @@ def replay_embedded(params: Mapping[str, Any], recorded: Sequence[Event]) -> lis
                 market.clear()
             elif e.name == "Reading":
                 readings[market.names[a["hid"]]] = Fraction(a["metered"], 10**6)
+            elif e.name == "Disputed":
+                disputed.add(market.names[a["hid"]])
+            elif e.name == "Cancelled":
+                market.cancel()
             elif e.name == "Settled":
-                market.settle(readings)
-                readings = {}
+                market.settle(readings, disputed)
+                readings, disputed = {}, set()
         except (ChainRevert, KeyError, ValueError) as err:
             raise EvmError(f"replaying {e.name} {a}: {err}") from None
-    return market.events()
+    return market
 
 
 def verify_evm(store: Store, run_id: str) -> str | None:
@@ -701,11 +1067,10 @@ def verify_evm(store: Store, run_id: str) -> str | None:
         return None
     backend, contract, deploy_block, body = row
     params = json_input.loads(body)
-    recorded = [Event(r["name"], json_input.loads(r["body"]), r["block"]) for r in store.db.query(
-        "select * from evm_events where run_id = ? order by seq", [run_id])]
+    recorded = _recorded_events(store, run_id)
     try:
         if backend == "evm":
-            live = replay_embedded(params, recorded)
+            live = replay_embedded(params, recorded).events()
         else:
             live = RpcChain(backend.removeprefix("evm+")).logs(contract, deploy_block)
     except EvmError as err:
@@ -721,51 +1086,81 @@ def verify_evm(store: Store, run_id: str) -> str | None:
 
 
 def _check_against_run(store: Store, run_id: str, events: Sequence[Event]) -> str | None:
+    """The chain's events against the run database: each settled interval's clearing,
+    fills, meter readings and disputes, and the balances they give against the SQLite
+    ledger's. An interval cancelled on the chain (the run died in it and was resumed)
+    counts for nothing."""
     params_row = store.db.execute("select body from evm where run_id = ?", [run_id]).fetchone()
     households = sorted(json.loads(params_row[0])["households"], key=natural_key)
     names = {i + 1: h for i, h in enumerate(households)}
     names[GRID_HID] = "grid"
     micro: dict[str, int] = {}
     interval = 0
-    fills: list[tuple[str, str, Fraction]] = []
+    cleared: dict[str, Any] | None = None
+    fills: list[tuple[str, str, Fraction, int]] = []
+    held: list[tuple[str, str, Fraction, int]] = []
+    disputed: set[str] = set()
+
+    def add(account: str, amount: int) -> None:
+        micro[account] = micro.get(account, 0) + amount
+
     for e in events:
         a = e.args
         if e.name == "Deposit":
-            micro[names[a["hid"]]] = micro.get(names[a["hid"]], 0) + a["amount"] // 10**12
+            add(names[a["hid"]], a["amount"] // 10**12)
         elif e.name == "Fill":
-            seller, buyer = names[a["seller"]], names[a["buyer"]]
-            micro[seller] = micro.get(seller, 0) + a["money"]
-            micro[buyer] = micro.get(buyer, 0) - a["money"]
-            fills.append((seller, buyer, Fraction(a["energy"], 10**6)))
+            fills.append((names[a["seller"]], names[a["buyer"]], Fraction(a["energy"], 10**6),
+                          a["money"]))
+        elif e.name == "Held":
+            held.append((names[a["seller"]], names[a["buyer"]], Fraction(a["energy"], 10**6),
+                         a["money"]))
+        elif e.name == "Disputed":
+            disputed.add(names[a["hid"]])
         elif e.name == "Transfer":
-            for hid, sign in ((a["source"], -1), (a["target"], 1)):
-                micro[names[hid]] = micro.get(names[hid], 0) + sign * (a["amount"] // 10**12)
+            add(names[a["source"]], -(a["amount"] // 10**12))
+            add(names[a["target"]], a["amount"] // 10**12)
         elif e.name == "Cleared":
-            row = store.db.execute("select clearing_price, method from intervals where "
-                                   "run_id = ? and idx = ?", [run_id, a["interval"]]).fetchone()
-            price = (None if a["method"] == 0 else
-                     str(Fraction(a["price_num"], a["price_den"] * 10**6)))
-            if row is None or (row[0], row[1]) != (price, a["method"] or None):
-                return (f"interval {a['interval']}: the chain cleared at {price} (method "
-                        f"{a['method']}), the run database says {row}")
-            interval = a["interval"]
+            cleared, interval = dict(a), a["interval"]
+        elif e.name == "Cancelled":
+            cleared, fills, held, disputed = None, [], [], set()
         elif e.name == "Reading":
             got = store.db.execute("select body from results where run_id = ? and "
                                    "interval = ? and household = ?",
                                    [run_id, a["interval"], names[a["hid"]]]).fetchone()
-            metered = None if got is None else Fraction(json.loads(got[0])["metered_kwh"])
+            body = {} if got is None else json.loads(got[0])
+            metered = None if got is None else Fraction(body["metered_kwh"])
             if metered != Fraction(a["metered"], 10**6):
                 return (f"interval {a['interval']} household {names[a['hid']]}: the oracle "
                         f"posted {Fraction(a['metered'], 10**6)} kWh, the meters "
                         f"{metered} kWh")
+            if bool(body.get("disputed")) != (names[a["hid"]] in disputed):
+                return (f"interval {a['interval']} household {names[a['hid']]}: disputed "
+                        f"{'on the chain' if names[a['hid']] in disputed else 'in the run'} "
+                        "only")
         elif e.name == "Settled":
+            if cleared is not None:
+                row = store.db.execute("select clearing_price, method from intervals where "
+                                       "run_id = ? and idx = ?", [run_id, interval]).fetchone()
+                price = (None if cleared["method"] == 0 else
+                         str(Fraction(cleared["price_num"], cleared["price_den"] * 10**6)))
+                if row is None or (row[0], row[1]) != (price, cleared["method"] or None):
+                    return (f"interval {interval}: the chain cleared at {price} (method "
+                            f"{cleared['method']}), the run database says {row}")
             trades = [(r["seller"], r["buyer"], Fraction(r["energy_kwh"])) for r in
                       store.db.query("select * from trades where run_id = ? and interval = ? "
                                      "order by seq", [run_id, interval])]
-            if trades != fills:
+            if trades != [f[:3] for f in fills]:
                 return (f"interval {interval}: the chain's {len(fills)} fills differ from "
                         f"the run database's {len(trades)} trades")
-            fills = []
+            for fill in fills:
+                if fill in held:
+                    held.remove(fill)
+                else:
+                    add(fill[0], fill[3])
+                    add(fill[1], -fill[3])
+            if held:
+                return f"interval {interval}: the chain held a fill it never made: {held[0]}"
+            cleared, fills, disputed = None, [], set()
     ledger = {r["account"]: r["micro"] for r in store.db.query(
         "select account, micro from balances where run_id = ?", [run_id])}
     for account, amount in sorted(ledger.items()):

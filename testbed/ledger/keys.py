@@ -12,7 +12,11 @@ key folder (:func:`home`)::
       runs/RUN-GENESIS.json   one keystore per run, mode 0600: the private keys of the
                               households' (mock) HEMS, so the run can be resumed (scrypt +
                               AES-GCM when a passphrase is set), and the head the operator
-                              sealed last, so a block cut from the end of the chain is seen
+                              sealed last, so a block cut from the end of the chain is seen;
+                              on an EVM node run (``--ledger evm+http://``) also the
+                              secp256k1 keys of the operator's and households' Ethereum
+                              accounts (``eth_keys``, sealed the same way), so a resumed run,
+                              ``ledger verify`` or a HEMS can sign for them later
 
 The folder and the operator's key are created on the first run. A lab whose HEMS hold their
 own keys keeps only the operator's. :class:`Keyring` is the one place that signs blocks and
@@ -148,6 +152,7 @@ class Keyring:
     passphrase: bytes | None = field(default_factory=_passphrase)
     _operator: Ed25519PrivateKey | None = None
     _sealed_keys: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _sealed_eth: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def operator(self) -> Ed25519PrivateKey:
         """The operator's private key, created with ``operator.pub`` on first use."""
@@ -212,20 +217,67 @@ class Keyring:
             plain = {a: k.private_bytes_raw().hex() for a, k in sorted(keys.items())}
             sealed = self._seal(json.dumps(plain).encode())
             self._sealed_keys[(run_id, genesis)] = sealed
+        self._write_run(run_id, genesis, height, head)
+
+    def _write_run(self, run_id: str, genesis: str, height: int, head: str | None) -> None:
         body = {"run_id": run_id, "genesis": genesis, "height": height, "head": head,
-                "keys": sealed}
+                "keys": self._sealed_keys[(run_id, genesis)]}
+        if (run_id, genesis) in self._sealed_eth:
+            body["eth_keys"] = self._sealed_eth[(run_id, genesis)]
         _write_private(self.run_path(run_id, genesis), json.dumps(body, indent=1).encode())
+
+    def _cache(self, run_id: str, genesis: str) -> bool:
+        """Take the sealed keys of an existing keystore into the cache; False if none."""
+        if (run_id, genesis) in self._sealed_keys:
+            return True
+        path = self.run_path(run_id, genesis)
+        if not path.exists():
+            return False
+        body = self._body(path)
+        self._sealed_keys[(run_id, genesis)] = body["keys"]
+        if "eth_keys" in body:
+            self._sealed_eth[(run_id, genesis)] = body["eth_keys"]
+        return True
+
+    def save_eth_keys(self, run_id: str, genesis: str, keys: Mapping[str, str]) -> None:
+        """Add the Ethereum accounts' private keys (account -> 0x-hex secp256k1 key, e.g.
+        ``operator`` and each household) to the run's keystore, sealed as its other keys.
+        The keystore must exist (the genesis block's commit writes it)."""
+        if not self._cache(run_id, genesis):
+            raise InputError(str(self.run_path(run_id, genesis)), "no keystore for this run "
+                             "to add the Ethereum keys to")
+        plain = json.dumps(dict(sorted(keys.items()))).encode()
+        self._sealed_eth[(run_id, genesis)] = self._seal(plain)
+        head = self.head(run_id, genesis) or (0, None)
+        self._write_run(run_id, genesis, *head)
+
+    def load_eth_keys(self, run_id: str, genesis: str) -> dict[str, str]:
+        """The run's Ethereum keys (account -> 0x-hex), decrypted; {} if it kept none.
+        Raises InputError for a missing or damaged keystore or a wrong passphrase."""
+        path = self.run_path(run_id, genesis)
+        if not path.exists():
+            raise InputError(str(path), f"no keystore for run {run_id}: the Ethereum keys "
+                             "are needed to resume it (is TESTBED_HOME the folder that ran "
+                             "it?)")
+        sealed = self._body(path).get("eth_keys")
+        if sealed is None:
+            return {}
+        try:
+            plain = json_input.loads(self._open(sealed, path))
+            if not isinstance(plain, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) and re.fullmatch(
+                        r"0x[0-9a-fA-F]{64}", v) for k, v in plain.items()):
+                raise ValueError
+        except (ValueError, TypeError):
+            raise InputError(str(path), "damaged keystore: its Ethereum keys do not parse"
+                             ) from None
+        return {str(k): str(v) for k, v in plain.items()}
 
     def record_head(self, run_id: str, genesis: str, height: int, head: str) -> None:
         """Note that the run's chain now has ``height`` blocks ending in ``head``."""
-        path = self.run_path(run_id, genesis)
-        if (run_id, genesis) not in self._sealed_keys:
-            if not path.exists():
-                return
-            self._sealed_keys[(run_id, genesis)] = self._body(path)["keys"]
-        body = {"run_id": run_id, "genesis": genesis, "height": height, "head": head,
-                "keys": self._sealed_keys[(run_id, genesis)]}
-        _write_private(path, json.dumps(body, indent=1).encode())
+        if not self._cache(run_id, genesis):
+            return
+        self._write_run(run_id, genesis, height, head)
 
     def head(self, run_id: str, genesis: str) -> tuple[int, str | None] | None:
         """The head the operator recorded for this run, or None if it keeps no record."""
@@ -254,6 +306,8 @@ class Keyring:
         except (KeyError, ValueError, TypeError, AttributeError):
             raise InputError(str(path), "damaged keystore: its keys do not parse") from None
         self._sealed_keys[(run_id, genesis)] = body["keys"]
+        if "eth_keys" in body:
+            self._sealed_eth[(run_id, genesis)] = body["eth_keys"]
         height, head = body.get("height", 0), body.get("head")
         return RunRecord(keys, height if isinstance(height, int) else 0,
                          head if isinstance(head, str) else None)

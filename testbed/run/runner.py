@@ -17,7 +17,7 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol
@@ -87,9 +87,12 @@ class ChainBackend(Protocol):
 
     def place(self, order: dict[str, Any]) -> str | None: ...  # refusal reason or None
     def clear(self) -> Clearing: ...
-    def settle(self, metered_kwh: dict[str, Fraction]) -> dict[str, int]: ...  # micro
+    def settle(self, metered_kwh: dict[str, Fraction],
+               disputed: Collection[str] = ()) -> dict[str, int]: ...  # micro
     def describe(self) -> dict[str, Any]: ...
     def record(self, store: Store, run_id: str) -> None: ...  # inside the transaction
+    def secrets(self) -> dict[str, str]: ...  # Ethereum keys for the run's keystore
+    def gate(self, households: list[str]) -> dict[str, Any]: ...  # the gate's "evm" object
 
 
 class OrderSource(Protocol):
@@ -120,9 +123,12 @@ def gate_message(run_id: str, index: int, sc: Scenario, agents: list[str],
 
 
 def open_chain(spec: str, scenario: Scenario, opening: dict[str, int]) -> ChainBackend | None:
-    """``--ledger``: ``sqlite`` (the signed ledger alone) or an EVM back-end beside it."""
+    """``--ledger``: ``sqlite`` (the signed ledger alone) or an EVM back-end beside it. An
+    agent household whose HEMS registered its own Ethereum address
+    (:func:`testbed.agents.registered_addresses`) is certified at that address."""
     if spec == "sqlite":
         return None
+    from testbed.agents import registered_addresses
     from testbed.ledger.evm import ChainLedger
 
     if scenario.mechanism not in ("dual_bidding", "grid_only"):
@@ -132,7 +138,31 @@ def open_chain(spec: str, scenario: Scenario, opening: dict[str, int]) -> ChainB
                        alpha=scenario.alpha,
                        import_aud_per_kwh=scenario.tariff.import_aud_per_kwh,
                        feed_in_aud_per_kwh=scenario.tariff.feed_in_aud_per_kwh,
-                       aud_per_token=scenario.aud_per_token)
+                       aud_per_token=scenario.aud_per_token,
+                       registered=registered_addresses(
+                           [h.id for h in scenario.households if h.orders == "agent"]))
+
+
+def resume_chain(spec: str, store: Store, run_id: str, ledger: Ledger,
+                 intervals_done: int) -> ChainBackend | None:
+    """The EVM back-end of a resumed run (``--resume`` with its ``--ledger``): rebuilt from
+    the run's record (embedded) or reconnected to its contract with the keystore's
+    Ethereum keys (node). None for a run on the SQLite ledger alone; InputError when
+    ``spec`` is not what the run used."""
+    recorded = store.db["evm"].exists() and store.db.execute(
+        "select 1 from evm where run_id = ?", [run_id]).fetchone() is not None
+    if spec == "sqlite" and not recorded:
+        return None
+    if not recorded:
+        raise InputError(f"--ledger {spec}", f"run {run_id} ran on the SQLite ledger alone; "
+                         "resume it without --ledger")
+    if spec == "sqlite":
+        spec = store.db.execute("select backend from evm where run_id = ?",
+                                [run_id]).fetchone()[0]
+    from testbed.ledger.evm import ChainLedger
+
+    keys = ledger.keyring.load_eth_keys(run_id, ledger.genesis)
+    return ChainLedger.resume(store, run_id, spec, keys, intervals_done)  # InputError
 
 
 def chain_checks(index: int, suite_of: str, python: Clearing, chain: Clearing,
@@ -415,7 +445,7 @@ class Run:
                                  measured.tripped)
         checks += [dataclasses.replace(c, suite=f"interval {index} DUT")
                    for c in measured.dut_checks]
-        on_chain = self.chain.settle(metered) if self.chain is not None else {}
+        on_chain = self.chain.settle(metered, disputed) if self.chain is not None else {}
 
         # 5. Seal orders, fills, transfers and escrow releases in one block; write the
         #    interval atomically.
@@ -460,6 +490,8 @@ class Run:
             raise InputError(self.scenario.source, f"households {agents} bid through agents: "
                              "give the run an agent broker (--agents mqtt://HOST:PORT)")
         gate = gate_message(self.run_id, index, sc, agents, self.gate_s)
+        if self.chain is not None:  # what an agent needs to sign its order as a transaction
+            gate["evm"] = self.chain.gate(agents)
         arrivals = await self.orders.collect(gate, agents)
         from testbed.agents import check_order
 
@@ -562,11 +594,14 @@ def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
                                ratings=ratings(rig, ids), agents=agent_keys)
         if chain is not None:
             chain.record(store, run_id)
+            if keys := chain.secrets():  # a node's accounts: kept for resume and verify
+                store.on_commit(lambda: ledger.keyring.save_eth_keys(run_id, ledger.genesis,
+                                                                     keys))
     return Run(scenario, rig, store, clock, events, run_id, ledger, opening, 0, chain)
 
 
 def _resume(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
-            events: EventBus, run_id: str) -> Run:
+            events: EventBus, run_id: str, chain_spec: str = "sqlite") -> Run:
     try:
         row = store.run(run_id)
     except Exception:
@@ -580,10 +615,11 @@ def _resume(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
     done = store.db.execute("select count(*) from intervals where run_id = ?",
                             [run_id]).fetchone()[0]
     opening = {k: v for k, v in ledger.opening().items() if k != GRID}
+    chain = resume_chain(chain_spec, store, run_id, ledger, done)
     with store.transaction():
         store.update_run(run_id, status="running", finished_at=None)
     events.emit("status", {"status": "resumed", "from_interval": done})
-    return Run(scenario, rig, store, clock, events, run_id, ledger, opening, done)
+    return Run(scenario, rig, store, clock, events, run_id, ledger, opening, done, chain)
 
 
 async def require_a_meter(bench: Bench, rig: RigSpec) -> None:
@@ -652,8 +688,6 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     if agents and orders is None:
         raise InputError(scenario.source, f"households {agents} bid through agents: give "
                          "the run an agent broker (--agents mqtt://HOST:PORT)")
-    if resume and ledger != "sqlite":
-        raise InputError(f"--ledger {ledger}", "an EVM run cannot be resumed: start it again")
     check_scenario_fits_rig(scenario, rig)
     mechanism_for(scenario)  # fail on an unknown mechanism before touching anything
     plans = plans_for(scenario)
@@ -665,7 +699,7 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     preflight.ensure_links_carry(bench, rig)
     await require_a_meter(bench, rig)
     await require_answers(bench, rig)
-    run = (_resume(scenario, rig, store, clock, events, run_id) if resume else
+    run = (_resume(scenario, rig, store, clock, events, run_id, ledger) if resume else
            _start(scenario, rig, store, clock, events, run_id, ledger))
     run.orders, run.gate_s = orders, gate_s
     events.emit("status", {"status": "running", "scenario": scenario.name, "rig": rig.name})
