@@ -429,6 +429,7 @@ class RigTelemetry:
         loop = asyncio.get_running_loop()
         next_values = loop.time()
         while True:
+            self._wake.clear()  # before looking: whatever is queued from here on wakes us
             while self._control:  # statuses and announcements first, in order
                 topic, body = self._control[0]
                 await client.publish(topic, body, qos=QOS_EVENTS, retain=True)
@@ -448,9 +449,10 @@ class RigTelemetry:
                         self._latest.setdefault(t, b)
                     raise
                 next_values = loop.time() + self.interval
-            if self._closing and not self._control and not self._latest:
+            if self._control:
+                continue  # queued while the values went out
+            if self._closing and not self._latest:
                 return
-            self._wake.clear()
             wait = max(0.0, next_values - loop.time()) if self._latest else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)

@@ -262,3 +262,26 @@ def test_ha_discovery_needs_mqtt(tmp_path: Path) -> None:
                                  "--ha-discovery"])
     assert r.exit_code == 2 and "--ha-discovery" in r.output and "--mqtt" in r.output
     assert "Traceback" not in r.output
+
+
+async def test_a_status_queued_while_values_go_out_is_sent_before_closing() -> None:
+    """The flusher must not go to sleep on work queued while it was publishing: the run's
+    final status arriving during the last values' flush (an emergency stop) once hung the
+    run's exit for the whole drain timeout."""
+    from testbed.telemetry import BrokerAddress, RigTelemetry
+
+    rig = RigTelemetry(BrokerAddress("127.0.0.1", 1, False, None, None), rig="r", run_id="x")
+    sent: list[tuple[str, int]] = []
+
+    class Client:
+        async def publish(self, topic: str, body: bytes, qos: int, retain: bool) -> None:
+            sent.append((topic, qos))
+            if qos == 0 and len(sent) == 1:  # the first value: the run ends meanwhile
+                rig.run_status({"status": "aborted"})
+                rig._closing = True
+            await asyncio.sleep(0)
+
+    rig.readings({"interval_hour": 1.0, "rows": [{"household": "7", "t": 1.0,
+                                                  "power_w": 5.0}]})
+    await asyncio.wait_for(rig._flush_loop(Client()), 10)  # type: ignore[arg-type]
+    assert sent == [("testbed/r/7/meter/power", 0), ("testbed/r/run", 1)]
