@@ -285,3 +285,54 @@ async def test_a_status_queued_while_values_go_out_is_sent_before_closing() -> N
                                                   "power_w": 5.0}]})
     await asyncio.wait_for(rig._flush_loop(Client()), 10)  # type: ignore[arg-type]
     assert sent == [("testbed/r/7/meter/power", 0), ("testbed/r/run", 1)]
+
+
+def test_a_killed_run_leaves_its_rig_offline_and_the_next_run_clears_it(
+        tmp_path: Path) -> None:
+    """kill -9: the rig's status becomes its will, ``offline``; the next run on the rig then
+    clears the dead run's retained status (its own will, ``offline``) too."""
+    dead, nxt = ("t" + uuid.uuid4().hex[:11] for _ in range(2))
+    script = (
+        "import asyncio, sys\n"
+        "from testbed.telemetry import MqttTelemetry\n"
+        "async def main():\n"
+        "    async with MqttTelemetry(sys.argv[1], run_id=sys.argv[2], rig='bench') as tm:\n"
+        "        tm.observer('status', {'run': sys.argv[2], 'status': 'running'})\n"
+        "        tm.observer('readings', {'interval_hour': 0.5, 'rows': [\n"
+        "            {'household': '7', 't': 1.0, 'power_w': 12.5}]})\n"
+        "        await tm.wait_idle()\n"
+        "        print('ready', flush=True)\n"
+        "        await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n")
+    with broker(tmp_path / "broker") as b:
+        proc = subprocess.Popen([sys.executable, "-c", script, b.url, dead], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            for _ in range(100):  # the value goes out within a flush interval (1 s)
+                if retained(b.port, "testbed/bench/7/meter/power"):
+                    break
+        finally:
+            proc.kill()
+            proc.wait()
+        got = None
+        for _ in range(50):
+            got = retained(b.port, rig_run_topic("bench"))
+            if got and json.loads(got[1])["status"] == "offline":
+                break
+        assert got is not None and json.loads(got[1]) == {"run": dead, "status": "offline"}
+        value = retained(b.port, "testbed/bench/7/meter/power")
+        assert value is not None and json.loads(value[1])["value"] == 12.5  # last value kept
+        for _ in range(50):
+            will = retained(b.port, f"testbed/{dead}/status")
+            if will and json.loads(will[1])["status"] == "offline":
+                break
+        assert will is not None
+
+        async def next_run() -> list[str]:
+            async with MqttTelemetry(b.url, run_id=nxt, rig="bench") as tm:
+                assert tm.rig is not None
+                return tm.rig.cleared
+
+        assert asyncio.run(next_run()) == [f"testbed/{dead}/status"]
+        assert retained(b.port, f"testbed/{dead}/status") is None
