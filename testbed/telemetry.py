@@ -25,6 +25,7 @@ import datetime as dt
 import inspect
 import json
 import logging
+import math
 import re
 import socket
 import ssl
@@ -306,8 +307,8 @@ class RigTelemetry:
             household = row.get("household")
             for key, q in DEVICE_QUANTITIES.items():
                 value = row.get(key)
-                if not isinstance(value, int | float):
-                    continue
+                if not isinstance(value, int | float) or not math.isfinite(value):
+                    continue  # absent, or not a number JSON can carry
                 topic = device_topic(self.rig, household, q)
                 if topic not in self._announced:
                     self._announce(topic, household, q)
@@ -320,8 +321,9 @@ class RigTelemetry:
 
     def run_status(self, payload: dict[str, Any]) -> None:
         """One ``status`` event: the rig's retained status follows the run's."""
+        scenario = payload.get("scenario", self.status.get("scenario"))
         self.status = {"run": self.run_id, "status": payload.get("status"),
-                       **{k: payload[k] for k in ("scenario",) if k in payload},
+                       **({} if scenario is None else {"scenario": scenario}),
                        **wall_clock(self.clock())}
         self._send_control(self.status_topic, self.status)
 

@@ -336,3 +336,20 @@ def test_a_killed_run_leaves_its_rig_offline_and_the_next_run_clears_it(
 
         assert asyncio.run(next_run()) == [f"testbed/{dead}/status"]
         assert retained(b.port, f"testbed/{dead}/status") is None
+
+
+def test_values_json_cannot_carry_are_left_out_and_the_scenario_stays() -> None:
+    from testbed.telemetry import BrokerAddress, RigTelemetry
+
+    rig = RigTelemetry(BrokerAddress("127.0.0.1", 1, False, None, None), rig="r", run_id="x",
+                       clock=lambda: 1796063329.275)
+    rig.readings({"interval_hour": 1.0, "rows": [{"household": "7", "t": 2.0,
+                                                  "power_w": float("nan"), "soc": 0.5,
+                                                  "pv_w": float("inf")}]})
+    assert list(rig._latest) == ["testbed/r/7/battery/soc"]
+    assert json.loads(rig._latest["testbed/r/7/battery/soc"]) == {
+        "value": 50.0, "unit": "%", "time": "2026-11-30T18:28:49.275Z",
+        "ts_ms": 1796063329275, "run": "x", "market_hour": 1.0, "lab_s": 2.0}
+    rig.run_status({"status": "running", "scenario": "scenario2"})
+    rig.run_status({"status": "finished"})
+    assert rig.status["scenario"] == "scenario2" and rig.status["status"] == "finished"
