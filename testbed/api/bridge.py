@@ -1,9 +1,10 @@
 """Runs of other processes, live on the dashboard: ``testbed serve --mqtt URL``.
 
 A run started with ``testbed run ... --mqtt URL`` publishes its events (docs/telemetry.md);
-the server subscribes to ``testbed/+/#`` on the same broker and hands them to the live hub,
-so the dashboard follows that run as it follows its own. The API's emergency stop goes the
-other way, onto ``testbed/estop``, which every run connected to the broker obeys.
+the server subscribes to the run-scoped topics (``testbed/+/KIND``) on the same broker and
+hands them to the live hub, so the dashboard follows that run as it follows its own. The
+API's emergency stop goes the other way, onto ``testbed/estop``, which every run connected
+to the broker obeys.
 
 The hub follows one run at a time: a ``running`` status switches it to that run, and other
 runs' events are left out. A status counts only when the operator signed it (its
@@ -32,7 +33,14 @@ from testbed.api.live import LiveHub
 from testbed.errors import InputError
 from testbed.ledger.keys import load_anchor, status_is_signed
 from testbed.run.events import TOPICS
-from testbed.telemetry import GLOBAL_ESTOP, PREFIX, QOS_EVENTS, make_client, parse_broker_url
+from testbed.telemetry import (
+    GLOBAL_ESTOP,
+    PREFIX,
+    QOS_EVENTS,
+    make_client,
+    parse_broker_url,
+    run_topic_filters,
+)
 
 log = logging.getLogger(__name__)
 STARTED = ("running", "resumed")
@@ -163,7 +171,9 @@ class MqttBridge:
                 async with make_client(self.addr, self.ca, self.identifier,
                                        self.connect_timeout) as client:
                     self._client = client
-                    await client.subscribe(f"{PREFIX}/+/#", qos=QOS_EVENTS)
+                    # Run-scoped topics only: the rigs' stable per-device topics
+                    # (testbed/RIG/HOUSEHOLD/DEVICE/QUANTITY) are not the hub's.
+                    await client.subscribe([(f, QOS_EVENTS) for f in run_topic_filters()])
                     self.connected.set()
                     delay = 0.5
                     async for message in client.messages:

@@ -163,6 +163,9 @@ def run(
     mqtt_ca: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False,
         help="CA certificate (PEM) of the broker; implies TLS")] = None,
+    ha_discovery: Annotated[bool, typer.Option(
+        "--ha-discovery", help="with --mqtt: announce the rig's per-device topics to Home "
+                               "Assistant (MQTT discovery under homeassistant/)")] = False,
     households: Annotated[int, typer.Option(
         help="cesdt: homes in the community (beyond the rig's racks they are simulated)")
     ] = 100,
@@ -218,6 +221,8 @@ def run(
 
             telemetry_errors = (TelemetryError,)
             parse_broker_url(mqtt)
+        elif ha_discovery:
+            raise InputError("--ha-discovery", "announces the MQTT topics: it needs --mqtt URL")
         known = ledger in ("sqlite", "evm") or ledger.startswith(("evm+http://", "evm+https://"))
         if not known or (community and ledger != "sqlite"):
             raise InputError(f"--ledger {ledger}", "expected 'sqlite', 'evm' or "
@@ -253,7 +258,8 @@ def run(
 
         async with MqttTelemetry(mqtt, run_id=run_id, username=mqtt_user,
                                  password=mqtt_password, ca=None if mqtt_ca is None
-                                 else str(mqtt_ca), on_estop=switch.trip) as tm:
+                                 else str(mqtt_ca), on_estop=switch.trip, rig=rg.name,
+                                 ha_discovery=ha_discovery) as tm:
             return await launch([_safety_printer, tm.observer], attach)
 
     try:

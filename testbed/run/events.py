@@ -8,6 +8,11 @@ Topics: ``status`` (run state), ``readings`` (every control period: per-househol
 ``orderbook`` (the signed orders of an interval), ``clearing`` (price, method, volume),
 ``trade`` (one per fill), ``block`` (each sealed ledger block), ``safety`` (safe state,
 limit trips, lost instruments, emergency stop).
+
+On MQTT (:mod:`testbed.telemetry`, docs/telemetry.md) each topic goes to
+``testbed/{run}/{topic}``, and ``readings`` and ``status`` also to the rig's stable
+per-device topics ``testbed/{rig}/{household}/{device}/{quantity}`` and ``testbed/{rig}/run``
+(the table ``testbed.telemetry.DEVICE_QUANTITIES``).
 """
 
 from __future__ import annotations
