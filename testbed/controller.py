@@ -41,6 +41,10 @@ T = TypeVar("T")
 
 # BMS alarms that are states of charge, not faults: the converter limits itself.
 HOLD_MIN_S = 2.0  # lab seconds
+# The battery's reading is timed apart from its setpoint writes: a converter that answers
+# every query but refuses every setting has not answered the controller (it is held, then
+# lost), however fresh its readings.
+BATTERY_STATE = "battery state"
 BENIGN_ALARMS = frozenset({"soc_low", "soc_high"})
 
 
@@ -296,17 +300,22 @@ class Controller:
                 self._seen[(household, role)] = now
         return out
 
-    async def _lose(self, household: str, h: HouseholdDevices, role: str, reason: str) -> None:
+    async def _lose(self, household: str, h: HouseholdDevices, role: str, reason: str,
+                    *, writing: bool = False) -> None:
         """An actuator that has not answered for the hold limit is lost: its rig goes on
         without it (the meter closes the loop on the others), its safe state is tried in
-        the background, and it is probed each period to come back (:meth:`_probe_lost`)."""
+        the background, and it is probed each period to come back (:meth:`_probe_lost`).
+        ``writing``: its setpoints went unanswered, so the event names the instrument that
+        takes them (a battery of two instruments: its converter)."""
         lost = self.lost.setdefault(household, {})
         if role in lost:
             return
         device: Device = getattr(h, role)
-        lost[role] = f"{device.name}: {reason}"
+        inner = getattr(device, "inner", device)  # past the limit guard
+        named = getattr(inner, "converter", device) if writing else device
+        lost[role] = f"{named.name}: {reason}"
         self.events.emit("safety", {"event": "device_lost", "household": household,
-                                    "device": device.name, "reason": reason})
+                                    "device": named.name, "reason": reason})
         self._spawn(_quiet(device.safe_state()))
 
     async def _probe_lost(self, household: str, h: HouseholdDevices) -> None:
@@ -563,7 +572,7 @@ class Controller:
             with_bat = "battery" not in lost
             got = await self._exchanges(hid, budget, (
                 ("meter", h.meter.read), ("relay", h.relay.read_closed),
-                *((("battery", h.battery.read),) if with_bat else ())))
+                *(((BATTERY_STATE, h.battery.read),) if with_bat else ())))
             reading, closed = got[0], got[1]
             bat = got[2] if with_bat else None
             now = self.clock.now()
@@ -571,9 +580,14 @@ class Controller:
                 return
             if isinstance(closed, Late):
                 return  # perhaps queued on its board's link: hold until it answers
+            if isinstance(closed, BaseException):
+                # unreadable (a garbled or refused answer): held up to the staleness limit,
+                # as a meter is; a contactor that reads open trips at once (below)
+                if now - self._seen.get((hid, "relay"), t0) > stale_after:
+                    await self.trip(hid, f"relay lost: {closed}")
+                return
             if closed is not True:
-                await self.trip(hid, f"relay lost: {closed}" if isinstance(
-                    closed, BaseException) else "relay reads open while commanded closed")
+                await self.trip(hid, "relay reads open while commanded closed")
                 return
             if not isinstance(reading, BaseException) and \
                     (problem := self.reading_problem(hid, reading)) is not None:
@@ -587,8 +601,12 @@ class Controller:
             if now - reading.at > stale_after:
                 await self.trip(hid, f"meter reading {now - reading.at:.3g} s old")
                 return
-            if with_bat and isinstance(bat, BaseException):
-                if now - self._seen.get((hid, "battery"), t0) <= hold_s:
+            if with_bat and isinstance(bat, Late):
+                # its read only queued (on a gateway shared with a silent BMS, say): driven on
+                # the meter this period, its state bits checked when the read lands
+                bat = None
+            elif with_bat and isinstance(bat, BaseException):
+                if now - self._seen.get((hid, BATTERY_STATE), t0) <= hold_s:
                     return  # hold the setpoints for a bounded time
                 await self._lose(hid, h, "battery", f"{bat}")
                 with_bat = False
@@ -633,7 +651,7 @@ class Controller:
                     await self.trip(hid, f"write failed: {result}")
                     return
                 if now - self._seen.get((hid, role), t0) > hold_s:
-                    await self._lose(hid, h, role, f"{result}")
+                    await self._lose(hid, h, role, f"{result}", writing=True)
             if not {"pv", "load", "battery"} - set(lost):
                 await self.trip(hid, "no actuator answers: " + "; ".join(lost.values()))
                 return
@@ -663,7 +681,7 @@ class Controller:
                     hid = plan.household
                     running = steps.get(hid)
                     if running is not None and not running.done():
-                        seen = max(last[hid].at, self._seen.get((hid, "battery"), t0))
+                        seen = max(last[hid].at, self._seen.get((hid, BATTERY_STATE), t0))
                         if now - seen > hold_s:
                             self._spawn(self.trip(hid, f"late: no complete exchange for "
                                                        f"{now - seen:.3g} s (hold limit "
