@@ -12,8 +12,12 @@ and unnamed; the bench ends safe, read back over the wire (``testbed rig check``
 output off, every relay open); money is conserved; the ledger verifies. A lasting fault
 names its device; a transient one recovers (the run finishes and would exit 0).
 
-The cells run concurrently (a dozen benches at a time, one event loop): about a minute of
-wall time, so the test is ``serial``. Print the table with ``python -m tests.test_fault_matrix``.
+The runs need wall time: two worker processes, two benches at a time each, about two to
+three minutes on two cores, so the test is ``serial``; like every real-time test it
+assumes a machine not loaded beyond real time (at a load average of 9 on 2 cores the
+control loop itself falls behind and healthy rigs drift off target). Print the table with
+``python -m tests.test_fault_matrix [KIND:ROLE ...]`` (``MATRIX_PROCESSES``,
+``MATRIX_AT_ONCE`` set the concurrency).
 """
 
 from __future__ import annotations
@@ -51,14 +55,14 @@ HEALTHY = ("2", "3")
 DAY_S, PERIOD_S, TIMEOUT_S = 8.0, 0.5, 0.5
 AT_S, LASTING_END_S, TRANSIENT_END_S = 2.0, 6.0, 2.5
 OPTIONS = {"late_reply": ",delay_s=1", "exception": ",code=4", "scpi_error": ",code=-222"}
-PROCESSES = int(os.environ.get("MATRIX_PROCESSES", "3"))  # worker processes
+PROCESSES = int(os.environ.get("MATRIX_PROCESSES", "2"))  # worker processes
 AT_ONCE = int(os.environ.get("MATRIX_AT_ONCE", "2"))  # benches at a time in each
-# A lasting fault's exit status per role: an actuator's rig is driven on without it (0, or
-# 1 when that rig ends off target), a rig without meter or contactor leaves the bus (1), the
-# grid node's loss stops the run (3).
+# A lasting fault's exit status per role: an actuator's rig is driven on without it, a rig
+# without meter or contactor leaves the bus and comes back when they answer (0, or 1 when
+# that rig ends off what it could follow); the grid node's loss stops the run (3).
 LASTING_EXIT: dict[str, set[int]] = {
-    "pv": {0, 1}, "load": {0, 1}, "bms": {0, 1}, "converter": {0, 1}, "meter": {1},
-    "relay": {1}, "grid": {3}}
+    "pv": {0, 1}, "load": {0, 1}, "bms": {0, 1}, "converter": {0, 1}, "meter": {0, 1},
+    "relay": {0, 1}, "grid": {3}}
 # The one documented exception to "only the faulty rig": a meter answering late, lasting,
 # on the shared RS-485 line. Its late replies land while the master waits for a neighbour,
 # so the neighbours' reads fail too and one may leave the bus (docs/operator-guide.md).
@@ -148,7 +152,9 @@ async def measure(kind: str, role: str, lasting: bool, tmp: Path) -> Cell:
         cell.verify = verify_run(store, run_id)
         store.close()
         cell.action = {3: "run stops", 4: "safe state incomplete"}.get(cell.exit) or (
-            "rig off the bus" if "1" in cell.tripped else
+            # back before the day's end or not is the drivers' back-off against the clock
+            "rig off the bus" if "1" in cell.tripped or any(
+                e["event"] == "rig_back" for e in events) else
             "rig driven without it" if any(e["event"] == "device_lost" for e in events)
             else "held")
         # the bench as the instruments report it, once the fault is over
