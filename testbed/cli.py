@@ -110,12 +110,22 @@ def _run_until_signal(coro_factory: Any) -> Any:
             if pending:
                 controller.emergency_stop(pending[0])
 
+        def relay(signum: int, _frame: Any) -> None:
+            loop.call_soon_threadsafe(stop, signal.Signals(signum))
+
+        # Python-level handlers, not loop.add_signal_handler: closing the loop would put the
+        # default handlers back (a SIGTERM then kills with 143) before the absorbing ones
+        # below are in place. The SIGUSR1 handler's wakeup fd wakes the loop for these too.
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop, sig)
+            signal.signal(sig, relay)
         loop.add_signal_handler(signal.SIGUSR1, estop)
-        if received:  # a signal before the loop ran: stop at once, nothing started
-            raise asyncio.CancelledError
-        return await coro_factory(register)
+        try:
+            if received:  # a signal before the loop ran: stop at once, nothing started
+                raise asyncio.CancelledError
+            return await coro_factory(register)
+        finally:  # from here to the process's end, a signal is reported and absorbed
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, absorb)
     try:
         return asyncio.run(main())
     except asyncio.CancelledError:

@@ -65,7 +65,8 @@ LASTING_EXIT: dict[str, set[int]] = {
     "relay": {0, 1}, "grid": {3}}
 # The one documented exception to "only the faulty rig": a meter answering late, lasting,
 # on the shared RS-485 line. Its late replies land while the master waits for a neighbour,
-# so the neighbours' reads fail too and one may leave the bus (docs/operator-guide.md).
+# so the neighbours' reads fail too: they may leave the bus or end off target; only their
+# meters may be named (docs/operator-guide.md).
 SHARED_LINE_SPREAD = {("late_reply", "meter")}
 
 
@@ -210,11 +211,11 @@ def problems(cell: Cell) -> list[str]:
         out.append("the fault never reached the wire")
     healthy = [n for n in cell.named if any(f"household {h}" in n for h in HEALTHY)]
     if cell.lasting and (cell.kind, cell.role) in SHARED_LINE_SPREAD:
-        healthy = [n for n in healthy if "meter lost" not in n]  # the line's, documented
-        spread = set(cell.tripped) - {"1"}
-        if healthy or set(cell.off_target) - {"1"} - spread:
-            out.append(f"beyond the shared meter line: named {healthy}, off target "
-                       f"{cell.off_target}")
+        # the meters' line is every rig's: a neighbour may leave the bus (and come back)
+        # or end off target, but nothing else of theirs is named
+        healthy = [n for n in healthy if "meter lost" not in n]
+        if healthy:
+            out.append(f"beyond the shared meter line: named {healthy}")
     elif healthy or set(cell.tripped) & set(HEALTHY) or set(cell.off_target) & set(HEALTHY):
         out.append(f"a healthy rig was affected: named {healthy}, tripped {cell.tripped}, "
                    f"off target {cell.off_target} (deviation % {cell.deviation_pct})")
