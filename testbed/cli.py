@@ -482,6 +482,15 @@ def main() -> None:
         app()
     except BrokenPipeError:
         sys.exit(1)
+    except SystemExit as stop:
+        if stop.code != 130:
+            raise
+        # Stopped by a signal, the bench safe and the data on disk: leave now. The
+        # interpreter's shutdown would put the default handlers back first, so one more
+        # SIGTERM in that window would end the process with 143 instead of 130.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":
