@@ -38,6 +38,7 @@ from drivers.emulators.bindings import (
     RelayBoardBinding,
     SupplyBinding,
 )
+from drivers.emulators.faults import FAULT_PROTOCOLS, ScheduledFault
 from drivers.emulators.modbus_device import EmulatedModbusDevice
 from drivers.emulators.modbus_server import ModbusRtuServer, ModbusTcpServer
 from drivers.emulators.pty_port import PtyPort
@@ -100,6 +101,7 @@ class EmulatedBench:
         self.endpoints: dict[str, Endpoint] = {}
         self._servers: list[Any] = []
         self._watchdog: asyncio.Task[None] | None = None
+        self._schedule: set[asyncio.Task[None]] = set()
 
     def _model(self, role: str, index: int, spec: DeviceSpec | None = None) -> str:
         """The model for a mock device: ``--model`` if given, else the role's models in
@@ -376,7 +378,69 @@ class EmulatedBench:
         """The emulated instrument serving rig device ``name`` (to inject faults, inspect)."""
         return self.endpoints[name].emulated
 
+    # -- faults while running ---------------------------------------------------------------
+    def resolve(self, name: str) -> str:
+        """The rig's device ``name``; ValueError listing the rig's devices if there is none."""
+        if name not in self.endpoints:
+            raise ValueError(f"no device {name!r} in rig {self.rig.name} (devices: "
+                             f"{', '.join(self.endpoints)})")
+        return name
+
+    def check_fault(self, item: ScheduledFault) -> None:
+        """ValueError (naming device, fault and protocol) unless ``item`` can be shown by
+        its device: the device exists and speaks the protocol the fault kind belongs to."""
+        protocol = self.device(self.resolve(item.device)).instrument.protocol
+        needs = FAULT_PROTOCOLS.get(item.fault.kind)
+        if needs is not None and needs != protocol:
+            other = next(k for k, p in FAULT_PROTOCOLS.items() if p == protocol)
+            raise ValueError(f"{item.device} is a {protocol} instrument: {item.fault.kind} "
+                             f"is a {needs} fault (its instrument error is {other})")
+
+    def inject(self, item: ScheduledFault) -> None:
+        """Switch ``item``'s fault on its device now (its window is the caller's)."""
+        self.check_fault(item)
+        self.device(item.device).faults.apply(item.fault)
+
+    def clear(self, name: str) -> None:
+        """Clear whatever fault device ``name`` shows (ValueError if there is no such device)."""
+        self.device(self.resolve(name)).faults.clear()
+
+    def active_faults(self) -> dict[str, str]:
+        """Device -> the kind of fault it shows now, for every device that shows one."""
+        return {name: fault.kind for name, end in self.endpoints.items()
+                if (fault := end.emulated.faults.active) is not None}
+
+    def schedule(self, items: list[ScheduledFault]) -> None:
+        """Switch each fault on ``start_s`` and clear it at ``end_s`` (seconds of this bench's
+        clock from now), while the emulators serve. Every item is checked first: one bad
+        item schedules nothing (ValueError naming it)."""
+        for item in items:
+            self.check_fault(item)
+        t0 = self.clock.now()
+        for item in items:
+            task = asyncio.create_task(self._window(item, t0), name=f"fault {item.describe()}")
+            self._schedule.add(task)
+            task.add_done_callback(self._schedule.discard)
+
+    async def _window(self, item: ScheduledFault, t0: float) -> None:
+        await self._at(t0 + item.start_s)
+        self.inject(item)
+        if item.end_s is not None:
+            await self._at(t0 + item.end_s)
+            self.clear(item.device)
+
+    async def _at(self, t: float) -> None:
+        """Until the clock reads ``t``. Virtual time is moved by its one sleeper (the
+        controller), never by a schedule: wait for it to get there."""
+        if self.clock.waits:
+            await self.clock.sleep_until(t)
+        while self.clock.now() < t:
+            await asyncio.sleep(0.002)
+
     async def close(self) -> None:
+        for task in list(self._schedule):
+            task.cancel()
+        await asyncio.gather(*self._schedule, return_exceptions=True)
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):

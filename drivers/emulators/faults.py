@@ -5,14 +5,38 @@
 client must discard it), ``exception`` (a Modbus exception, ``code``), ``scpi_error`` (the
 next setting is refused into the error queue) and ``disconnect`` (the connection is closed).
 Each fault lasts ``count`` requests, or until cleared when ``count`` is None.
+
+A fault may also be *scheduled* (:class:`ScheduledFault`, parsed by :func:`parse_fault` from
+``testbed emulate --fault`` or the emulator's control socket): switched on ``start_s`` after
+the schedule starts and cleared at ``end_s``. The grammar (docs/operator-guide.md)::
+
+    DEVICE=KIND[:COUNT][,OPTION=VALUE]...[@START[-END]]
+
+``DEVICE`` a device of the rig (``household 7 pv``, ``grid``) or its short name (``hh7.pv``,
+``hh1.battery.bms``); ``KIND`` one of :data:`FAULT_KINDS` or an alias (:data:`KIND_ALIASES`:
+``silent``, ``late``, ``crc``, ``refuse``, ``drop``); ``OPTION`` one of ``delay_s`` (late
+reply, seconds), ``code`` (Modbus exception code or SCPI error number), ``message`` (SCPI
+error text); ``START``/``END`` seconds (``12``, ``12s``, ``500ms``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 FAULT_KINDS = ("no_reply", "late_reply", "crc_error", "exception", "scpi_error", "disconnect")
+# short words an operator types -> the fault kind
+KIND_ALIASES: dict[str, str] = {"silent": "no_reply", "late": "late_reply", "crc": "crc_error",
+                                "refuse": "scpi_error", "drop": "disconnect"}
+# the kinds only one protocol can show (an instrument error of the other protocol is the
+# other kind); the rest apply to every instrument
+FAULT_PROTOCOLS: dict[str, str] = {"exception": "modbus", "scpi_error": "scpi"}
+# option -> how its text value reads
+FAULT_OPTIONS: dict[str, Callable[[str], float | int | str]] = {
+    "delay_s": float, "code": int, "message": str}
+GRAMMAR = "DEVICE=KIND[:COUNT][,OPTION=VALUE]...[@START[-END]]"
 
 
 @dataclass
@@ -34,6 +58,10 @@ class FaultPlan:
             raise ValueError(f"unknown fault {kind!r} (faults: {', '.join(FAULT_KINDS)})")
         self._active = Fault(kind, count, **options)  # type: ignore[arg-type]
 
+    def apply(self, fault: Fault) -> None:
+        """Switch on a copy of ``fault`` (its count runs down on the copy)."""
+        self._active = dataclasses.replace(fault)
+
     def clear(self) -> None:
         self._active = None
 
@@ -54,14 +82,94 @@ class FaultPlan:
         return fault
 
 
-def parse_fault(text: str) -> tuple[str, Fault]:
-    """``DEVICE=KIND[:N]`` from the command line -> (device, fault)."""
-    device, sep, spec = text.partition("=")
-    kind, _, count = spec.partition(":")
-    if not sep or kind not in FAULT_KINDS:
-        raise ValueError(f"expected DEVICE=KIND[:COUNT], KIND one of {', '.join(FAULT_KINDS)};"
-                         f" got {text!r}")
-    return device.strip(), Fault(kind, int(count) if count else None)
+@dataclass(frozen=True)
+class ScheduledFault:
+    """A fault on one device from ``start_s`` to ``end_s`` (None: until cleared or its count
+    is spent), in seconds of the emulator's clock after the schedule starts."""
+
+    device: str
+    fault: Fault
+    start_s: float = 0.0
+    end_s: float | None = None
+
+    def describe(self) -> str:
+        f = self.fault
+        count = f":{f.count}" if f.count is not None else ""
+        extra = {"late_reply": f",delay_s={f.delay_s:g}", "exception": f",code={f.code}",
+                 "scpi_error": f",code={f.code}"}.get(f.kind, "")
+        when = f"@{self.start_s:g}s" + (f"-{self.end_s:g}s" if self.end_s is not None else "")
+        return f"{self.device}={f.kind}{count}{extra}{when}"
+
+
+_SHORT = re.compile(r"hh(?P<household>[\w-]+)\.(?P<role>\w+)(?:\.(?P<part>\w+))?")
+_SECONDS = re.compile(r"(?P<value>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s)?")
+
+
+def device_name(text: str) -> str:
+    """``hh7.pv`` -> ``household 7 pv``, ``hh1.battery.bms`` -> ``household 1 battery bms``;
+    any other text is a device name as the rig spells it (``household 7 pv``, ``grid``)."""
+    text = " ".join(text.split())
+    m = _SHORT.fullmatch(text)
+    if m is None:
+        return text
+    return " ".join(p for p in ("household", m["household"], m["role"], m["part"]) if p)
+
+
+def _seconds(text: str, what: str, source: str) -> float:
+    m = _SECONDS.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"{source}: {what} {text!r} is not a time in seconds "
+                         "(e.g. 12, 12s, 500ms)")
+    return float(m["value"]) / (1000.0 if m["unit"] == "ms" else 1.0)
+
+
+def parse_fault(text: str, source: str = "--fault") -> ScheduledFault:
+    """One fault of the grammar above (module docstring) -> a :class:`ScheduledFault`.
+
+    ``source`` names where the text came from in the message of the ValueError raised for
+    any malformed part (each message quotes the text and says what was expected).
+    """
+    where = f"{source} {text!r}"
+    device, sep, rest = text.partition("=")
+    if not sep or not device.strip():
+        raise ValueError(f"{where}: expected {GRAMMAR}")
+    spec, at, window = rest.partition("@")
+    head, *options = [part.strip() for part in spec.split(",")]
+    word, colon, count_text = head.partition(":")
+    kind = KIND_ALIASES.get(word.strip(), word.strip())
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"{where}: unknown fault kind {word.strip()!r} (kinds: "
+                         f"{', '.join(FAULT_KINDS)}; aliases: "
+                         f"{', '.join(f'{a}={k}' for a, k in KIND_ALIASES.items())})")
+    count: int | None = None
+    if colon:
+        if not count_text.strip().isdigit() or int(count_text) < 1:
+            raise ValueError(f"{where}: COUNT must be a whole number of requests >= 1, "
+                             f"got {count_text!r}")
+        count = int(count_text)
+    values: dict[str, float | int | str] = {}
+    for option in options:
+        name, eq, value = option.partition("=")
+        name = name.strip()
+        if not eq or name not in FAULT_OPTIONS:
+            raise ValueError(f"{where}: unknown option {option!r} (options: "
+                             f"{', '.join(f'{o}=VALUE' for o in FAULT_OPTIONS)})")
+        try:
+            values[name] = FAULT_OPTIONS[name](value.strip())
+        except ValueError:
+            raise ValueError(f"{where}: option {name} expects a number, got "
+                             f"{value.strip()!r}") from None
+    start, end = 0.0, None
+    if at:
+        first, dash, last = window.partition("-")
+        start = _seconds(first, "START", where)
+        if dash:
+            end = _seconds(last, "END", where)
+            if end <= start:
+                raise ValueError(f"{where}: END ({end:g} s) must come after START "
+                                 f"({start:g} s)")
+    fault = Fault(kind, count, **values)  # type: ignore[arg-type]
+    return ScheduledFault(device_name(device), fault, start, end)
 
 
 @dataclass

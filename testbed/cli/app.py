@@ -1,15 +1,30 @@
 """The ``testbed`` command line (typer + rich)."""
+# ruff: noqa: E402  (signal handlers are installed before the imports, see _exit_early)
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import typer
+
+def _exit_early(signum: int, _frame: Any) -> None:
+    """SIGINT or SIGTERM while the program is still loading: nothing has touched the
+    bench, so the process ends at once with the documented 130 (not 143, no traceback)."""
+    os.write(2, f"stopped by {signal.Signals(signum).name} while starting: nothing had been "
+                "switched on\n".encode())
+    os._exit(130)
+
+
+if __name__ == "__main__" or Path(sys.argv[0]).name == "testbed":  # the program, not an import
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, _exit_early)
+
+import typer  # the handlers above cover this import and those that follow
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -95,12 +110,22 @@ def _run_until_signal(coro_factory: Any) -> Any:
             if pending:
                 controller.emergency_stop(pending[0])
 
+        def relay(signum: int, _frame: Any) -> None:
+            loop.call_soon_threadsafe(stop, signal.Signals(signum))
+
+        # Python-level handlers, not loop.add_signal_handler: closing the loop would put the
+        # default handlers back (a SIGTERM then kills with 143) before the absorbing ones
+        # below are in place. The SIGUSR1 handler's wakeup fd wakes the loop for these too.
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop, sig)
+            signal.signal(sig, relay)
         loop.add_signal_handler(signal.SIGUSR1, estop)
-        if received:  # a signal before the loop ran: stop at once, nothing started
-            raise asyncio.CancelledError
-        return await coro_factory(register)
+        try:
+            if received:  # a signal before the loop ran: stop at once, nothing started
+                raise asyncio.CancelledError
+            return await coro_factory(register)
+        finally:  # from here to the process's end, a signal is reported and absorbed
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, absorb)
     try:
         return asyncio.run(main())
     except asyncio.CancelledError:
@@ -447,16 +472,34 @@ def _register_subcommands() -> None:
 
 
 _register_subcommands()
-from testbed.cli import web as web_cli  # noqa: E402  (serve and report, issue 6)
+from testbed.cli import web as web_cli  # (serve and report, issue 6)
 
 web_cli.register(app)
 
 
+def _stop_early(_signum: int, _frame: Any) -> None:
+    """SIGTERM before a command installs its own handling (start-up, imports, reading the
+    files) ends the process as Ctrl-C does, exit 130, never with the default 143: nothing
+    has touched the bench yet."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop_early)
     try:
         app()
     except BrokenPipeError:
         sys.exit(1)
+    except SystemExit as stop:
+        if stop.code != 130:
+            raise
+        # Stopped by a signal, the bench safe and the data on disk: leave now. The
+        # interpreter's shutdown would put the default handlers back first, so one more
+        # SIGTERM in that window would end the process with 143 instead of 130.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":

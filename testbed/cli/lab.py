@@ -132,8 +132,14 @@ def register(app: typer.Typer) -> None:
             help="Pace the RTU line at this baud rate (default: as fast as the pty goes).")
         ] = None,
         fault: Annotated[list[str] | None, typer.Option(
-            help="Inject a fault: DEVICE=KIND[:COUNT], e.g. 'household 1 meter=no_reply:3'.")
+            help="Schedule a fault: DEVICE=KIND[:COUNT][,OPTION=VALUE]...[@START[-END]], "
+                 "e.g. 'hh7.pv=silent@12s-20s', 'household 1 meter=no_reply:3', "
+                 "'hh2.battery=late,delay_s=5@10s' (times from when the rig file is "
+                 "written; docs/operator-guide.md).")
         ] = None,
+        control: Annotated[int | None, typer.Option(
+            help="Listen on this port for `testbed fault inject|clear|list` (0: any free "
+                 "port, printed).")] = None,
         quirk: Annotated[list[str] | None, typer.Option(
             help="Give an instrument a lasting quirk: DEVICE=QUIRK:VALUE, e.g. "
                  "'household 1 meter=busy_every:10', 'household 1 battery=refuse_functions:6'.")
@@ -154,7 +160,7 @@ def register(app: typer.Typer) -> None:
             asyncio.run(serve_emulated(
                 spec, write_rig, time_scale=time_scale, control_period_s=control_period,
                 pace_baud=pace, faults=fault, models=_pairs(model or [], "--model"),
-                quirks=quirk, host=host))
+                quirks=quirk, host=host, control_port=control))
         except (InputError, ValueError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
@@ -181,3 +187,60 @@ def register(app: typer.Typer) -> None:
         copy_builtin("rigs", name, dest)
 
     app.add_typer(rig_app, name="rig")
+
+    fault_app = typer.Typer(help="Inject and clear faults in a running `testbed emulate "
+                                 "--control PORT`.", no_args_is_help=True,
+                            rich_markup_mode=None)
+
+    def _control(line: str, port: int, host: str, as_json: bool) -> None:
+        import asyncio
+
+        from drivers.emulators.control import send
+
+        try:
+            answer = asyncio.run(send(host, port, line))
+        except (OSError, TimeoutError) as err:
+            fail(f"no emulator control socket at {host}:{port}: {err}", as_json)
+        if not answer.get("ok"):
+            fail(str(answer.get("error")), as_json)
+        typer.echo(json.dumps(answer) if as_json else
+                   " ".join(f"{k}: {v}" for k, v in answer.items() if k != "ok"))
+
+    @fault_app.command("inject")
+    def fault_inject(
+        spec: Annotated[str, typer.Argument(help="DEVICE=KIND[:COUNT][,OPTION=VALUE]..."
+                                                 "[@START[-END]], the window from now.")],
+        port: Annotated[int, typer.Option(
+            "--control", help="The emulator's control port.")],
+        host: Annotated[str, typer.Option(help="The emulator's address.")] = "127.0.0.1",
+        as_json: Annotated[bool, typer.Option(
+            "--json", help="Print the answer as JSON.")] = False,
+    ) -> None:
+        """Switch a fault on (now, or in the window given); exit 2 if it is refused."""
+        _control(f"inject {spec}", port, host, as_json)
+
+    @fault_app.command("clear")
+    def fault_clear(
+        device: Annotated[str, typer.Argument(help="The device, e.g. 'household 7 pv' or "
+                                                   "hh7.pv.")],
+        port: Annotated[int, typer.Option(
+            "--control", help="The emulator's control port.")],
+        host: Annotated[str, typer.Option(help="The emulator's address.")] = "127.0.0.1",
+        as_json: Annotated[bool, typer.Option(
+            "--json", help="Print the answer as JSON.")] = False,
+    ) -> None:
+        """Clear a device's fault."""
+        _control(f"clear {device}", port, host, as_json)
+
+    @fault_app.command("list")
+    def fault_list(
+        port: Annotated[int, typer.Option(
+            "--control", help="The emulator's control port.")],
+        host: Annotated[str, typer.Option(help="The emulator's address.")] = "127.0.0.1",
+        as_json: Annotated[bool, typer.Option(
+            "--json", help="Print the answer as JSON.")] = False,
+    ) -> None:
+        """The faults the emulator shows now, per device."""
+        _control("list", port, host, as_json)
+
+    app.add_typer(fault_app, name="fault")

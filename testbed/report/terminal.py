@@ -131,6 +131,10 @@ def summarise(run: RunOutcome) -> dict[str, Any]:
                        "failed": [c.name for c in run.checks if not c.passed],
                        "tolerance_pct": rig.tolerance_pct},
         "tripped": {h: why for iv in run.intervals for h, why in iv.measurement.tripped.items()},
+        # rigs that left the bus and came back: interval, why, seconds off, target Wh missed
+        "readmitted": [{"interval": iv.index, "household": h, **back}
+                       for iv in run.intervals
+                       for h, back in iv.measurement.readmitted.items()],
         "funding": funding,
         "orders_rejected": rejected,
         "disputed": {f"interval {iv.index} household {h}": why for iv in run.intervals

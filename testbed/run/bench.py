@@ -174,20 +174,27 @@ async def serve_emulated(rig: RigSpec, out: Path, *, time_scale: float | None = 
                          faults: list[str] | None = None, models: dict[str, str] | None = None,
                          quirks: list[str] | None = None,
                          host: str = "127.0.0.1", console: Console | None = None,
-                         stop: asyncio.Event | None = None) -> None:
-    """Serve every instrument of ``rig``, write ``out``, and run until ``stop`` or a signal."""
+                         stop: asyncio.Event | None = None, control_port: int | None = None,
+                         ) -> None:
+    """Serve every instrument of ``rig``, write ``out``, and run until ``stop`` or a signal.
+
+    ``faults`` are ``--fault`` texts (grammar in :mod:`drivers.emulators.faults`), their
+    windows counted from when the rig file is written; ``control_port`` opens the control
+    socket (:mod:`drivers.emulators.control`) on ``host``. A malformed fault or quirk raises
+    ValueError or InputError before anything is written."""
     console = console or Console()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
+    schedule = [parse_fault(text) for text in faults or []]
     async with EmulatedBench(rig, host=host, models=models, pace_baud=pace_baud) as emu:
-        for text in faults or []:
-            device, fault = parse_fault(text)
-            if device not in emu.endpoints:
-                raise InputError("--fault", f"no device {device!r} in rig {rig.name}")
-            emu.device(device).faults.inject(fault.kind, fault.count)
+        for item, text in zip(schedule, faults or [], strict=True):
+            try:
+                emu.check_fault(item)
+            except ValueError as err:
+                raise InputError("--fault", f"{text!r}: {err}") from None
         for text in quirks or []:
             device, sep, quirk = text.partition("=")
             if not sep or device.strip() not in emu.endpoints:
@@ -200,6 +207,13 @@ async def serve_emulated(rig: RigSpec, out: Path, *, time_scale: float | None = 
         partial.write_text(dumps(data, f"Written by `testbed emulate {rig.name}`: valid while "
                                        "it runs.\nEvery device points at its protocol emulator."),
                            "utf-8")
+        control = None
+        if control_port is not None:
+            from drivers.emulators.control import ControlServer
+
+            control = ControlServer(emu)
+            control_port = await control.start(host, control_port)
+        emu.schedule(schedule)
         partial.replace(out)
         table = Table(title=f"emulating {rig.name} -> {out}")
         for column in ("device", "model", "resource"):
@@ -207,8 +221,17 @@ async def serve_emulated(rig: RigSpec, out: Path, *, time_scale: float | None = 
         for end in emu.endpoints.values():
             table.add_row(escape(end.name), escape(end.model), escape(end.resource))
         console.print(table)
+        for item in schedule:
+            console.print(f"fault scheduled: {escape(item.describe())}")
+        if control is not None:
+            console.print(f"control socket on {host}:{control_port} (testbed fault ... "
+                          f"--control {control_port})")
         console.print(f"serving {len(emu.endpoints)} instruments; Ctrl-C to stop")
-        await stop.wait()
+        try:
+            await stop.wait()
+        finally:
+            if control is not None:
+                await control.close()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(sig)

@@ -41,6 +41,15 @@ T = TypeVar("T")
 
 # BMS alarms that are states of charge, not faults: the converter limits itself.
 HOLD_MIN_S = 2.0  # lab seconds
+# The battery's reading is timed apart from its setpoint writes: a converter that answers
+# every query but refuses every setting has not answered the controller (it is held, then
+# lost), however fresh its readings.
+BATTERY_STATE = "battery state"
+# Why a rig left the bus, when coming back may undo it: its meter or contactor could not be
+# read (silent, garbled, late). A rig that left for what its instruments *said* (an alarm,
+# a temperature, a counter gone backwards, a refused limit) stays off for the run.
+READMITTABLE = ("meter lost", "meter unreadable at start", "meter reading", "relay lost",
+                "late: ")
 BENIGN_ALARMS = frozenset({"soc_low", "soc_high"})
 
 
@@ -182,6 +191,9 @@ class IntervalMeasurement:
     tripped: dict[str, str] = field(default_factory=dict)  # household -> why it left the bus
     dut_checks: list[Check] = field(default_factory=list)
     disputed: dict[str, str] = field(default_factory=dict)  # household -> why not settled
+    # household -> {"reason", "off_s", "missed_wh"}: rigs that left the bus and came back
+    # this interval (their energy while off, "missed", is the target they could not follow)
+    readmitted: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 async def settle_all(aws: Iterable[Awaitable[T]], *, concurrent: bool = True,
@@ -227,6 +239,7 @@ class Controller:
         self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}  # late exchanges
         self.lost: dict[str, dict[str, str]] = {}  # household -> role -> why (driven without)
         self._reenabled: dict[str, int] = {}  # household -> re-enables this interval
+        self._left: dict[str, tuple[float, str]] = {}  # household -> (when, why) off the bus
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -300,17 +313,22 @@ class Controller:
                 self._seen[(household, role)] = now
         return out
 
-    async def _lose(self, household: str, h: HouseholdDevices, role: str, reason: str) -> None:
+    async def _lose(self, household: str, h: HouseholdDevices, role: str, reason: str,
+                    *, writing: bool = False) -> None:
         """An actuator that has not answered for the hold limit is lost: its rig goes on
         without it (the meter closes the loop on the others), its safe state is tried in
-        the background, and it is probed each period to come back (:meth:`_probe_lost`)."""
+        the background, and it is probed each period to come back (:meth:`_probe_lost`).
+        ``writing``: its setpoints went unanswered, so the event names the instrument that
+        takes them (a battery of two instruments: its converter)."""
         lost = self.lost.setdefault(household, {})
         if role in lost:
             return
         device: Device = getattr(h, role)
-        lost[role] = f"{device.name}: {reason}"
+        inner = getattr(device, "inner", device)  # past the limit guard
+        named = getattr(inner, "converter", device) if writing else device
+        lost[role] = f"{named.name}: {reason}"
         self.events.emit("safety", {"event": "device_lost", "household": household,
-                                    "device": device.name, "reason": reason})
+                                    "device": named.name, "reason": reason})
         self._spawn(_quiet(device.safe_state()))
 
     async def _probe_lost(self, household: str, h: HouseholdDevices) -> None:
@@ -437,6 +455,7 @@ class Controller:
         if household in self.tripped:
             return
         self.tripped[household] = reason
+        self._left[household] = (self.clock.now(), reason)
         h = self.bench.households[household]
         # Relay first: it isolates the rig even if a supply or the converter is unreachable.
         results = await asyncio.gather(
@@ -474,6 +493,24 @@ class Controller:
             h.pv.set_output(True), h.load.set_input(True), h.battery.set_enabled(True))))
         self.events.emit("safety", {"event": "rigs_connected",
                                     "households": [h.id for h in houses]})
+
+    async def readmit_rig(self, household: str) -> tuple[str, MeterReading]:
+        """Bring a rig that left the bus back through the checks it passed at start: its
+        meter and contactor identified, the meter read (and the reading judged as every
+        reading is), then setpoints at zero, the contactor closed and the outputs on, each
+        read back by its driver. Returns (the identities, the reading); raises whatever
+        failed (the rig then stays off the bus and is probed again)."""
+        h = self.bench.households[household]
+        identity = f"{await h.meter.identify()}; {await h.relay.identify()}"
+        reading = await h.meter.read()
+        if (problem := self.reading_problem(household, reading)) is not None:
+            raise ValueError(problem)
+        await asyncio.gather(h.pv.set_power(0.0), h.load.set_power(0.0),
+                             h.battery.set_power(0.0))
+        await h.relay.set_closed(True)
+        await asyncio.gather(h.pv.set_output(True), h.load.set_input(True),
+                             h.battery.set_enabled(True))
+        return identity, reading
 
     def reading_problem(self, household: str, reading: MeterReading) -> str | None:
         """Why a meter reading cannot be the rig's (outside the bus voltage or the rig's
@@ -524,11 +561,14 @@ class Controller:
         first = await self._meters([p.household for p in plans])
         base: dict[str, float] = {}
         last: dict[str, MeterReading] = {}
+        unbased: set[str] = set()  # no meter reading at the start: based when it comes back
+        readmitted: dict[str, dict[str, Any]] = {}
         for p in plans:
             r = first[p.household]
             if isinstance(r, BaseException):
                 await self.trip(p.household, f"meter unreadable at start: {r}")
                 base[p.household] = 0.0
+                unbased.add(p.household)
             elif await self._check_counters(p.household, r):
                 base[p.household], last[p.household] = r.net_wh, r
             else:
@@ -567,7 +607,7 @@ class Controller:
             with_bat = "battery" not in lost
             got = await self._exchanges(hid, budget, (
                 ("meter", h.meter.read), ("relay", h.relay.read_closed),
-                *((("battery", h.battery.read),) if with_bat else ())))
+                *(((BATTERY_STATE, h.battery.read),) if with_bat else ())))
             reading, closed = got[0], got[1]
             bat = got[2] if with_bat else None
             now = self.clock.now()
@@ -575,9 +615,14 @@ class Controller:
                 return
             if isinstance(closed, Late):
                 return  # perhaps queued on its board's link: hold until it answers
+            if isinstance(closed, BaseException):
+                # unreadable (a garbled or refused answer): held up to the staleness limit,
+                # as a meter is; a contactor that reads open trips at once (below)
+                if now - self._seen.get((hid, "relay"), t0) > stale_after:
+                    await self.trip(hid, f"relay lost: {closed}")
+                return
             if closed is not True:
-                await self.trip(hid, f"relay lost: {closed}" if isinstance(
-                    closed, BaseException) else "relay reads open while commanded closed")
+                await self.trip(hid, "relay reads open while commanded closed")
                 return
             if not isinstance(reading, BaseException) and \
                     (problem := self.reading_problem(hid, reading)) is not None:
@@ -591,8 +636,12 @@ class Controller:
             if now - reading.at > stale_after:
                 await self.trip(hid, f"meter reading {now - reading.at:.3g} s old")
                 return
-            if with_bat and isinstance(bat, BaseException):
-                if now - self._seen.get((hid, "battery"), t0) <= hold_s:
+            if with_bat and isinstance(bat, Late):
+                # its read only queued (on a gateway shared with a silent BMS, say): driven on
+                # the meter this period, its state bits checked when the read lands
+                bat = None
+            elif with_bat and isinstance(bat, BaseException):
+                if now - self._seen.get((hid, BATTERY_STATE), t0) <= hold_s:
                     return  # hold the setpoints for a bounded time
                 await self._lose(hid, h, "battery", f"{bat}")
                 with_bat = False
@@ -611,7 +660,9 @@ class Controller:
                 await self._sample_dut(duts[hid], h, reading, bat)
             sp = setpoints(rig, plan, tl, hour)
             done = reading.net_wh - base[hid]
-            goal = plan.target_kwh * wh_per_kwh * (k + 1) / tl.steps
+            # the straight line to the target, less what the rig missed while off the bus
+            goal = plan.target_kwh * wh_per_kwh * (k + 1) / tl.steps - \
+                readmitted.get(hid, {}).get("missed_wh", 0.0)
             # Dead-beat on the measured energy. On a real bench the meter was read a
             # moment ago and the new setpoint lands only after the write's latency; the
             # rig flows at its present power until then, and at the new one after.
@@ -637,7 +688,7 @@ class Controller:
                     await self.trip(hid, f"write failed: {result}")
                     return
                 if now - self._seen.get((hid, role), t0) > hold_s:
-                    await self._lose(hid, h, role, f"{result}")
+                    await self._lose(hid, h, role, f"{result}", writing=True)
             if not {"pv", "load", "battery"} - set(lost):
                 await self.trip(hid, "no actuator answers: " + "; ".join(lost.values()))
                 return
@@ -648,10 +699,53 @@ class Controller:
                          "battery_w": bat_w if "battery" not in lost else None,
                          "soc": bat.soc if isinstance(bat, BatteryReading) else None})
 
+        probes: dict[str, asyncio.Future[tuple[str, MeterReading]]] = {}
+        targets = {p.household: p.target_kwh * wh_per_kwh for p in plans}
+
+        async def come_back(now: float) -> None:
+            """Rigs off the bus for a reason that may pass are probed each period (their
+            drivers' back-off paces the wire); one that passes the start's checks is back
+            on the bus, the target energy it missed while off recorded."""
+            for hid in [h for h in self.tripped if h in targets]:
+                since, why = self._left[hid]
+                if hid in self.disputed or not why.startswith(READMITTABLE):
+                    continue
+                probe = probes.pop(hid, None)
+                if probe is None:
+                    probes[hid] = asyncio.ensure_future(self.readmit_rig(hid))
+                    probes[hid].add_done_callback(_retrieve)
+                    continue
+                if not probe.done():
+                    probes[hid] = probe
+                    continue
+                if probe.cancelled() or probe.exception() is not None:
+                    continue  # asked again next period
+                identity, reading = probe.result()
+                if hid in unbased:
+                    base[hid] = reading.net_wh
+                    unbased.discard(hid)
+                elif not await self._check_counters(hid, reading):
+                    continue
+                del self.tripped[hid]
+                self.lost.pop(hid, None)
+                for role in ("meter", "relay", "pv", "load", "battery", BATTERY_STATE):
+                    self._seen[(hid, role)] = now
+                last[hid] = reading
+                off_s = now - max(since, t0)
+                entry = readmitted.setdefault(hid, {"reason": why, "off_s": 0.0,
+                                                    "missed_wh": 0.0})
+                entry["off_s"] += off_s
+                entry["missed_wh"] += targets[hid] * off_s / (tl.steps * dt)
+                self.events.emit("safety", {"event": "rig_back", "household": hid,
+                                            "identity": identity, "was": why,
+                                            "off_s": off_s, "missed_wh": entry["missed_wh"]})
+
         for k in range(tl.steps):
             self._check_estop()
             deadline = t0 + (k + 1) * dt
             hour = tl.hour(start_hour, k, rig.time_scale)
+            if self.tripped:
+                await come_back(self.clock.now())
             live = [p for p in plans if p.household not in self.tripped]
             grid = await self._exchanges("grid", dt / 2, (("node", self.bench.grid.read),))
             if isinstance(grid[0], BaseException) and \
@@ -667,7 +761,7 @@ class Controller:
                     hid = plan.household
                     running = steps.get(hid)
                     if running is not None and not running.done():
-                        seen = max(last[hid].at, self._seen.get((hid, "battery"), t0))
+                        seen = max(last[hid].at, self._seen.get((hid, BATTERY_STATE), t0))
                         if now - seen > hold_s:
                             self._spawn(self.trip(hid, f"late: no complete exchange for "
                                                        f"{now - seen:.3g} s (hold limit "
@@ -693,6 +787,11 @@ class Controller:
             # The final park is issued one write latency early so it lands on the deadline.
             await self._sleep_until(deadline - (self.write_latency if last_step else 0.0))
         await self._finish_steps(steps, dt, hold_s)
+        for hid, probe in probes.items():  # a re-admission still under way: undone
+            if not probe.done():
+                probe.cancel()
+                reason = self.tripped.pop(hid)
+                await self.trip(hid, reason)
 
         # The DUT references close on the powers that held up to the deadline.
         for hid, tracker in duts.items():
@@ -727,6 +826,7 @@ class Controller:
             grid_import_wh=grid1.import_wh - grid0.import_wh,
             grid_export_wh=grid1.export_wh - grid0.export_wh,
             readings=log, tripped=dict(self.tripped), disputed=dict(self.disputed),
+            readmitted=readmitted,
             dut_checks=[c for t in duts.values() for c in t.checks(0, rig.dut_tolerance_pct)],
         )
 

@@ -441,7 +441,13 @@ class Run:
         measured.disputed = disputed
         settlement = settle(clearing.fills, metered, sc.tariff, sc.aud_per_token,
                             funds=dict(ledger.balances), disputed=disputed)
-        checks = interval_checks(index, clearing, routed, metered, self.rig.tolerance_pct,
+        # A rig that left the bus and came back is judged on the energy it could follow:
+        # the target it missed while off (recorded with the interval) is its shortfall,
+        # settled with the grid on what its meter measured (market.md).
+        followable = {h: r - _metered_kwh(measured.readmitted[h]["missed_wh"],
+                                          self.rig.energy_scale)
+                      if h in measured.readmitted else r for h, r in routed.items()}
+        checks = interval_checks(index, clearing, followable, metered, self.rig.tolerance_pct,
                                  measured.tripped)
         checks += [dataclasses.replace(c, suite=f"interval {index} DUT")
                    for c in measured.dut_checks]
@@ -553,6 +559,7 @@ class Run:
             "details": json.dumps({**clearing.details, "rejected": list(clearing.rejected),
                                    "rejected_orders": rejected, "funding": funding,
                                    "tripped": measured.tripped,
+                                   "readmitted": measured.readmitted,
                                    "disputed": measured.disputed,
                                    "checks": [dataclasses.asdict(c) for c in checks]}),
             "lab_start_s": measured.start_s, "lab_end_s": measured.end_s})
