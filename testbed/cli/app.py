@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -19,32 +17,16 @@ from contracts.numbers import exact
 from contracts.orders import OrderError, parse_book
 from rigs import builtin
 from testbed import json_input
+from testbed.cli.output import JSON_ERRORS, console, err, fail
 from testbed.errors import InputError
 
 # Plain help and usage errors (rich_markup_mode=None): rich's help renderer loads markdown-it,
 # a third of `testbed --help` (docs/performance.md, start-up).
 app = typer.Typer(help="Hardware-in-the-loop testbed for community P2P energy trading.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode=None)
-# Piped output keeps the full table rather than rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True)  # an error message stays one greppable line
 
 DB_DEFAULT = Path("testbed.db")
 COMMUNITY = "cesdt"  # `testbed run cesdt`: the CE-SDT community day, not a scenario file
-
-
-# Set by a command given --json: its failures print {"error": ..., "exit": ...} on stdout too.
-JSON_ERRORS: ContextVar[bool] = ContextVar("JSON_ERRORS", default=False)
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr (and a JSON object on stdout under --json), then exit ``code``
-    (2: bad input or set-up)."""
-    if JSON_ERRORS.get():
-        print(json.dumps({"error": message, "exit": code}))
-    # escape: a message naming a TOML table such as [profiles] is not rich markup
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _run_until_signal(coro_factory: Any) -> Any:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from rigs import builtin
+from testbed.cli.output import fail
 
 # What a file must state for its roles (the pre-flight checks read these ratings).
 RATINGS_FOR_ROLE: dict[str, tuple[str, ...]] = {
@@ -28,10 +29,7 @@ RATINGS_FOR_ROLE: dict[str, tuple[str, ...]] = {
 
 
 def _fail(message: str, as_json: bool, code: int = 2) -> NoReturn:
-    if as_json:
-        typer.echo(json.dumps({"error": message, "exit": code}))
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+    fail(message, code, as_json=as_json)
 
 
 def check_instrument(name_or_path: str) -> dict[str, Any]:
