@@ -316,11 +316,12 @@ def run(
     else:
         render(summary, console)
     err.print(disk, highlight=False, soft_wrap=True)
-    failed = summary["validation"]["failed"]
+    failed = summary["validation"]["failed_checks"]
     if failed:
         err.print(f"[red]{len(failed)} validation check(s) failed:[/red]")
-        for name in failed:
-            err.print(f"  [red]FAIL[/red] {escape(name)}", highlight=False)
+        for c in failed:
+            err.print(f"  [red]FAIL[/red] {escape(c['suite'])}: {escape(c['name'])}: "
+                      f"{escape(c['message'])}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT["checks_failed"])
 
 
