@@ -238,3 +238,35 @@ def test_the_live_display_shows_tracking_and_state() -> None:
         assert "market 12:00" in text and "50%" in text
         assert "+0.250" in text and "OFF: meter" in text  # wrapped in its cell, not cut
         assert "…" not in text
+
+
+def test_a_community_day_shares_the_lifecycle(tmp_path: Path) -> None:
+    """The same life for ``testbed run cesdt``: the hour cut short by an e-stop is recorded
+    with its readings and reason; the hours before it are committed with theirs."""
+    import asyncio
+
+    from testbed.run.community_day import run_cesdt_async
+
+    store = Store(tmp_path / "c.db")
+    controllers: list[Controller] = []
+    periods = [0]
+
+    def stop(topic: str, payload: dict[str, Any]) -> None:
+        if topic == "readings":
+            periods[0] += 1
+            if periods[0] == 150:  # 2.5 hours of 60 periods
+                controllers[0].emergency_stop("community e-stop")
+
+    with pytest.raises(EmergencyStop):
+        asyncio.run(run_cesdt_async(households=12, generating=0.5, seed=2,
+                                    rig=load_rig("mock"), store=store, progress=False,
+                                    observers=[stop], on_controller=controllers.append,
+                                    run_id="c1"))
+    (aborted,) = store.aborted_intervals("c1")
+    assert (aborted["idx"], aborted["cause"], aborted["reason"]) == (2, "estop",
+                                                                     "community e-stop")
+    n = store.on_disk("c1")
+    assert n["intervals"] == 2 and n["readings"] == 2 * 60 * 10
+    assert aborted["readings"] == n["aborted_readings"] == 30 * 10
+    assert store.run("c1")["status"] == "aborted"
+    store.close()

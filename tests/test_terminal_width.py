@@ -87,3 +87,21 @@ def test_failing_checks_are_named_and_dut_results_shown(tmp_path: Path) -> None:
     failed = [line for line in result.stderr.splitlines() if line.startswith("  FAIL ")]
     assert failed and all("interval 0 DUT: household 1 " in line for line in failed)
     assert re.search(rf"{len(failed)} validation check\(s\) failed:", result.stderr)
+
+
+def test_the_community_day_fits_80_columns(tmp_path: Path) -> None:
+    from testbed.run.community_day import render_cesdt, run_cesdt
+
+    store = Store(tmp_path / "c.db")
+    summary = run_cesdt(households=14, generating=0.5, seed=3, rig=load_rig("mock"),
+                        store=store, progress=False)
+    store.close()
+    for width in (100, 80):
+        out = io.StringIO()
+        render_cesdt(summary, Console(file=out, width=width, color_system=None))
+        lines = out.getvalue().splitlines()
+        assert max(cell_len(line) for line in lines) <= width
+        assert not any("…" in line for line in lines)
+        for row in summary["hourly"]:
+            assert any(f"{row['pv_kw']:.2f}" in line and line.split()[1] == str(row["hour"])
+                       for line in lines), row

@@ -239,7 +239,7 @@ def run(
         fail(str(e))
     run_id = resume or uuid.uuid4().hex[:12]  # known before the run: it names the topics
     display = RunDisplay(err, Launch(launch["scenario"], launch["rig"], launch["speed"],
-                                     str(db)), quiet=quiet)
+                                     str(db), resumable=sc is not None), quiet=quiet)
 
     def launch_run(observers: list[Any], on_controller: Any) -> Any:
         if sc is None:
@@ -282,6 +282,8 @@ def run(
 
     def closing() -> str:
         """What is on disk, read back, and how to go on."""
+        if sc is None:
+            return f"{on_disk(store, run_id)}; a community day is started again, not resumed"
         return f"{on_disk(store, run_id)}; resume: {resume_command(run_id, str(db))}"
 
     try:
