@@ -270,3 +270,27 @@ def test_a_community_day_shares_the_lifecycle(tmp_path: Path) -> None:
     assert aborted["readings"] == n["aborted_readings"] == 30 * 10
     assert store.run("c1")["status"] == "aborted"
     store.close()
+
+
+def test_a_run_started_without_the_cli_is_resumable_by_id(tmp_path: Path) -> None:
+    """The API starts runs through run_scenario without a launch: the run keeps one made
+    from its scenario, rig and clock, so ``--resume ID`` alone works for it too."""
+    import asyncio
+
+    db = tmp_path / "api.db"
+    store = Store(db)
+    controllers: list[Controller] = []
+
+    def stop(topic: str, payload: dict[str, Any]) -> None:
+        if topic == "readings" and payload["t"] >= 60:
+            controllers[0].emergency_stop("from the dashboard")
+
+    with pytest.raises(EmergencyStop):
+        asyncio.run(run_scenario(load_scenario("scenario1"), load_rig("mock"), store,
+                                 run_id="a1", observers=[stop],
+                                 on_controller=controllers.append))
+    assert json.loads(store.run("a1")["params"])["launch"]["scenario"] == "scenario1"
+    store.close()
+    result = runner.invoke(app, ["run", "--resume", "a1", "--db", str(db), "--quiet"])
+    assert result.exit_code == 0, result.stderr
+    assert "run a1 (finished)" in result.stderr

@@ -320,6 +320,23 @@ class Store:
             self.insert("aborted_intervals", row)
         return row
 
+    def append_readings(self, rows: list[dict[str, Any]]) -> None:
+        """Insert ``readings`` rows committed without an fsync (``synchronous=NORMAL`` for
+        this one commit, WAL mode): on disk against the process's death (kill -9) at once,
+        against a power loss once the next fully synced commit (the interval's) lands. A
+        control period's batch then costs no disk flush that would hold the control loop.
+        Raises ``KeyError`` like :meth:`insert`."""
+        if not rows:
+            return
+        if self._depth:  # inside a transaction: it decides
+            self.insert("readings", rows)
+            return
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self.insert("readings", rows)
+        finally:
+            self.db.execute("PRAGMA synchronous=FULL")
+
     def aborted_intervals(self, run_id: str) -> list[dict[str, Any]]:
         """The run's intervals cut short, in the order they were (rows of
         ``aborted_intervals``, ``body`` parsed)."""

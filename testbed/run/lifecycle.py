@@ -100,7 +100,7 @@ class RunLog:
 
     def flush(self) -> None:
         rows, self.pending = self.pending, []
-        self.store.insert("readings", rows)
+        self.store.append_readings(rows)
         self._last = time.monotonic()
 
     def commit(self) -> None:

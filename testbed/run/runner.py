@@ -543,6 +543,28 @@ class Run:
                                       for r in measured.readings])
 
 
+def _named(kind: str, name: str, source: str) -> str:
+    """How a run names its scenario or rig for a resume: the built-in name, else the file's
+    absolute path."""
+    if source == f"built-in {kind} '{name}'":
+        return name
+    from pathlib import Path
+
+    return str(Path(source).resolve())
+
+
+def launch_of(scenario: Scenario, rig: RigSpec, clock: Clock, ledger: str,
+              gate_s: float) -> dict[str, Any]:
+    """The ``launch`` kept in a run's params when its caller gave none (the API): what
+    ``testbed run --resume`` needs to start it again the same way (virtual time is
+    ``max``, real time the rig's time scale)."""
+    return {"launch": {
+        "scenario": _named("scenario", scenario.name, scenario.source),
+        "rig": _named("rig", rig.name, rig.source),
+        "speed": "max" if isinstance(clock, VirtualClock) else format(rig.time_scale, "g"),
+        "ledger": ledger, "agents": None, "gate_s": gate_s}}
+
+
 def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
            events: EventBus, run_id: str, chain_spec: str = "sqlite",
            launch: Mapping[str, Any] | None = None) -> Run:
@@ -629,7 +651,8 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     preflight.ensure_links_carry(bench, rig)
     await require_a_meter(bench, rig)
     run = (_resume(scenario, rig, store, clock, events, run_id) if resume else
-           _start(scenario, rig, store, clock, events, run_id, ledger, launch))
+           _start(scenario, rig, store, clock, events, run_id, ledger,
+                  launch or launch_of(scenario, rig, clock, ledger, gate_s)))
     run.orders, run.gate_s, run.log = orders, gate_s, log
     events.emit("status", {"status": "running", "scenario": scenario.name, "rig": rig.name,
                            "intervals": run.n_intervals, "from_interval": run.next_interval,
