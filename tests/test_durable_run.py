@@ -294,3 +294,33 @@ def test_a_run_started_without_the_cli_is_resumable_by_id(tmp_path: Path) -> Non
     result = runner.invoke(app, ["run", "--resume", "a1", "--db", str(db), "--quiet"])
     assert result.exit_code == 0, result.stderr
     assert "run a1 (finished)" in result.stderr
+
+
+def test_a_failing_readings_write_fails_the_interval_not_the_readings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that cannot be written stays pending and is tried again with the interval's
+    commit; when that fails too, the interval rolls back (tests/test_rules.py)."""
+    store = Store(tmp_path / "x.db")
+    wall = [0.0]
+    monkeypatch.setattr(lifecycle.time, "monotonic", lambda: wall[0])
+    log = lifecycle.RunLog(store, "r", flush_s=1.0)
+    log.begin(0, 0.0)
+    real = Store.append_readings
+    full = [True]
+
+    def append(self: Store, rows: list[dict[str, Any]]) -> None:
+        if full[0]:
+            raise OSError("disk full")
+        real(self, rows)
+
+    monkeypatch.setattr(Store, "append_readings", append)
+    row = {"t": 0.0, "household": "1", "meter_net_wh": 0.0, "power_w": 0.0}
+    wall[0] += 1.0
+    with pytest.raises(OSError):  # the event bus logs this and goes on
+        log("readings", {"rows": [row]})
+    with pytest.raises(OSError):
+        log.commit()
+    full[0] = False
+    log.commit()
+    assert store.on_disk("r")["readings"] == 1
+    store.close()

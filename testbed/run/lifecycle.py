@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import os
 import socket
 import time
@@ -34,6 +35,7 @@ from testbed.run.controller import Controller, EmergencyStop, GridLost, SafeStat
 from testbed.run.events import EventBus
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: ``testbed run``'s exit codes, by how the run ended.
 EXIT: dict[str, int] = {"finished": 0, "checks_failed": 1, "fault": 1, "input": 2,
@@ -99,8 +101,12 @@ class RunLog:
         self.index, self.start_s = index, start_s
 
     def flush(self) -> None:
-        rows, self.pending = self.pending, []
-        self.store.append_readings(rows)
+        """Write the pending readings. A write that fails (disk full) keeps them pending
+        and raises; from an observer the bus logs it and the run goes on, and the
+        interval's :meth:`commit` tries again, so a failure that lasts fails the
+        interval (its transaction rolled back) rather than losing readings silently."""
+        self.store.append_readings(self.pending)
+        self.pending = []
         self._last = time.monotonic()
 
     def commit(self) -> None:
@@ -113,7 +119,10 @@ class RunLog:
         """Record the interval in progress as aborted (None when there is none)."""
         if self.index is None:
             return None
-        self.flush()
+        try:
+            self.flush()
+        except Exception:  # recorded without them: the abort's own row must still land
+            log.exception("readings of run %s lost at its abort", self.run_id)
         row = self.store.record_aborted_interval(self.run_id, self.index, reason,
                                                  cause=cause, lab_start_s=self.start_s,
                                                  lab_end_s=end_s, details=details)
