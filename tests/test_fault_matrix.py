@@ -33,14 +33,14 @@ import pytest
 from drivers.clock import RealClock
 from drivers.emulators.bench import EmulatedBench
 from drivers.emulators.faults import FAULT_KINDS, FAULT_PROTOCOLS, parse_fault
-from testbed.run.controller import GridLost, SafeStateIncomplete
-from testbed.run.bench import check_rig
-from testbed.ledger.chain import verify_run
-from testbed.report.terminal import summarise
 from testbed.config.rig import load_rig, rig_from_dict
-from testbed.run.runner import run_scenario
 from testbed.config.scenario import load_scenario
+from testbed.ledger.chain import verify_run
 from testbed.ledger.store import Store
+from testbed.report.terminal import summarise
+from testbed.run.bench import check_rig
+from testbed.run.controller import GridLost, SafeStateIncomplete
+from testbed.run.runner import run_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "operator-guide.md"

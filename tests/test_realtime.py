@@ -284,3 +284,127 @@ def test_pace_9600_is_refused_with_the_link_budget(tmp_path: Path) -> None:
     assert loads[0].baud == 9600 and len(loads[0].devices) == 10
     assert f"{loads[0].seconds * 1000:.1f} ms a control period" in err
     print(computed[0])  # the figure, for the report (pytest -s)
+
+
+# -- issue 14 part A: stopped a minute into a real-time run ---------------------------------
+# The mock rig at --speed 4320 runs scenario 2's day in 20 s of wall time in real time (a
+# market minute is 14 ms): stopped a few seconds in, i.e. hours into the market day.
+
+SPEED = "4320"
+
+
+def _run_id(db: Path) -> str:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return str(con.execute("select id from runs").fetchone()[0])
+    finally:
+        con.close()
+
+
+def _aborted(db: Path, rid: str) -> tuple[list[dict], int, float | None]:  # type: ignore[type-arg]
+    """The run's aborted intervals, its aborted readings and the last one's lab time."""
+    store = Store(db, readonly=True)
+    try:
+        rows = store.aborted_intervals(rid)
+        n, last = store.db.execute("select count(*), max(t) from aborted_readings where "
+                                   "run_id = ?", [rid]).fetchone()
+        return rows, n, last
+    finally:
+        store.close()
+
+
+def _trades(db: Path) -> list[tuple]:  # type: ignore[type-arg]
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute("select seller, buyer, energy_kwh, price from trades "
+                           "order by interval, seq").fetchall()
+    finally:
+        con.close()
+
+
+def _same_trades_as_uninterrupted(out: dict, tmp_path: Path, db: Path) -> None:  # type: ignore[type-arg]
+    """The resumed run's trades equal an uninterrupted run's (virtual time, same scenario);
+    its balances follow its meters (see the SIGKILL test above for their bound)."""
+    ref = json.loads(cli("run", "scenario2", "--db", "ref.db", "--json", "--quiet",
+                         cwd=tmp_path).stdout)
+    ref_trades = _trades(tmp_path / "ref.db")
+    assert _trades(db) == ref_trades and len(ref_trades) == 7
+    assert out["status"] == "finished" and out["resumed_from_interval"] == 0
+    assert out["volume_kwh"] == ref["volume_kwh"]
+    assert out["ledger"]["total_micro"] == ref["ledger"]["total_micro"]
+    assert {h["id"]: h["cleared_kwh"] for h in out["households"]} == \
+        {h["id"]: h["cleared_kwh"] for h in ref["households"]}
+
+
+def _check_stopped(tmp_path: Path, db: Path, rid: str, stderr: str, cause: str,
+                   reason: str) -> None:
+    assert f"run {rid}" in stderr and f"resume: testbed run --resume {rid} --db " in stderr
+    rows, n, last = _aborted(db, rid)
+    assert [(r["idx"], r["cause"]) for r in rows] == [(0, cause)], rows
+    assert reason in rows[0]["reason"]
+    assert rows[0]["readings"] == n > 0 and last is not None
+    # readings up to the stop, within one control period (1 s) and a margin for load
+    assert rows[0]["lab_end_s"] - last <= 2.0, (rows[0]["lab_end_s"], last)
+    assert f"1 aborted interval(s) with {n} readings" in stderr  # counted in the database
+
+
+def test_sigint_a_minute_in_leaves_readings_and_reason_then_resume(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    run = subprocess.Popen([*CLI, "run", "scenario2", "--speed", SPEED, "--db", "c.db"],
+                           env=ENV, cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    wait_until_running(run, db, 3.0)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    rid = _run_id(db)
+    _check_stopped(tmp_path, db, rid, err, "signal", "stopped by SIGINT")
+    resumed = cli("run", "--resume", rid, "--db", "c.db", "--json", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    _same_trades_as_uninterrupted(json.loads(resumed.stdout), tmp_path, db)
+
+
+def test_mqtt_estop_a_minute_in_leaves_readings_and_reason(tmp_path: Path) -> None:
+    from tests.fixtures_mqtt import broker, mosquitto_available, publish
+
+    if not mosquitto_available():
+        pytest.skip("needs mosquitto, mosquitto_pub and mosquitto_sub")
+    db = tmp_path / "m.db"
+    with broker(tmp_path / "broker") as b:
+        run = subprocess.Popen([*CLI, "run", "scenario2", "--speed", SPEED, "--db", "m.db",
+                                "--mqtt", b.url], env=ENV, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until_running(run, db, 3.0)
+            rid = _run_id(db)
+            publish(b.port, f"testbed/{rid}/estop", "smoke at rack 3")
+            _, err = run.communicate(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    assert run.returncode == 3, err
+    assert f"e-stop: publish any message to testbed/{rid}/estop" in err
+    _check_stopped(tmp_path, db, rid, err, "estop", "smoke at rack 3")
+
+
+def test_kill_9_a_minute_in_leaves_readings_then_resume_records_why(tmp_path: Path) -> None:
+    db = tmp_path / "k9.db"
+    run = subprocess.Popen([*CLI, "run", "scenario2", "--speed", SPEED, "--db", "k9.db",
+                            "--quiet"], env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    wait_until_running(run, db, 3.0)
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=10)
+    rid = _run_id(db)
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    n, last = con.execute("select count(*), max(t) from readings where run_id = ? and "
+                          "interval = 0", [rid]).fetchone()
+    con.close()
+    assert n > 0  # on disk as they came: at most the period in progress was lost
+    resumed = cli("run", "--resume", rid, "--db", "k9.db", "--json", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    rows, moved, moved_last = _aborted(db, rid)
+    assert [(r["cause"], r["readings"]) for r in rows] == [("killed", n)]
+    assert "kill -9" in rows[0]["reason"] and (moved, moved_last) == (n, last)
+    _same_trades_as_uninterrupted(json.loads(resumed.stdout), tmp_path, db)

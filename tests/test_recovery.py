@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from drivers.mock import devices
-from testbed.ledger.chain import verify_run
-from testbed.report.terminal import summarise
 from testbed.config.rig import load_rig
-from testbed.run.runner import run_scenario
 from testbed.config.scenario import load_scenario
+from testbed.ledger.chain import verify_run
 from testbed.ledger.store import Store
+from testbed.report.terminal import summarise
+from testbed.run.runner import run_scenario
 
 Gate = Callable[[Any], bool]  # the mock device -> True while it is to fail
 

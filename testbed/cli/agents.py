@@ -12,12 +12,8 @@ from typing import Annotated
 import typer
 
 from contracts.numbers import exact
+from testbed.cli.output import fail as _fail
 from testbed.errors import InputError
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _households(rig: str) -> list[str]:

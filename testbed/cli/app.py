@@ -7,9 +7,8 @@ import json
 import os
 import signal
 import sys
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 
 def _exit_early(signum: int, _frame: Any) -> None:
@@ -25,7 +24,6 @@ if __name__ == "__main__" or Path(sys.argv[0]).name == "testbed":  # the program
         signal.signal(_sig, _exit_early)
 
 import typer  # the handlers above cover this import and those that follow
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -34,35 +32,19 @@ from contracts.numbers import exact
 from contracts.orders import OrderError, parse_book
 from rigs import builtin
 from testbed import json_input
+from testbed.cli.output import JSON_ERRORS, console, err, fail
 from testbed.errors import InputError
 
 # Plain help and usage errors (rich_markup_mode=None): rich's help renderer loads markdown-it,
 # a third of `testbed --help` (docs/performance.md, start-up).
 app = typer.Typer(help="Hardware-in-the-loop testbed for community P2P energy trading.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode=None)
-# Piped output keeps the full table rather than rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True)  # an error message stays one greppable line
 
 DB_DEFAULT = Path("testbed.db")
 COMMUNITY = "cesdt"  # `testbed run cesdt`: the CE-SDT community day, not a scenario file
 
 
-# Set by a command given --json: its failures print {"error": ..., "exit": ...} on stdout too.
-JSON_ERRORS: ContextVar[bool] = ContextVar("JSON_ERRORS", default=False)
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr (and a JSON object on stdout under --json), then exit ``code``
-    (2: bad input or set-up)."""
-    if JSON_ERRORS.get():
-        print(json.dumps({"error": message, "exit": code}))
-    # escape: a message naming a TOML table such as [profiles] is not rich markup
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _run_until_signal(coro_factory: Any) -> Any:
+def _run_until_signal(coro_factory: Any, closing: Any = None) -> Any:
     """Run the coroutine made by ``coro_factory(controller_hook)`` with signals wired.
 
     SIGINT/SIGTERM cancel the run, so its ``finally`` puts the bench in its safe state; a
@@ -71,7 +53,9 @@ def _run_until_signal(coro_factory: Any) -> Any:
     event loop runs (or while pre-flight work holds it) is kept and acted on at once.
     SIGUSR1 is the emergency stop from the shell (``kill -USR1 PID``). The closing line
     says what the safe state's read-back confirmed, and a run whose safe state is
-    incomplete exits 4, naming the devices possibly still live.
+    incomplete exits 4, naming the devices possibly still live. ``closing()``, when given,
+    is the text that follows it: what is on disk and how to resume. The signal's name is
+    the cancellation's message, so the run records it as the reason.
     """
     import asyncio
 
@@ -96,7 +80,7 @@ def _run_until_signal(coro_factory: Any) -> Any:
                 received.append(sig)
                 return
             received.append(sig)
-            task.cancel()  # type: ignore[union-attr]
+            task.cancel(sig.name)  # type: ignore[union-attr]
 
         pending: list[str] = []  # a stop before the controller exists is kept for it
 
@@ -121,7 +105,7 @@ def _run_until_signal(coro_factory: Any) -> Any:
         loop.add_signal_handler(signal.SIGUSR1, estop)
         try:
             if received:  # a signal before the loop ran: stop at once, nothing started
-                raise asyncio.CancelledError
+                raise asyncio.CancelledError(received[0].name)
             return await coro_factory(register)
         finally:  # from here to the process's end, a signal is reported and absorbed
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -131,13 +115,15 @@ def _run_until_signal(coro_factory: Any) -> Any:
     except asyncio.CancelledError:
         unconfirmed = [d for c in controllers for d in (c.unconfirmed or [])]
         confirmed = controllers and all(c.unconfirmed is not None for c in controllers)
+        after = f"; {closing()}" if closing is not None else ""
         if unconfirmed:
             err.print("[red]stopped by signal; safe state INCOMPLETE, possibly still live: "
-                      f"{escape('; '.join(unconfirmed))}; the run's data is on disk[/red]")
+                      f"{escape('; '.join(unconfirmed))}{escape(after)}[/red]")
             raise typer.Exit(4) from None
         what = "every output off, every relay open (read back)" if confirmed else \
             "nothing had been switched on"
-        err.print(f"[yellow]stopped by signal: {what}; the run's data is on disk[/yellow]")
+        err.print(f"[yellow]stopped by {received[0].name if received else 'signal'}: "
+                  f"{what}{escape(after)}[/yellow]")
         raise typer.Exit(130) from None
     finally:
         # asyncio.run restored the default handlers: after a stop, keep absorbing until
@@ -167,8 +153,11 @@ def _safety_printer(topic: str, payload: dict[str, Any]) -> None:
 
 @app.command()
 def run(
-    scenario: Annotated[str, typer.Argument(help="built-in scenario name or a TOML file")],
-    rig: Annotated[str, typer.Option(help="built-in rig name or a rig TOML file")] = "mock",
+    scenario: Annotated[str | None, typer.Argument(
+        help="built-in scenario name or a TOML file (with --resume: taken from the run)")
+    ] = None,
+    rig: Annotated[str | None, typer.Option(
+        help="built-in rig name or a rig TOML file [default: mock]")] = None,
     db: Annotated[Path, typer.Option(help="SQLite database for runs and the ledger")] = DB_DEFAULT,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     speed: Annotated[str | None, typer.Option(
@@ -177,7 +166,10 @@ def run(
     junit: Annotated[Path | None, typer.Option(
         help="write JUnit XML: one testcase per trade and per household check")] = None,
     resume: Annotated[str | None, typer.Option(
-        help="continue the run with this id from its last committed interval")] = None,
+        help="continue the run with this id from its last committed interval; its "
+             "scenario, rig, speed, ledger and agents come from the run")] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", help="no progress display or progress lines while the run goes")] = False,
     mqtt: Annotated[str | None, typer.Option(
         help="publish telemetry to this broker, mqtt://[user:pass@]host[:port] or mqtts://; "
              "an emergency stop comes back on testbed/RUN/estop (docs/telemetry.md)")] = None,
@@ -197,21 +189,26 @@ def run(
     generating: Annotated[float, typer.Option(
         help="cesdt: share of homes with PV and a battery, in [0, 1]")] = 0.5,
     seed: Annotated[int, typer.Option(help="cesdt: seed of the homes' load and PV types")] = 1,
-    ledger: Annotated[str, typer.Option(
+    ledger: Annotated[str | None, typer.Option(
         help="sqlite (the signed ledger), or also the contract on an EVM: 'evm' (embedded "
-             "py-evm, needs the evm extra) or 'evm+http://HOST:PORT' (a JSON-RPC node)")
-    ] = "sqlite",
+             "py-evm, needs the evm extra) or 'evm+http://HOST:PORT' (a JSON-RPC node) "
+             "[default: sqlite]")] = None,
     agents: Annotated[str | None, typer.Option(
         help="broker of the household agents (households with orders = 'agent'), "
              "mqtt://host[:port], or http://host:port to listen on for agents without MQTT "
              "(docs/agents.md)")] = None,
-    gate_s: Annotated[float, typer.Option(
-        help="seconds each interval's order gate stays open for agents")] = 10.0,
+    gate_s: Annotated[float | None, typer.Option(
+        help="seconds each interval's order gate stays open for agents [default: 10]")
+    ] = None,
 ) -> None:
     """Run a market scenario on a rig: clear, route, meter, settle, and record the ledger.
 
     SCENARIO ``cesdt`` runs a CE-SDT community day (request/offer trading, 1-minute to
     hourly settlement per home) instead of a dual-bidding scenario file.
+
+    At the start it prints the run id, the resume command and the e-stop; while it runs, a
+    progress display (a terminal) or one line per market hour (--quiet: neither). Readings
+    and events are on disk as they happen; a stop records the interval cut short and why.
 
     Exits 1 when a validation check fails, 2 on bad input, 3 after an emergency stop or
     the grid node's loss, 4 when the safe state could not be confirmed on every device,
@@ -223,24 +220,38 @@ def run(
     from contracts.ledger import TxError
     from drivers.bench.health import DeviceUnavailable
     from drivers.spec import DriverConfigError
+    from testbed.cli.progress import Launch, RunDisplay, resume_command
     from testbed.config.rig import load_rig
     from testbed.config.scenario import load_scenario
     from testbed.ledger.store import Store
     from testbed.report.terminal import render, summarise
     from testbed.run.controller import EmergencyStop, SafeStateIncomplete
+    from testbed.run.lifecycle import EXIT
     from testbed.run.runner import apply_speed, run_scenario
     from testbed.run.validation import write_junit
 
     # MQTT (aiomqtt, paho) is loaded only for a run that publishes.
     telemetry_errors: tuple[type[Exception], ...] = ()
-
-    community = scenario == COMMUNITY
+    given: dict[str, Any] = {"scenario": scenario, "rig": rig, "speed": speed, "ledger": ledger,
+             "agents": agents, "gate_s": gate_s}
     try:
+        if resume is not None:
+            given = _resumed_launch(db, resume, given)
+        elif scenario is None:
+            raise InputError("SCENARIO", "missing: name a scenario (testbed scenarios) or "
+                             "give --resume RUN_ID")
+        launch: dict[str, Any] = {
+            "scenario": given["scenario"], "rig": _argument(given["rig"] or "mock"),
+            "speed": given["speed"], "ledger": given["ledger"] or "sqlite",
+            "agents": given["agents"],
+            "gate_s": 10.0 if given["gate_s"] is None else given["gate_s"]}
+        launch["scenario"] = _argument(str(launch["scenario"]))
+        community = launch["scenario"] == COMMUNITY
         if community and (resume or junit):
             raise InputError("cesdt", "--resume and --junit apply to scenario files; a "
                              "community day reports metered against routed in its summary")
-        sc = None if community else load_scenario(scenario)
-        rg, clock = apply_speed(load_rig(rig), speed)
+        sc = None if community else load_scenario(launch["scenario"])
+        rg, clock = apply_speed(load_rig(launch["rig"]), launch["speed"])
         if mqtt is not None:
             from testbed.telemetry import TelemetryError, parse_broker_url
 
@@ -248,31 +259,38 @@ def run(
             parse_broker_url(mqtt)
         elif ha_discovery:
             raise InputError("--ha-discovery", "announces the MQTT topics: it needs --mqtt URL")
-        known = ledger in ("sqlite", "evm") or ledger.startswith(("evm+http://", "evm+https://"))
-        if not known or (community and ledger != "sqlite"):
-            raise InputError(f"--ledger {ledger}", "expected 'sqlite', 'evm' or "
+        ledger_kind = launch["ledger"]
+        known = ledger_kind in ("sqlite", "evm") or ledger_kind.startswith(
+            ("evm+http://", "evm+https://"))
+        if not known or (community and ledger_kind != "sqlite"):
+            raise InputError(f"--ledger {ledger_kind}", "expected 'sqlite', 'evm' or "
                              "'evm+http://HOST:PORT' (scenario files only)")
     except InputError as e:
         fail(str(e))
     run_id = resume or uuid.uuid4().hex[:12]  # known before the run: it names the topics
+    display = RunDisplay(err, Launch(launch["scenario"], launch["rig"], launch["speed"],
+                                     str(db), resumable=sc is not None), quiet=quiet)
 
-    def launch(observers: list[Any], on_controller: Any) -> Any:
+    def launch_run(observers: list[Any], on_controller: Any) -> Any:
         if sc is None:
             from testbed.run.community_day import run_cesdt_async
 
             return run_cesdt_async(households=households, generating=generating, seed=seed,
-                                   rig=rg, store=store, progress=not as_json,
+                                   rig=rg, store=store, progress=False,
                                    observers=observers, clock=clock,
-                                   on_controller=on_controller, run_id=run_id)
-        if agents is not None:
-            return _with_agents(agents, gate_s, sc, rg, store, clock, resume, run_id,
-                                observers, on_controller, ledger)
+                                   on_controller=on_controller, run_id=run_id,
+                                   launch={"launch": launch})
+        if launch["agents"] is not None:
+            return _with_agents(launch["agents"], launch["gate_s"], sc, rg, store, clock,
+                                resume, run_id, observers, on_controller, ledger_kind,
+                                {"launch": launch})
         return run_scenario(sc, rg, store, clock=clock, resume=resume, run_id=run_id,
-                            observers=observers, on_controller=on_controller, ledger=ledger)
+                            observers=observers, on_controller=on_controller,
+                            ledger=ledger_kind, launch={"launch": launch})
 
     async def start(hook: Any) -> Any:
         if mqtt is None:
-            return await launch([_safety_printer], hook)
+            return await launch_run([_safety_printer, display], hook)
         from testbed.telemetry import MqttTelemetry, StopSwitch
 
         switch = StopSwitch()  # an MQTT stop that comes before the controller still counts
@@ -285,32 +303,43 @@ def run(
                                  password=mqtt_password, ca=None if mqtt_ca is None
                                  else str(mqtt_ca), on_estop=switch.trip, rig=rg.name,
                                  ha_discovery=ha_discovery) as tm:
-            return await launch([_safety_printer, tm.observer], attach)
+            display.launch.estop_topics = tuple(tm.estop_topics)
+            return await launch_run([_safety_printer, display, tm.observer], attach)
 
     try:
         store = Store(db)
     except InputError as e:
         fail(str(e))
+
+    def closing() -> str:
+        """What is on disk, read back, and how to go on."""
+        if sc is None:
+            return f"{on_disk(store, run_id)}; a community day is started again, not resumed"
+        return f"{on_disk(store, run_id)}; resume: {resume_command(run_id, str(db))}"
+
     try:
-        outcome = _run_until_signal(start)
+        with display:
+            outcome = _run_until_signal(start, closing)
     except (InputError, DriverConfigError) as e:  # set-up: a file, resource or model
         fail(str(e))
     except telemetry_errors as e:
         fail(f"--mqtt: {e}")
     except TxError as e:  # no credit: a community day whose bills outgrow its deposits
-        fail(f"the ledger refused a block (run {run_id}, data up to it on disk): {e}", 1)
+        fail(f"the ledger refused a block (run {run_id}): {e}; {closing()}", EXIT["fault"])
     except DeviceUnavailable as e:  # a device failed where the run cannot go on without it
-        fail(f"{e} (the bench was put in its safe state; run {run_id})", code=1)
+        fail(f"{e} (the bench was put in its safe state); {closing()}", EXIT["fault"])
     except SafeStateIncomplete as e:
-        fail(f"{e} (run {run_id}, its data on disk)", code=4)
+        fail(f"{e}; {closing()}", code=EXIT["unsafe"])
     except EmergencyStop as e:
         err.print(f"[red]emergency stop ({escape(str(e))}): every output off, every relay "
-                  f"open, read back; the run's data is on disk (run {run_id})[/red]")
-        raise typer.Exit(3) from None
+                  f"open, read back; {escape(closing())}[/red]")
+        raise typer.Exit(EXIT["estop"]) from None
+    else:
+        disk = on_disk(store, run_id)
     finally:
         store.close()
     if sc is None:
-        _print_community(outcome, as_json)
+        _print_community(outcome, as_json, disk)
         return
     summary = summarise(outcome)
     if junit is not None:
@@ -319,14 +348,88 @@ def run(
         print(json.dumps(summary, indent=2))
     else:
         render(summary, console)
-    if summary["validation"]["failed"]:
-        err.print(f"[red]{len(summary['validation']['failed'])} validation check(s) failed[/red]")
-        raise typer.Exit(1)
+    err.print(disk, highlight=False, soft_wrap=True)
+    failed = summary["validation"]["failed_checks"]
+    if failed:
+        err.print(f"[red]{len(failed)} validation check(s) failed:[/red]")
+        for c in failed:
+            err.print(f"  [red]FAIL[/red] {escape(c['suite'])}: {escape(c['name'])}: "
+                      f"{escape(c['message'])}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT["checks_failed"])
+
+
+def on_disk(store: Any, run_id: str) -> str:
+    """One sentence naming the run and what the database holds for it, counted there."""
+    n = store.on_disk(run_id)
+    row = store.run(run_id)
+    aborted = (f", {n['aborted_intervals']} aborted interval(s) with "
+               f"{n['aborted_readings']} readings" if n["aborted_intervals"] else "")
+    return (f"run {run_id} ({row['status']}) on disk in {store.path}: {n['intervals']} "
+            f"interval(s), {n['readings']} readings, {n['trades']} trades, {n['blocks']} "
+            f"ledger blocks, {n['safety_events']} safety and {n['events']} other events"
+            f"{aborted}")
+
+
+def _argument(name_or_path: str) -> str:
+    """A built-in name as it is; a file as its absolute path (a resume may run elsewhere)."""
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.is_file() else name_or_path
+
+
+# What --resume takes from the run, and how a given argument is compared with it.
+RESUMED: dict[str, Any] = {
+    "scenario": _argument, "rig": _argument, "ledger": str, "agents": str,
+    "speed": lambda v: format(float(v), "g") if v != "max" else v,
+    "gate_s": float,
+}
+
+
+def _resumed_launch(db: Path, run_id: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The scenario, rig, speed, ledger, agents and gate of run ``run_id`` in ``db``, as it
+    was started. InputError when the run cannot be resumed, or an argument given differs
+    from the run's (``--speed 2 conflicts with the run's speed 1440``)."""
+    from testbed.ledger.store import Store
+    from testbed.run.lifecycle import resumable
+
+    if not db.is_file():
+        raise InputError(f"--db {db}", "no such database: --resume needs the run's database")
+    store = Store(db, readonly=True)
+    try:
+        r = resumable(store, run_id)
+    finally:
+        store.close()
+    stored = r.params.get("launch")
+    if stored is None:  # a run started before the launch was kept: built-in names only
+        stored = {"scenario": r.row["scenario"], "rig": r.row["rig"], "speed": None,
+                  "ledger": "sqlite", "agents": None, "gate_s": None}
+        missing = [k for k in ("scenario", "rig") if given[k] is None]
+        if missing:
+            raise InputError(f"--resume {run_id}", "that run predates resume by id: give "
+                             f"its {' and '.join(missing)} as when it started")
+    out = dict(stored)
+    for key, value in given.items():
+        if value is None:
+            continue
+        norm = RESUMED[key]
+        theirs = stored.get(key)
+        try:
+            same = theirs is not None and norm(value) == norm(theirs)
+        except ValueError:
+            same = False
+        if theirs is None and key in ("scenario", "rig"):
+            same = True
+        if not same:
+            flag = "SCENARIO" if key == "scenario" else f"--{key.replace('_', '-')}"
+            raise InputError(f"{flag} {value}", f"conflicts with run {run_id}, which was "
+                             f"started with {key} {theirs if theirs is not None else 'unset'}: "
+                             "--resume takes it from the run (leave it out)")
+        out[key] = value
+    return out
 
 
 async def _with_agents(url: str, gate_s: float, sc: Any, rg: Any, store: Any, clock: Any,
                        resume: str | None, run_id: str, observers: list[Any],
-                       on_controller: Any, ledger: str) -> Any:
+                       on_controller: Any, ledger: str, launch: dict[str, Any]) -> Any:
     """A scenario run whose agent households bid over MQTT at ``url``."""
     import aiomqtt
 
@@ -340,18 +443,19 @@ async def _with_agents(url: str, gate_s: float, sc: Any, rg: Any, store: Any, cl
             return await run_scenario(sc, rg, store, clock=clock, resume=resume,
                                       run_id=run_id, observers=observers,
                                       on_controller=on_controller, ledger=ledger,
-                                      orders=source, gate_s=gate_s)
+                                      orders=source, gate_s=gate_s, launch=launch)
     except (OSError, aiomqtt.MqttError) as e:
         raise InputError("--agents", f"broker {url}: {e}") from None
 
 
-def _print_community(summary: dict[str, Any], as_json: bool) -> None:
+def _print_community(summary: dict[str, Any], as_json: bool, disk: str) -> None:
     from testbed.run.community_day import render_cesdt
 
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
         render_cesdt(summary, console)
+    err.print(disk, highlight=False, soft_wrap=True)
     if not summary["bench"]["within_tolerance"]:
         err.print("[red]a rig's metered energy left the tolerance of its routed energy[/red]")
         raise typer.Exit(1)

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from testbed.cli.output import fail
 from testbed.errors import InputError
 
 SWEEPS = ("cesdt",)
@@ -39,7 +40,6 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     ) -> None:
         """Sweep CE-SDT community days over sizes and generating shares (Fig. 5-10)."""
-        err = Console(stderr=True, soft_wrap=True)
         try:
             if what not in SWEEPS:
                 raise InputError(what, f"unknown sweep (known: {', '.join(SWEEPS)})")
@@ -52,8 +52,7 @@ def register(app: typer.Typer) -> None:
             if replicates is not None and not 1 <= replicates <= 1000:
                 raise InputError("--replicates", "must lie in [1, 1000]")
         except InputError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
-            raise typer.Exit(2) from None
+            fail(str(e))
         from testbed.community.day import CLASSES
         from testbed.community.params import CommunityParams
         from testbed.community.sweep import replicate_seeds, run_sweep, write

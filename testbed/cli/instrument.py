@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from rigs import builtin
+from testbed.cli.output import fail
 
 if TYPE_CHECKING:
     from drivers.bench.session import Reading, Session
@@ -39,10 +40,7 @@ RATINGS_FOR_ROLE: dict[str, tuple[str, ...]] = {
 
 
 def _fail(message: str, as_json: bool, code: int = 2) -> NoReturn:
-    if as_json:
-        typer.echo(json.dumps({"error": message, "exit": code}))
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+    fail(message, code, as_json=as_json)
 
 
 def check_instrument(name_or_path: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from testbed.cli import output
 from testbed.config.rig import load_rig
 from testbed.errors import InputError
 
@@ -27,12 +28,8 @@ if TYPE_CHECKING:
 
 
 def fail(message: str, as_json: bool, code: int = 2) -> NoReturn:
-    """One line on stderr (and ``{"error": ...}`` on stdout with --json), then exit ``code``:
-    2 for a configuration or set-up error."""
-    if as_json:
-        typer.echo(json.dumps({"error": message, "exit": code}))
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+    """:func:`testbed.cli.output.fail` (the one error printer)."""
+    output.fail(message, code, as_json=as_json)
 
 
 def _load(rig: str, as_json: bool = False) -> RigSpec:
@@ -162,8 +159,7 @@ def register(app: typer.Typer) -> None:
                 pace_baud=pace, faults=fault, models=_pairs(model or [], "--model"),
                 quirks=quirk, host=host, control_port=control))
         except (InputError, ValueError) as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
+            output.fail(str(err))
 
     @rig_app.command("show")
     def rig_show(

@@ -14,16 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from contracts.numbers import MICRO
 from testbed import json_input
+from testbed.cli.output import console, err, fail
 
 ledger_app = typer.Typer(help="Audit a run database's ledger.", no_args_is_help=True,
                          rich_markup_mode=None)
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
 
 DbArg = Annotated[Path, typer.Argument(help="SQLite run database")]
 RunOpt = Annotated[str | None, typer.Option("--run", help="one run id (default: every run)")]
@@ -40,16 +38,14 @@ def _open(db: Path) -> Any:
     try:
         return Store(db, readonly=True, check="full")
     except DamagedDatabase as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
-        raise typer.Exit(2) from None
+        fail(str(e))
 
 
 def _run_ids(store: Any, run: str | None) -> list[str]:
     ids = [r["id"] for r in store.runs()]
     if run is not None:
         if run not in ids:
-            err.print(f"[red]error:[/red] --run {run}: no such run in {store.path}")
-            raise typer.Exit(2)
+            fail(f"--run {run}: no such run in {store.path}")
         return [run]
     return ids
 
@@ -70,8 +66,7 @@ def verify(db: DbArg, run: RunOpt = None, operator_key: KeyOpt = None,
         anchor, _source = load_anchor(operator_key)
     except InputError as e:
         store.close()
-        err.print(f"[red]error:[/red] {e}", highlight=False)
-        raise typer.Exit(2) from None
+        fail(str(e))
     try:
         results = []
         for rid in _run_ids(store, run):

@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-err = Console(stderr=True, soft_wrap=True)
+from testbed.cli.output import err
+from testbed.cli.output import fail as _fail
+
 DB_DEFAULT = Path("testbed.db")
 
 
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

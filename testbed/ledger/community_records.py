@@ -22,7 +22,7 @@ All calls into :class:`testbed.ledger.chain.Ledger` are in :func:`open_ledger` a
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -108,11 +108,13 @@ class Sealed:
 
 def seal_hour(store: Store, ledger: Ledger, run_id: str, hour: int, book: HourBook,
               transfers: tuple[Transfer, ...],
-              rows: dict[str, list[dict[str, Any]]]) -> Sealed:
+              rows: dict[str, list[dict[str, Any]]],
+              inside: Callable[[], None] | None = None) -> Sealed:
     """The hour's block: every request and offer signed by its household and checked by
     the ledger's rules (a buy order's escrow is released at the block's end, its bill paid
     by the transfers), every fill, the transfers; written with the hour's run rows (table
-    -> rows) in one SQLite transaction."""
+    -> rows) in one SQLite transaction; ``inside`` is called in it too (the run's last
+    readings, :meth:`testbed.run.lifecycle.RunLog.commit`)."""
     draft = ledger.draft()
     orders = 0
     for rnd, offers in book.rounds:
@@ -135,4 +137,6 @@ def seal_hour(store: Store, ledger: Ledger, run_id: str, hour: int, book: HourBo
         block = ledger.seal(hour, draft)
         for table, table_rows in rows.items():
             store.insert(table, table_rows)
+        if inside is not None:
+            inside()
     return Sealed(block, len(draft.txs), orders, dict(draft.rejected))

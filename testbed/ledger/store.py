@@ -79,6 +79,31 @@ SCHEMA: dict[str, tuple[dict[str, type], list[str]]] = {
                    ["run_id", "seq"]),
 }
 
+# -- issue 14 part A: a durable run --------------------------------------------------------
+# Schema of a run written as it happens (testbed/run/lifecycle.py):
+# * ``readings.interval``: the interval a reading belongs to (readings are written every
+#   control period, before their interval commits);
+# * ``aborted_intervals``: an interval cut short (signal, e-stop, fault, a killed process),
+#   one row per attempt, with why and how many readings it had;
+# * ``aborted_readings``: those readings, moved out of ``readings`` (which keeps only the
+#   readings of committed intervals and of the one in progress, as reports expect);
+# * ``events``: the run's status, order-book and clearing events as they happen.
+# ADDED_COLUMNS are added by ALTER TABLE to a database written before them (for part B's
+# migrations: fold into the schema version that introduces them).
+ADDED_COLUMNS: dict[str, dict[str, type]] = {"readings": {"interval": int}}
+SCHEMA["readings"][0].update(ADDED_COLUMNS["readings"])
+SCHEMA.update({
+    "aborted_intervals": ({"run_id": str, "idx": int, "attempt": int, "at": str, "cause": str,
+                           "reason": str, "lab_start_s": float, "lab_end_s": float,
+                           "readings": int, "body": str}, ["run_id", "idx", "attempt"]),
+    "aborted_readings": ({**SCHEMA["readings"][0], "attempt": int}, []),
+    "events": ({"run_id": str, "at": str, "topic": str, "body": str}, []),
+})
+PART_A_TABLES = frozenset({"aborted_intervals", "aborted_readings", "events"})
+ABORT_CAUSES = ("signal", "estop", "fault", "killed")  # aborted_intervals.cause
+EVENT_TOPICS = ("status", "orderbook", "clearing")  # kept in ``events`` (others have tables)
+# -- end of issue 14 part A schema ---------------------------------------------------------
+
 
 class Store:
     """A run database. ``readonly``: the file must exist and is opened read-only (SQLite
@@ -133,16 +158,16 @@ class Store:
             if name not in tables:
                 continue
             have = {r[1] for r in self.db.execute(f"PRAGMA table_info({name})").fetchall()}
-            missing = sorted(set(columns) - have)
+            missing = sorted(set(columns) - have - set(ADDED_COLUMNS.get(name, {})))
             if missing:
                 raise DamagedDatabase(where, f"table {name!r} lacks column {missing[0]!r}: "
                                              "not this testbed's schema")
         if self.readonly:
             if not tables:
                 raise DamagedDatabase(where, "empty: not a testbed run database")
-            if set(SCHEMA) - tables:
+            if set(SCHEMA) - tables - PART_A_TABLES:
                 raise DamagedDatabase(where, "not a testbed run database (no table "
-                                      f"{sorted(set(SCHEMA) - tables)[0]!r})")
+                                      f"{sorted(set(SCHEMA) - tables - PART_A_TABLES)[0]!r})")
             return
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -150,6 +175,7 @@ class Store:
             if name not in tables:
                 self.db[name].create(columns, pk=pk or None)  # type: ignore[union-attr]
         self.db["readings"].create_index(["run_id", "household", "t"], if_not_exists=True)  # type: ignore[union-attr]
+        self._add_columns(tables)
         if version < SCHEMA_VERSION:
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -241,6 +267,107 @@ class Store:
     def safety_events(self, run_id: str) -> list[dict[str, Any]]:
         return [{"at": r["at"], **json.loads(r["body"])} for r in self.db.query(
             "select at, body from safety where run_id = ? order by rowid", [run_id])]
+
+    # -- issue 14 part A: a durable run ------------------------------------------------
+
+    def _add_columns(self, tables: set[str]) -> None:
+        """ADDED_COLUMNS onto a database written before them (NULL in older rows)."""
+        sql_type = {int: "INTEGER", float: "FLOAT", str: "TEXT"}
+        for name, columns in ADDED_COLUMNS.items():
+            if name not in tables:
+                continue
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({name})").fetchall()}
+            for column, kind in columns.items():
+                if column not in have:
+                    self.db.execute(f"alter table [{name}] add column [{column}] "
+                                    f"{sql_type[kind]}")
+
+    def _has(self, table: str) -> bool:
+        return bool(self.db.execute("select 1 from sqlite_master where type = 'table' and "
+                                    "name = ?", [table]).fetchone())
+
+    def record_aborted_interval(self, run_id: str, index: int, reason: str, *, cause: str,
+                                lab_start_s: float | None = None,
+                                lab_end_s: float | None = None,
+                                details: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record interval ``index`` of ``run_id`` as cut short, in one transaction: its
+        readings so far (rows of ``readings`` with that interval) move to
+        ``aborted_readings`` under a new attempt number, and a row of
+        ``aborted_intervals`` says why. ``cause``: one of :data:`ABORT_CAUSES` (``signal``,
+        ``estop``, ``fault``, ``killed``); ``reason``: the operator's words (the signal's
+        name, the e-stop's reason, the fault); ``lab_start_s``/``lab_end_s``: lab seconds
+        of the attempt; ``details``: JSON-ready extras (tripped rigs, metered Wh so far).
+        Returns the row written (``readings``: how many moved). Raises ``ValueError`` for
+        an unknown cause. Called by the run lifecycle and for faults (issue 15)."""
+        if cause not in ABORT_CAUSES:
+            raise ValueError(f"cause must be one of {', '.join(ABORT_CAUSES)}, got {cause!r}")
+        columns = ", ".join(f"[{c}]" for c in SCHEMA["readings"][0])
+        with self.transaction():
+            attempt = self.db.execute(
+                "select count(*) from aborted_intervals where run_id = ? and idx = ?",
+                [run_id, index]).fetchone()[0]
+            moved = self.db.execute(
+                f"insert into aborted_readings ({columns}, [attempt]) select {columns}, ? "
+                "from readings where run_id = ? and [interval] = ? order by rowid",
+                [attempt, run_id, index]).rowcount
+            self.db.execute("delete from readings where run_id = ? and [interval] = ?",
+                            [run_id, index])
+            row = {"run_id": run_id, "idx": index, "attempt": attempt,
+                   "at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                   "cause": cause, "reason": reason, "lab_start_s": lab_start_s,
+                   "lab_end_s": lab_end_s, "readings": moved,
+                   "body": json.dumps(details or {}, default=str)}
+            self.insert("aborted_intervals", row)
+        return row
+
+    def append_readings(self, rows: list[dict[str, Any]]) -> None:
+        """Insert ``readings`` rows committed without an fsync (``synchronous=NORMAL`` for
+        this one commit, WAL mode): on disk against the process's death (kill -9) at once,
+        against a power loss once the next fully synced commit (the interval's) lands. A
+        control period's batch then costs no disk flush that would hold the control loop.
+        Raises ``KeyError`` like :meth:`insert`."""
+        if not rows:
+            return
+        if self._depth:  # inside a transaction: it decides
+            self.insert("readings", rows)
+            return
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self.insert("readings", rows)
+        finally:
+            self.db.execute("PRAGMA synchronous=FULL")
+
+    def aborted_intervals(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's intervals cut short, in the order they were (rows of
+        ``aborted_intervals``, ``body`` parsed)."""
+        if not self._has("aborted_intervals"):
+            return []
+        return [{**r, "body": json.loads(r["body"] or "{}")} for r in self.db.query(
+            "select * from aborted_intervals where run_id = ? order by rowid", [run_id])]
+
+    def event_log(self, run_id: str) -> Callable[[str, dict[str, Any]], None]:
+        """An event-bus observer that keeps the run's :data:`EVENT_TOPICS` events in the
+        ``events`` table as they happen (safety events: :meth:`safety_log`)."""
+        def observe(topic: str, payload: dict[str, Any]) -> None:
+            if topic in EVENT_TOPICS:
+                self.insert("events", {
+                    "run_id": run_id, "topic": topic,
+                    "at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                    "body": json.dumps(payload, default=str)})
+        return observe
+
+    def on_disk(self, run_id: str) -> dict[str, int]:
+        """How many rows of each kind the database holds for ``run_id``, read back (for the
+        closing message): intervals, readings, trades, blocks, safety events, events,
+        aborted intervals and their readings."""
+        counts = {"intervals": ("intervals", "run_id"), "readings": ("readings", "run_id"),
+                  "trades": ("trades", "run_id"), "blocks": ("blocks", "run_id"),
+                  "safety_events": ("safety", "run_id"), "events": ("events", "run_id"),
+                  "aborted_intervals": ("aborted_intervals", "run_id"),
+                  "aborted_readings": ("aborted_readings", "run_id")}
+        return {key: self.db.execute(f"select count(*) from [{table}] where [{col}] = ?",
+                                     [run_id]).fetchone()[0] if self._has(table) else 0
+                for key, (table, col) in counts.items()}
 
     def close(self) -> None:
         db = getattr(self, "db", None)

@@ -34,11 +34,11 @@ from testbed.errors import InputError
 from testbed.ledger.chain import Ledger
 from testbed.ledger.community_records import DayBook, Transfers, open_ledger, seal_hour
 from testbed.ledger.store import Store
-from testbed.run import preflight
-from testbed.run.community_bench import Comparison, Routing, routing
-from testbed.run.controller import Controller, EmergencyStop, IntervalMeasurement
+from testbed.run import lifecycle, preflight
+from testbed.run.community_bench import Comparison, routing
+from testbed.run.controller import Controller, IntervalMeasurement
 from testbed.run.events import EventBus, Observer
-from testbed.run.runner import until_done
+from testbed.run.runner import all_mock
 
 # The paper's Fig. 10 as its text states it (cost per class / grid-only cost), for display
 # beside ours; omega2 at 70 % is only said to be negative ("earns money").
@@ -97,9 +97,12 @@ async def run_cesdt_async(
     progress: bool, observers: list[Observer] | None = None,
     params: CommunityParams | None = None, clock: Clock | None = None,
     on_controller: Callable[[Controller], None] | None = None, run_id: str | None = None,
+    launch: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """:func:`run_cesdt` as a coroutine; ``on_controller`` receives the controller (for an
-    emergency stop). A cancellation or an emergency stop records the run as aborted."""
+    emergency stop); ``launch``: how it was started (kept in the run's params). Its life
+    (status, safe state, aborted hours, readings as they come) is
+    :mod:`testbed.run.lifecycle`'s."""
     if not 1 <= households <= MAX_HOUSEHOLDS:
         raise InputError("--households", f"must lie in [1, {MAX_HOUSEHOLDS}], got "
                                          f"{households}")
@@ -107,7 +110,8 @@ async def run_cesdt_async(
         raise InputError("--generating", f"must be a share in [0, 1], got {generating}")
     p = params or CommunityParams()
     run_id = run_id or uuid.uuid4().hex[:12]
-    events = EventBus([*(observers or []), store.safety_log(run_id)], context={"run": run_id})
+    events = EventBus([*(observers or []), store.safety_log(run_id), store.event_log(run_id)],
+                      context={"run": run_id})
     with _bar(progress) as bar:
         t0 = time.perf_counter()
         book = DayBook()
@@ -117,29 +121,32 @@ async def run_cesdt_async(
         route = routing(day, rig)
         preflight.ensure_fits(rig, route.preflight_intervals())
         with store.transaction():
-            store.insert("runs", {
-                "id": run_id, "scenario": "cesdt", "rig": rig.name, "mechanism": "cesdt",
-                "status": "running", "started_at": _now(), "finished_at": None,
-                "params": json.dumps({"rig_source": rig.source, "time_scale": rig.time_scale,
-                                      "power_scale": rig.power_scale, "households": households,
-                                      "generating": generating, "seed": seed,
-                                      "community": p.as_dict()}),
-                "summary": None})
+            lifecycle.start_record(store, run_id=run_id, scenario="cesdt", rig=rig.name,
+                                   mechanism="cesdt", params={
+                                       "rig_source": rig.source, "time_scale": rig.time_scale,
+                                       "power_scale": rig.power_scale,
+                                       "control_period_s": rig.control_period_s,
+                                       "households": households, "generating": generating,
+                                       "seed": seed, "community": p.as_dict(),
+                                       **(launch or {})})
             ledger = open_ledger(store, run_id, day.ids)
+        log = lifecycle.RunLog(store, run_id, rig.control_period_s)
+        events.subscribe(log)
         day_run = _DayRun(store, ledger, run_id, book, day, Comparison(rig, route), events,
-                          bar.stage("routing on the rig (hours)"))
-        events.emit("status", {"status": "running", "scenario": "cesdt", "rig": rig.name})
-        status = "failed"
-        try:
-            await _bench(rig, route, clock, events, day_run.hour, on_controller)
-            status = "finished"
-        except (KeyboardInterrupt, asyncio.CancelledError, EmergencyStop):
-            status = "aborted"
-            raise
-        finally:
-            with store.transaction():
-                store.update_run(run_id, status=status, finished_at=_now())
-            events.emit("status", {"status": status})
+                          bar.stage("routing on the rig (hours)"), log)
+        events.emit("status", {"status": "running", "scenario": "cesdt", "rig": rig.name,
+                               "intervals": len(route.plans), "from_interval": 0,
+                               "interval_hours": 1.0})
+        clk: Clock = clock or (VirtualClock() if all_mock(rig) else RealClock())
+
+        async def hours(controller: Controller) -> None:
+            for hour, plans in enumerate(route.plans):
+                log.begin(hour, clk.now())
+                day_run.hour(hour, await controller.run_interval(list(plans),
+                                                                 start_hour=hour, hours=1.0))
+
+        await lifecycle.drive(store, run_id, build_bench(rig, clk), clk, events, log,
+                              hours, on_controller)
     summary = summarise(day, p, rig, run_id, ledger, day_run,
                         {"simulation": round(t1 - t0, 3),
                          "bench_and_ledger": round(time.perf_counter() - t1, 3)})
@@ -148,34 +155,14 @@ async def run_cesdt_async(
     return summary
 
 
-async def _bench(rig: RigSpec, route: Routing, clock: Clock | None, events: EventBus,
-                 on_hour: Callable[[int, IntervalMeasurement], None],
-                 on_controller: Callable[[Controller], None] | None) -> None:
-    """Drive the rig's homes through the 24 hours; the bench is left safe however it ends."""
-    mock = rig.grid.driver == "mock" and all(
-        d.driver == "mock" for h in rig.households for d in h.devices.values())
-    clock = clock or (VirtualClock() if mock else RealClock())
-    controller: Controller | None = None
-    try:
-        controller = Controller(build_bench(rig, clock), clock, events)
-        if on_controller is not None:
-            on_controller(controller)
-        await controller.connect_rigs()
-        for hour, plans in enumerate(route.plans):
-            on_hour(hour, await controller.run_interval(list(plans), start_hour=hour, hours=1.0))
-    finally:
-        if controller is not None:
-            await until_done(controller.safe_state())
-            await controller.close()
-
-
 class _DayRun:
     """Seals each hour once the rig has run it: ledger block, interval row, readings."""
 
     def __init__(self, store: Store, ledger: Ledger, run_id: str, book: DayBook,
                  day: DayResult, comparison: Comparison, events: EventBus,
-                 progress: Callable[[int, int], None]) -> None:
+                 progress: Callable[[int, int], None], log: lifecycle.RunLog) -> None:
         self.store, self.ledger, self.run_id, self.book = store, ledger, run_id, book
+        self.log = log
         self.day, self.comparison, self.events, self.progress = day, comparison, events, progress
         self.transfers = Transfers()
         self.txs = self.signed = 0
@@ -195,10 +182,8 @@ class _DayRun:
                "volume_kwh": str(p2p), "details": json.dumps(details),
                "lab_start_s": measured.start_s, "lab_end_s": measured.end_s}
         sealed = seal_hour(self.store, self.ledger, self.run_id, hour, book,
-                           self.transfers.hour(hour, book.owed), {
-                               "intervals": [row],
-                               "readings": [{"run_id": self.run_id, **r}
-                                            for r in measured.readings]})
+                           self.transfers.hour(hour, book.owed), {"intervals": [row]},
+                           self.log.commit)
         self.txs += sealed.txs
         self.signed += sealed.orders
         self.refused.update(sealed.refused)

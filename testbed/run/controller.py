@@ -591,6 +591,7 @@ class Controller:
         hold_s = max(stale_after, HOLD_MIN_S)
         steps: dict[str, asyncio.Task[None]] = {}  # real instruments: each rig on its own
         rows: list[dict[str, Any]] = []
+        goals: dict[str, float] = {}  # lab Wh each rig should have metered by now (display)
 
         async def step(plan: RigPlan, k: int, deadline: float, hour: float) -> None:
             """One control period of one rig: read, check, decide, write. Its exchanges
@@ -661,8 +662,9 @@ class Controller:
             sp = setpoints(rig, plan, tl, hour)
             done = reading.net_wh - base[hid]
             # the straight line to the target, less what the rig missed while off the bus
-            goal = plan.target_kwh * wh_per_kwh * (k + 1) / tl.steps - \
-                readmitted.get(hid, {}).get("missed_wh", 0.0)
+            missed = readmitted.get(hid, {}).get("missed_wh", 0.0)
+            goal = plan.target_kwh * wh_per_kwh * (k + 1) / tl.steps - missed
+            goals[hid] = plan.target_kwh * wh_per_kwh * k / tl.steps - missed  # due by now
             # Dead-beat on the measured energy. On a real bench the meter was read a
             # moment ago and the new setpoint lands only after the write's latency; the
             # rig flows at its present power until then, and at the new one after.
@@ -781,7 +783,8 @@ class Controller:
                     await self._guarded(plan.household, step(plan, k, deadline, hour))
             log += rows
             self.events.emit("readings", {"t": self.clock.now(), "interval_hour": hour,
-                                          "rows": list(rows), "tripped": dict(self.tripped)})
+                                          "rows": list(rows), "tripped": dict(self.tripped),
+                                          "goals_wh": dict(goals)})
             rows.clear()
             last_step = k == tl.steps - 1
             # The final park is issued one write latency early so it lands on the deadline.

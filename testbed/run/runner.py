@@ -35,14 +35,8 @@ from testbed.config.scenario import Scenario
 from testbed.errors import InputError
 from testbed.ledger.chain import BlockDraft, Ledger
 from testbed.ledger.store import Store
-from testbed.run import preflight
-from testbed.run.controller import (
-    Controller,
-    EmergencyStop,
-    IntervalMeasurement,
-    RigPlan,
-    SafeStateIncomplete,
-)
+from testbed.run import lifecycle, preflight
+from testbed.run.controller import Controller, IntervalMeasurement, RigPlan
 from testbed.run.events import EventBus, Observer
 from testbed.run.mechanisms import mechanism_for
 from testbed.run.validation import Check, interval_checks
@@ -351,6 +345,7 @@ class Run:
         self.opening, self.next_interval = opening, next_interval
         self.mechanism: Mechanism = mechanism_for(scenario)
         self.n_intervals = 1  # a dual-bidding scenario clears the day's nets once
+        self.log: lifecycle.RunLog | None = None  # readings as they come (run_scenario)
 
     async def execute(self, controller: Controller) -> list[IntervalOutcome]:
         outcomes = []
@@ -423,6 +418,8 @@ class Run:
         #    with the grid, i.e. its physical position over the interval (hil.md "Routing").
         plans = plans_for(sc)
         hours = sc.interval_hours
+        if self.log is not None:
+            self.log.begin(index, self.clock.now())
         measured = await controller.run_interval(plans, start_hour=index * hours, hours=hours)
 
         # 4. Settle on what the meters measured; validate cleared against metered. A
@@ -578,11 +575,38 @@ class Run:
                                       "unfunded_micro": s.unfunded_micro,
                                       **({"disputed": s.disputed} if s.disputed else {})})}
                                  for s in settlement.households])
-        store.insert("readings", [{"run_id": run_id, **r} for r in measured.readings])
+        if self.log is not None:  # written as they came; the last batch with the interval
+            self.log.commit()
+        else:
+            store.insert("readings", [{"run_id": run_id, "interval": index, **r}
+                                      for r in measured.readings])
+
+
+def _named(kind: str, name: str, source: str) -> str:
+    """How a run names its scenario or rig for a resume: the built-in name, else the file's
+    absolute path."""
+    if source == f"built-in {kind} '{name}'":
+        return name
+    from pathlib import Path
+
+    return str(Path(source).resolve())
+
+
+def launch_of(scenario: Scenario, rig: RigSpec, clock: Clock, ledger: str,
+              gate_s: float) -> dict[str, Any]:
+    """The ``launch`` kept in a run's params when its caller gave none (the API): what
+    ``testbed run --resume`` needs to start it again the same way (virtual time is
+    ``max``, real time the rig's time scale)."""
+    return {"launch": {
+        "scenario": _named("scenario", scenario.name, scenario.source),
+        "rig": _named("rig", rig.name, rig.source),
+        "speed": "max" if isinstance(clock, VirtualClock) else format(rig.time_scale, "g"),
+        "ledger": ledger, "agents": None, "gate_s": gate_s}}
 
 
 def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
-           events: EventBus, run_id: str, chain_spec: str = "sqlite") -> Run:
+           events: EventBus, run_id: str, chain_spec: str = "sqlite",
+           launch: Mapping[str, Any] | None = None) -> Run:
     ids = [h.id for h in scenario.households]
     from testbed.agents import registered
 
@@ -590,13 +614,13 @@ def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
     opening = {h.id: to_micro(scenario.opening_tokens(h)) for h in scenario.households}
     chain = open_chain(chain_spec, scenario, opening)
     with store.transaction():
-        store.insert("runs", {"id": run_id, "scenario": scenario.name, "rig": rig.name,
-                              "mechanism": scenario.mechanism, "status": "running",
-                              "started_at": _now(), "finished_at": None,
-                              "params": json.dumps({"rig_source": rig.source,
-                                                    "scenario_source": scenario.source,
-                                                    "time_scale": rig.time_scale}),
-                              "summary": None})
+        lifecycle.start_record(store, run_id=run_id, scenario=scenario.name, rig=rig.name,
+                               mechanism=scenario.mechanism, params={
+                                   "rig_source": rig.source,
+                                   "scenario_source": scenario.source,
+                                   "time_scale": rig.time_scale,
+                                   "control_period_s": rig.control_period_s,
+                                   "ledger": chain_spec, **(launch or {})})
         ledger = Ledger.create(store, run_id, ids, opening, scenario.aud_per_token,
                                ratings=ratings(rig, ids), agents=agent_keys)
         if chain is not None:
@@ -609,24 +633,17 @@ def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
 
 def _resume(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
             events: EventBus, run_id: str, chain_spec: str = "sqlite") -> Run:
-    try:
-        row = store.run(run_id)
-    except Exception:
-        raise InputError(f"--resume {run_id}", f"no such run in {store.path}") from None
-    if row["status"] == "finished":
-        raise InputError(f"--resume {run_id}", "that run has finished; nothing to resume")
-    if row["scenario"] != scenario.name:
+    r = lifecycle.resumable(store, run_id)  # InputError: no such run, finished, running
+    if r.row["scenario"] != scenario.name:
         raise InputError(f"--resume {run_id}",
-                         f"that run is of scenario {row['scenario']!r}, not {scenario.name!r}")
+                         f"that run is of scenario {r.row['scenario']!r}, not {scenario.name!r}")
     ledger = Ledger.load(store, run_id)  # verifies the chain from genesis
-    done = store.db.execute("select count(*) from intervals where run_id = ?",
-                            [run_id]).fetchone()[0]
     opening = {k: v for k, v in ledger.opening().items() if k != GRID}
-    chain = resume_chain(chain_spec, store, run_id, ledger, done)
-    with store.transaction():
-        store.update_run(run_id, status="running", finished_at=None)
-    events.emit("status", {"status": "resumed", "from_interval": done})
-    return Run(scenario, rig, store, clock, events, run_id, ledger, opening, done, chain)
+    # the chain first: it may refuse the resume (an interval settled on-chain, not here)
+    chain = resume_chain(chain_spec, store, run_id, ledger, r.next_interval)
+    r = lifecycle.resume_record(store, run_id, events)
+    return Run(scenario, rig, store, clock, events, run_id, ledger, opening, r.next_interval,
+               chain)
 
 
 async def require_a_meter(bench: Bench, rig: RigSpec) -> None:
@@ -665,32 +682,21 @@ async def require_answers(bench: Bench, rig: RigSpec) -> None:
                          (" ..." if len(errors) > 3 else "") + ")")
 
 
-async def until_done(coro: Any) -> None:
-    """Await ``coro`` to its end even if cancelled meanwhile (the safe state must land);
-    a cancellation received on the way is raised again afterwards."""
-    task = asyncio.ensure_future(coro)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-    task.result()
-    if cancelled:
-        raise asyncio.CancelledError
-
-
 async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
                        clock: Clock | None = None, observers: list[Observer] | None = None,
                        resume: str | None = None, run_id: str | None = None,
                        on_controller: Callable[[Controller], None] | None = None,
                        ledger: str = "sqlite", orders: OrderSource | None = None,
-                       gate_s: float = 10.0) -> RunOutcome:
-    """Run (or resume) ``scenario`` on ``rig``; the bench is left safe however it ends.
-    ``ledger``: ``sqlite``, or ``evm``/``evm+http://HOST:PORT`` for the contract on an EVM
-    beside it (raises :class:`InputError` when that back-end cannot start). ``orders``:
-    where the households marked ``orders = "agent"`` bid from (``gate_s``: seconds each
-    gate stays open); InputError when such a household has none."""
+                       gate_s: float = 10.0, launch: Mapping[str, Any] | None = None,
+                       ) -> RunOutcome:
+    """Run (or resume) ``scenario`` on ``rig``; the bench is left safe however it ends
+    (:func:`testbed.run.lifecycle.drive`). ``ledger``: ``sqlite``, or
+    ``evm``/``evm+http://HOST:PORT`` for the contract on an EVM beside it (raises
+    :class:`InputError` when that back-end cannot start). ``orders``: where the households
+    marked ``orders = "agent"`` bid from (``gate_s``: seconds each gate stays open);
+    InputError when such a household has none. ``launch``: how the run was started
+    (JSON-ready: the CLI's scenario, rig, speed...), kept in the run's params for
+    ``--resume``."""
     agents = [h.id for h in scenario.households if h.orders == "agent"]
     if agents and orders is None:
         raise InputError(scenario.source, f"households {agents} bid through agents: give "
@@ -701,52 +707,29 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     preflight.ensure_fits(rig, [(0.0, scenario.interval_hours, plans)])
     clock = clock or (VirtualClock() if all_mock(rig) else RealClock())
     run_id = resume or run_id or uuid.uuid4().hex[:12]
-    events = EventBus([*(observers or []), store.safety_log(run_id)], context={"run": run_id})
+    log = lifecycle.RunLog(store, run_id, rig.control_period_s)
+    events = EventBus([*(observers or []), store.safety_log(run_id), store.event_log(run_id),
+                       log], context={"run": run_id})
     bench = build_bench(rig, clock)
     preflight.ensure_links_carry(bench, rig)
     await require_a_meter(bench, rig)
     await require_answers(bench, rig)
     run = (_resume(scenario, rig, store, clock, events, run_id, ledger) if resume else
-           _start(scenario, rig, store, clock, events, run_id, ledger))
-    run.orders, run.gate_s = orders, gate_s
-    events.emit("status", {"status": "running", "scenario": scenario.name, "rig": rig.name})
+           _start(scenario, rig, store, clock, events, run_id, ledger,
+                  launch or launch_of(scenario, rig, clock, ledger, gate_s)))
+    run.orders, run.gate_s, run.log = orders, gate_s, log
+    events.emit("status", {"status": "running", "scenario": scenario.name, "rig": rig.name,
+                           "intervals": run.n_intervals, "from_interval": run.next_interval,
+                           "interval_hours": scenario.interval_hours})
     if not isinstance(clock, VirtualClock):  # real time: say what the bench will move
         events.emit("safety", {"event": "lab_plan", "households": preflight.lab_plan(
             rig, plans, scenario.interval_hours)})
     live = preflight.unwatched(rig)
     if live:  # pre-flight: what a dead controller would leave on
         events.emit("safety", {"event": "preflight", "live_if_controller_dies": live})
-
-    status = "failed"
-    controller: Controller | None = None
-    outcomes: list[IntervalOutcome] = []
-    try:
-        controller = Controller(bench, clock, events)
-        if on_controller:
-            on_controller(controller)
-        await controller.connect_rigs()
-        outcomes = await run.execute(controller)
-        status = "finished"
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        status = "aborted"
-        raise
-    except Exception as exc:
-        status = "aborted" if isinstance(exc, EmergencyStop) else "failed"
-        raise
-    finally:
-        try:
-            if controller is not None:
-                await until_done(controller.safe_state())
-                await controller.close()
-                if controller.unconfirmed and status == "finished":
-                    status = "failed"  # an incomplete safe state is never a finished run
-        finally:
-            with store.transaction():
-                store.update_run(run_id, status=status, finished_at=_now())
-            events.emit("status", {"status": status})
-    if controller is not None and controller.unconfirmed:
-        raise SafeStateIncomplete(controller.unconfirmed)
+    outcomes = await lifecycle.drive(store, run_id, bench, clock, events, log, run.execute,
+                                     on_controller)
     extra = {} if run.chain is None else {"evm": run.chain.describe()}
     return RunOutcome(run_id, scenario, rig, outcomes, run.opening, dict(run.ledger.balances),
-                      run.ledger.head, run.ledger.height, status,
+                      run.ledger.head, run.ledger.height, "finished",
                       resumed_from=run.next_interval if resume else None, extra=extra)
