@@ -634,11 +634,10 @@ class ChainLedger:
     def record(self, store: Store, run_id: str) -> None:
         """Write the deployment and the events since the last call to the run database
         (inside the caller's transaction), for ``testbed ledger verify``."""
-        store.db["evm"].upsert({  # type: ignore[union-attr]
+        store.put_evm({
             "run_id": run_id, "backend": self.spec, "contract": self.market.address,
             "deploy_block": self.market.deploy_block,
-            "body": json.dumps({**self.params, "accounts": self.market.accounts})},
-            pk="run_id")
+            "body": json.dumps({**self.params, "accounts": self.market.accounts})})
         events = self.market.events()
         store.insert("evm_events", [{"run_id": run_id, "seq": self._recorded + i,
                                      "block": e.block, "name": e.name,
@@ -694,15 +693,14 @@ def verify_evm(store: Store, run_id: str) -> str | None:
     node, or re-executed on a fresh embedded EVM) equal those recorded, and agree with the
     run's clearings, trades, meter readings and the SQLite ledger's balances. Returns the
     first disagreement, or None (also for a run without an EVM back-end)."""
-    row = store.db.execute("select backend, contract, deploy_block, body from evm "
-                           "where run_id = ?", [run_id]).fetchone() \
-        if store.db["evm"].exists() else None
-    if row is None:
+    rows = store.rows("evm", run_id)
+    if not rows:
         return None
-    backend, contract, deploy_block, body = row
-    params = json_input.loads(body)
-    recorded = [Event(r["name"], json_input.loads(r["body"]), r["block"]) for r in store.db.query(
-        "select * from evm_events where run_id = ? order by seq", [run_id])]
+    backend, contract, deploy_block = (rows[0][k] for k in ("backend", "contract",
+                                                             "deploy_block"))
+    params = json_input.loads(rows[0]["body"])
+    recorded = [Event(r["name"], json_input.loads(r["body"]), r["block"])
+                for r in store.rows("evm_events", run_id)]
     try:
         if backend == "evm":
             live = replay_embedded(params, recorded)
@@ -721,8 +719,12 @@ def verify_evm(store: Store, run_id: str) -> str | None:
 
 
 def _check_against_run(store: Store, run_id: str, events: Sequence[Event]) -> str | None:
-    params_row = store.db.execute("select body from evm where run_id = ?", [run_id]).fetchone()
-    households = sorted(json.loads(params_row[0])["households"], key=natural_key)
+    households = sorted(json.loads(store.rows("evm", run_id)[0]["body"])["households"],
+                        key=natural_key)
+    cleared = {r["idx"]: (r["clearing_price"], r["method"])
+               for r in store.rows("intervals", run_id)}
+    results = {(r["interval"], r["household"]): r["body"] for r in store.rows("results", run_id)}
+    all_trades = store.rows("trades", run_id)
     names = {i + 1: h for i, h in enumerate(households)}
     names[GRID_HID] = "grid"
     micro: dict[str, int] = {}
@@ -741,8 +743,7 @@ def _check_against_run(store: Store, run_id: str, events: Sequence[Event]) -> st
             for hid, sign in ((a["source"], -1), (a["target"], 1)):
                 micro[names[hid]] = micro.get(names[hid], 0) + sign * (a["amount"] // 10**12)
         elif e.name == "Cleared":
-            row = store.db.execute("select clearing_price, method from intervals where "
-                                   "run_id = ? and idx = ?", [run_id, a["interval"]]).fetchone()
+            row = cleared.get(a["interval"])
             price = (None if a["method"] == 0 else
                      str(Fraction(a["price_num"], a["price_den"] * 10**6)))
             if row is None or (row[0], row[1]) != (price, a["method"] or None):
@@ -750,24 +751,20 @@ def _check_against_run(store: Store, run_id: str, events: Sequence[Event]) -> st
                         f"{a['method']}), the run database says {row}")
             interval = a["interval"]
         elif e.name == "Reading":
-            got = store.db.execute("select body from results where run_id = ? and "
-                                   "interval = ? and household = ?",
-                                   [run_id, a["interval"], names[a["hid"]]]).fetchone()
-            metered = None if got is None else Fraction(json.loads(got[0])["metered_kwh"])
+            got = results.get((a["interval"], names[a["hid"]]))
+            metered = None if got is None else Fraction(json.loads(got)["metered_kwh"])
             if metered != Fraction(a["metered"], 10**6):
                 return (f"interval {a['interval']} household {names[a['hid']]}: the oracle "
                         f"posted {Fraction(a['metered'], 10**6)} kWh, the meters "
                         f"{metered} kWh")
         elif e.name == "Settled":
-            trades = [(r["seller"], r["buyer"], Fraction(r["energy_kwh"])) for r in
-                      store.db.query("select * from trades where run_id = ? and interval = ? "
-                                     "order by seq", [run_id, interval])]
+            trades = [(r["seller"], r["buyer"], Fraction(r["energy_kwh"]))
+                      for r in all_trades if r["interval"] == interval]
             if trades != fills:
                 return (f"interval {interval}: the chain's {len(fills)} fills differ from "
                         f"the run database's {len(trades)} trades")
             fills = []
-    ledger = {r["account"]: r["micro"] for r in store.db.query(
-        "select account, micro from balances where run_id = ?", [run_id])}
+    ledger = store.balances(run_id)
     for account, amount in sorted(ledger.items()):
         if micro.get(account, 0) != amount:
             return (f"account {account}: the chain's events give {micro.get(account, 0)} µETH, "

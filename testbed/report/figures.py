@@ -74,15 +74,14 @@ def _run_public(row: dict[str, Any]) -> dict[str, Any]:
 
 def list_runs(store: Store) -> list[dict[str, Any]]:
     """Every run, newest first."""
-    rows = store.db.query("select * from runs order by started_at desc, rowid desc")
-    return [_run_public(dict(r)) for r in rows]
+    return [_run_public(r) for r in store.runs(newest_first=True)]
 
 
 def get_run(store: Store, run_id: str) -> dict[str, Any]:
-    rows = list(store.db.query("select * from runs where id = ?", [run_id]))
-    if not rows:
+    row = store.find_run(run_id)
+    if row is None:
         raise NotFound(f"no run {run_id!r}")
-    return _run_public(dict(rows[0]))
+    return _run_public(row)
 
 
 def source_name(label: str | None, kind: str) -> str | None:
@@ -141,7 +140,7 @@ def scales_of(run: dict[str, Any]) -> Scales:
 
 def intervals(store: Store, run_id: str) -> list[dict[str, Any]]:
     out = []
-    for r in store.db.query("select * from intervals where run_id = ? order by idx", [run_id]):
+    for r in store.rows("intervals", run_id):
         where = f"{store.path} table intervals, run {run_id}, interval {r['idx']}"
         details = _loads(r["details"]) or {}
         if not isinstance(details, dict):
@@ -163,8 +162,7 @@ RESULT_KEYS = ("cleared_kwh", "metered_kwh", "grid_import_kwh", "grid_export_kwh
 
 def _results(store: Store, run_id: str) -> list[tuple[int, str, dict[str, Fraction]]]:
     out = []
-    for r in store.db.query("select * from results where run_id = ? order by interval",
-                            [run_id]):
+    for r in store.rows("results", run_id):
         where = (f"{store.path} table results, run {run_id}, interval {r['interval']}, "
                  f"household {r['household']}")
         body = _loads(r["body"])
@@ -198,8 +196,7 @@ def trades(store: Store, run_id: str) -> list[dict[str, Any]]:
                                    f"{run_id}, interval {r['interval']}, seq {r['seq']}")),
              "price": f6(frac(r["price"], f"{store.path} table trades, run {run_id}, "
                               f"interval {r['interval']}, seq {r['seq']}"))}
-            for r in store.db.query("select * from trades where run_id = ? "
-                                    "order by interval, seq", [run_id])]
+            for r in store.rows("trades", run_id)]
 
 
 # -- ledger ---------------------------------------------------------------------------------
@@ -207,11 +204,7 @@ def trades(store: Store, run_id: str) -> list[dict[str, Any]]:
 
 def blocks(store: Store, run_id: str) -> list[dict[str, Any]]:
     out = []
-    for b in store.db.query(
-            "select b.*, (select count(*) from txs t where t.run_id = b.run_id and "
-            "t.height = b.height) as txs from blocks b where b.run_id = ? order by height",
-            [run_id]):
-        row = dict(b)
+    for row in store.block_summaries(run_id):
         row.pop("run_id", None)
         out.append(row)
     return out
@@ -271,8 +264,7 @@ def safety(store: Store, run_id: str) -> list[dict[str, Any]]:
 def validation(store: Store, run_id: str) -> dict[str, Any]:
     """Cleared versus metered checks, as the run recorded them interval by interval."""
     checks = []
-    for r in store.db.query("select idx, details from intervals where run_id = ? "
-                            "order by idx", [run_id]):
+    for r in store.rows("intervals", run_id):
         for c in (_loads(r["details"]) or {}).get("checks", []):
             checks.append({"interval": r["idx"], **c})
     failed = [c for c in checks if not c.get("passed")]
@@ -295,14 +287,9 @@ def readings(store: Store, run_id: str, field: str = "power_w", max_points: int 
     if field not in READING_FIELDS:
         raise ValueError(f"field must be one of {', '.join(READING_FIELDS)}")
     run = get_run(store, run_id)
-    sql = f"select household, t, {field} as v, power_w from readings where run_id = ?"
-    args: list[Any] = [run_id]
-    if household is not None:
-        sql += " and household = ?"
-        args.append(household)
-    per: dict[str, list[tuple[float, float, float]]] = {}
-    for r in store.db.execute(sql + " order by rowid", args).fetchall():
-        per.setdefault(r[0], []).append((r[1], r[2], r[3]))
+    per: dict[str, list[tuple[float, Any, Any]]] = {}
+    for hid, at, value, power in store.series(run_id, field, household):
+        per.setdefault(hid, []).append((at, value, power))
     n = max((len(v) for v in per.values()), default=0)
     step = max(1, -(-n // max(1, max_points)))
     idx = list(range(0, n, step))
@@ -334,8 +321,7 @@ def figures(store: Store, run_id: str) -> dict[str, Any]:
     res = _results(store, run_id)
     volume = sum((frac(r["volume_kwh"], f"{store.path} table intervals, run {run_id}, "
                                         f"interval {r['idx']}, key 'volume_kwh'")
-                  or Fraction(0) for r in store.db.query(
-                      "select idx, volume_kwh from intervals where run_id = ?", [run_id])),
+                  or Fraction(0) for r in store.rows("intervals", run_id)),
                  Fraction(0))
     shortfall = demand = community = gi = ge = Fraction(0)
     per: dict[str, dict[str, Fraction]] = {}

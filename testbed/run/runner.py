@@ -33,7 +33,7 @@ from drivers.spec import RigSpec
 from testbed.config.profiles import day_profile
 from testbed.config.scenario import Scenario
 from testbed.errors import InputError
-from testbed.ledger.chain import BlockDraft, Ledger
+from testbed.ledger.chain import BlockDraft, Ledger, record_tx
 from testbed.ledger.store import Store
 from testbed.run import preflight
 from testbed.run.controller import (
@@ -428,15 +428,19 @@ class Run:
         if agents and self.orders is not None:
             draft.add(self._late_txs(index, agents))
             checks += agent_checks(index, agents, agent_status, checks)
+        if self.chain is not None:  # the draft's balances are the sealed block's
+            checks += chain_checks(index, "EVM", python_clearing, clearing, rejected,
+                                   chain_rejected, dict(draft.state.balances), on_chain)
+        rows = self._interval_rows(index, clearing, settlement, measured, rejected, checks,
+                                   funding)
+        draft.add([record_tx(rows)])  # the block seals the rows written with it
         txs = draft.txs
         with self.store.transaction():
             block = ledger.seal(index, draft)
             if self.chain is not None:
                 self.chain.record(self.store, run_id)
-                checks += chain_checks(index, "EVM", python_clearing, clearing, rejected,
-                                       chain_rejected, dict(ledger.balances), on_chain)
-            self._write_interval(index, clearing, settlement, measured, rejected, checks,
-                                 funding)
+            for table, table_rows in rows.items():
+                self.store.insert(table, table_rows)
         for i, f in enumerate(clearing.fills):
             events.emit("trade", {"interval": index, "seq": i, "seller": f.seller,
                                   "buyer": f.buyer, "energy_kwh": float(f.energy),
@@ -510,11 +514,13 @@ class Run:
         return [_refused_tx(h, index, "late: came after the gate closed", raw)
                 for h, raw in self.orders.late() if h in agents]
 
-    def _write_interval(self, index: int, clearing: Clearing, settlement: Settlement,
-                        measured: IntervalMeasurement, rejected: dict[str, str],
-                        checks: list[Check], funding: dict[str, str]) -> None:
-        run_id, store = self.run_id, self.store
-        store.insert("intervals", {
+    def _interval_rows(self, index: int, clearing: Clearing, settlement: Settlement,
+                       measured: IntervalMeasurement, rejected: dict[str, str],
+                       checks: list[Check], funding: dict[str, str],
+                       ) -> dict[str, list[dict[str, Any]]]:
+        """The interval's rows, table -> rows, as the store will hold them."""
+        run_id = self.run_id
+        return {"intervals": [{
             "run_id": run_id, "idx": index,
             "clearing_price": None if clearing.price is None else str(clearing.price),
             "method": clearing.method, "volume_kwh": str(clearing.volume),
@@ -523,12 +529,12 @@ class Run:
                                    "tripped": measured.tripped,
                                    "disputed": measured.disputed,
                                    "checks": [dataclasses.asdict(c) for c in checks]}),
-            "lab_start_s": measured.start_s, "lab_end_s": measured.end_s})
-        store.insert("trades", [{"run_id": run_id, "interval": index, "seq": i,
+            "lab_start_s": measured.start_s, "lab_end_s": measured.end_s}],
+            "trades": [{"run_id": run_id, "interval": index, "seq": i,
                                  "seller": f.seller, "buyer": f.buyer,
                                  "energy_kwh": str(f.energy), "price": str(f.price)}
-                                for i, f in enumerate(clearing.fills)])
-        store.insert("results", [{"run_id": run_id, "interval": index, "household": s.id,
+                                for i, f in enumerate(clearing.fills)],
+            "results": [{"run_id": run_id, "interval": index, "household": s.id,
                                   "body": json.dumps({
                                       "cleared_kwh": str(s.cleared_kwh),
                                       "metered_kwh": str(s.metered_kwh),
@@ -538,8 +544,8 @@ class Run:
                                       "grid_aud": str(s.grid_aud),
                                       "unfunded_micro": s.unfunded_micro,
                                       **({"disputed": s.disputed} if s.disputed else {})})}
-                                 for s in settlement.households])
-        store.insert("readings", [{"run_id": run_id, **r} for r in measured.readings])
+                                 for s in settlement.households],
+            "readings": [{"run_id": run_id, **r} for r in measured.readings]}
 
 
 def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
@@ -577,8 +583,7 @@ def _resume(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
         raise InputError(f"--resume {run_id}",
                          f"that run is of scenario {row['scenario']!r}, not {scenario.name!r}")
     ledger = Ledger.load(store, run_id)  # verifies the chain from genesis
-    done = store.db.execute("select count(*) from intervals where run_id = ?",
-                            [run_id]).fetchone()[0]
+    done = store.count("intervals", run_id)
     opening = {k: v for k, v in ledger.opening().items() if k != GRID}
     with store.transaction():
         store.update_run(run_id, status="running", finished_at=None)
