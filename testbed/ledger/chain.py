@@ -34,9 +34,11 @@ from testbed.ledger.store import SCHEMA, Store
 
 OPERATOR = "operator"
 AUD_PER_TOKEN = Fraction(370)
-# The ledger's format, named by genesis (the operator tx's ``format``). 1 (no ``format``,
-# the releases up to a0e7c0a): the chain alone. 2: every block seals the digests of the
-# rows written with it (``record``), so an audit covers what reports read.
+# The ledger's format, named by genesis (the operator tx's ``format``). 0 (08ef03f and
+# before: households ``register`` their own keys, no operator tx): not verifiable by these
+# rules. 1 (an operator tx without ``format``, up to a0e7c0a): the chain alone. 2: every
+# block seals the digests of the rows written with it (``record``), so an audit covers
+# what reports read.
 LEDGER_FORMAT = 2
 
 # Rows sealed by the ledger: table -> (key columns, columns digested). A run's own row is
@@ -80,9 +82,13 @@ def record_tx(rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, Any]
 
 
 def ledger_format(blocks: list[dict[str, Any]]) -> int:
-    """The format genesis names (1 when it names none: the releases up to a0e7c0a)."""
+    """The format genesis names: 1 when its operator tx names none (the releases up to
+    a0e7c0a), 0 when genesis has no operator tx (08ef03f and before), -1 when the format
+    is not an integer."""
     first = blocks[0]["txs"][:1] if blocks else []
-    value = first[0].get("format", 1) if first and isinstance(first[0], dict) else 1
+    if not first or not isinstance(first[0], dict) or first[0].get("type") != "operator":
+        return 0
+    value = first[0].get("format", 1)
     return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
@@ -91,6 +97,8 @@ def check_records(store: Store, run_id: str, blocks: list[dict[str, Any]],
     """Every sealed row against the table: the first one edited, deleted or added, naming
     the table and the row (readings after the last sealed one are a cut-short interval's,
     not sealed yet, and pass). Format-1 ledgers seal no rows: None."""
+    if ledger_format(blocks) < 2:
+        return None
     sealed: dict[str, dict[str, tuple[str, int]]] = {t: {} for t in SEALED}
     for b in blocks:
         for tx in b["txs"]:
@@ -369,11 +377,15 @@ def verify_run(store: Store, run_id: str, anchor: str | None = None,
             txs.append(tx)
         blocks.append({**block, "txs": txs})
     first = blocks[0]["txs"][:1]
+    fmt = ledger_format(blocks)
+    if fmt == 0:
+        return rules.ChainError(0, "genesis is of ledger format 0 (households register "
+                                   "their own keys; releases up to 08ef03f): these rules "
+                                   "cannot verify it; use the release that wrote it")
     named = first[0].get("public_key") if first and isinstance(first[0], dict) else None
     if named != anchor:
         return rules.ChainError(0, f"genesis names operator key {str(named)[:16]}…, not the "
                                    f"operator's key {anchor[:16]}… (the trust anchor)")
-    fmt = ledger_format(blocks)
     if not 1 <= fmt <= LEDGER_FORMAT:
         return rules.ChainError(0, f"genesis names ledger format {first[0].get('format')!r}; "
                                    f"this testbed reads formats 1 to {LEDGER_FORMAT}")
