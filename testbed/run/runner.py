@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, Protocol
 
 from contracts import ledger as rules
@@ -74,6 +75,7 @@ class RunOutcome:
     status: str = "finished"
     resumed_from: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    db: Path | None = None  # the run database: the report's figures are read from it
 
     @property
     def checks(self) -> list[Check]:
@@ -432,7 +434,7 @@ class Run:
             checks += chain_checks(index, "EVM", python_clearing, clearing, rejected,
                                    chain_rejected, dict(draft.state.balances), on_chain)
         rows = self._interval_rows(index, clearing, settlement, measured, rejected, checks,
-                                   funding)
+                                   funding, routed)
         draft.add([record_tx(rows)])  # the block seals the rows written with it
         txs = draft.txs
         with self.store.transaction():
@@ -517,7 +519,7 @@ class Run:
     def _interval_rows(self, index: int, clearing: Clearing, settlement: Settlement,
                        measured: IntervalMeasurement, rejected: dict[str, str],
                        checks: list[Check], funding: dict[str, str],
-                       ) -> dict[str, list[dict[str, Any]]]:
+                       targets: dict[str, Fraction]) -> dict[str, list[dict[str, Any]]]:
         """The interval's rows, table -> rows, as the store will hold them."""
         run_id = self.run_id
         return {"intervals": [{
@@ -528,7 +530,11 @@ class Run:
                                    "rejected_orders": rejected, "funding": funding,
                                    "tripped": measured.tripped,
                                    "disputed": measured.disputed,
-                                   "checks": [dataclasses.asdict(c) for c in checks]}),
+                                   "checks": [dataclasses.asdict(c) for c in checks],
+                                   "targets_kwh": {h: str(x) for h, x in targets.items()},
+                                   "metered_wh_lab": measured.metered_wh,
+                                   "grid_import_wh_lab": measured.grid_import_wh,
+                                   "grid_export_wh_lab": measured.grid_export_wh}),
             "lab_start_s": measured.start_s, "lab_end_s": measured.end_s}],
             "trades": [{"run_id": run_id, "interval": index, "seq": i,
                                  "seller": f.seller, "buyer": f.buyer,
@@ -562,7 +568,10 @@ def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
                               "started_at": _now(), "finished_at": None,
                               "params": json.dumps({"rig_source": rig.source,
                                                     "scenario_source": scenario.source,
-                                                    "time_scale": rig.time_scale}),
+                                                    "time_scale": rig.time_scale,
+                                                    "power_scale": rig.power_scale,
+                                                    "control_period_s": rig.control_period_s,
+                                                    "tolerance_pct": rig.tolerance_pct}),
                               "summary": None})
         ledger = Ledger.create(store, run_id, ids, opening, scenario.aud_per_token,
                                ratings=ratings(rig, ids), agents=agent_keys)
@@ -692,4 +701,5 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     extra = {} if run.chain is None else {"evm": run.chain.describe()}
     return RunOutcome(run_id, scenario, rig, outcomes, run.opening, dict(run.ledger.balances),
                       run.ledger.head, run.ledger.height, status,
-                      resumed_from=run.next_interval if resume else None, extra=extra)
+                      resumed_from=run.next_interval if resume else None, extra=extra,
+                      db=store.path)
