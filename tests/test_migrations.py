@@ -12,6 +12,7 @@ Fixtures (``tests/fixtures/``), each one run of scenario2 on a copy of the mock 
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -53,6 +54,7 @@ def test_previous_release_verifies_read_only_without_writing(tmp_path: Path) -> 
     out = runner.invoke(app, ["ledger", "verify", str(db), "--operator-key", A0E7_OPERATOR])
     assert out.exit_code == 0, out.output
     assert f"ok   run {A0E7_RUN}: 2 blocks verified from genesis" in out.output
+    assert "ledger format 1" in " ".join(out.output.split())
     assert db.read_bytes() == before and _version(db) == 0  # migrated in memory only
     store = Store(db, readonly=True)
     try:
@@ -127,3 +129,17 @@ def test_a_database_newer_than_the_code_is_refused(command: list[str],
     assert db.read_bytes() == before
     with pytest.raises(DamagedDatabase, match="newer"):
         Store(db)
+
+
+def test_no_sql_outside_the_store() -> None:
+    """Every SQL statement lives in testbed/ledger/store.py: no other module of testbed/
+    reaches for the connection (``.db``), sqlite3 or sqlite-utils."""
+    root = Path(__file__).parents[1] / "testbed"
+    pattern = re.compile(r"\.db\.(execute|query|conn)\b|\.db\[|\bimport sqlite3\b|"
+                         r"\bsqlite_utils\b|\bexecute\(\s*[\"'](select|insert|update|delete)",
+                         re.IGNORECASE)
+    found = [f"{path.relative_to(root)}:{n}" for path in sorted(root.rglob("*.py"))
+             if path != root / "ledger" / "store.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if pattern.search(line)]
+    assert found == []

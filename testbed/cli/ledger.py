@@ -59,8 +59,10 @@ def verify(db: DbArg, run: RunOpt = None, operator_key: KeyOpt = None,
            as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False,
            ) -> None:
     """Recompute every signature, hash and balance from genesis against the operator's key
-    (kept outside the database); exit 1 naming the first bad block of any run that fails,
-    2 when there is no operator key or no database."""
+    (kept outside the database), and every derived row (intervals, trades, results,
+    readings, the run's own) against the digests its block sealed; exit 1 naming the first
+    bad block, or the table and row, of any run that fails, 2 when there is no operator key
+    or no database, or the database is newer than this testbed."""
     from testbed.errors import InputError
     from testbed.ledger.chain import verify_run
     from testbed.ledger.keys import load_anchor
@@ -78,8 +80,10 @@ def verify(db: DbArg, run: RunOpt = None, operator_key: KeyOpt = None,
             bad = verify_run(store, rid, anchor)
             blocks = store.count("blocks", rid)
             chain = _verify_chain(store, rid) if bad is None else None
+            fmt = (store.find_run(rid) or {}).get("ledger_format")
             results.append({"run_id": rid, "ok": bad is None and chain is None,
-                            "blocks": blocks, "bad_block": None if bad is None else bad.height,
+                            "blocks": blocks, "ledger_format": fmt,
+                            "bad_block": None if bad is None else bad.height,
                             "reason": chain if bad is None else bad.reason,
                             "disputed": _disputes(store, rid)})
     finally:
@@ -90,7 +94,11 @@ def verify(db: DbArg, run: RunOpt = None, operator_key: KeyOpt = None,
         for r in results:
             if r["ok"]:
                 console.print(f"[green]ok[/green]   run {r['run_id']}: {r['blocks']} blocks "
-                              "verified from genesis")
+                              "verified from genesis" + (
+                                  ", and every row they sealed" if (r["ledger_format"] or 0) >= 2
+                                  else f" (ledger format {r['ledger_format']}: its release "
+                                       "sealed no derived rows; those were not checked)"),
+                              highlight=False)
                 for d in r["disputed"]:
                     console.print(f"     disputed, not settled: interval {d['interval']} "
                                   f"household {d['household']} (block {d['block']}): "
