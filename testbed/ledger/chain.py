@@ -43,13 +43,17 @@ LEDGER_FORMAT = 2
 
 # Rows sealed by the ledger: table -> (key columns, columns digested). A run's own row is
 # sealed at genesis without what changes later (status, finish, summary, the head, which
-# verify_run checks against the chain itself).
+# verify_run checks against the chain itself). Safety events are written as they happen
+# and sealed by the next block, keyed by ``n``, their place in the run's safety log; those
+# after the last block (the final safe state), like readings after the last sealed one, are
+# not sealed and pass.
 SEALED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "runs": (("id",), ("id", "scenario", "rig", "mechanism", "started_at", "params")),
     **{table: (key, tuple(c for c in SCHEMA[table][0] if c != "run_id"))
        for table, key in (("intervals", ("idx",)), ("trades", ("interval", "seq")),
                           ("results", ("interval", "household")),
                           ("readings", ("household", "t")))},
+    "safety": (("n",), ("n", "at", "event", "body")),
 }
 _CAST: dict[type, Any] = {int: int, float: float, str: str}
 
@@ -59,7 +63,7 @@ def _cell(table: str, column: str, value: Any) -> Any:
     returns 1.0 for 1), so a row digests alike before it is written and after it is read."""
     if value is None:
         return None
-    return _CAST[SCHEMA[table][0][column]](value)
+    return _CAST[SCHEMA[table][0].get(column, int)](value)  # n: a position
 
 
 def row_key(table: str, row: Mapping[str, Any]) -> str:
@@ -112,8 +116,11 @@ def check_records(store: Store, run_id: str, blocks: list[dict[str, Any]],
         rows = [r for r in ([store.find_run(run_id)] if table == "runs"
                             else store.rows(table, run_id)) if r is not None]
         expect = dict(sealed[table])
-        latest = max((float(k.rsplit("/", 1)[1]) for k in expect), default=None) \
-            if table == "readings" else None
+        if table == "safety":
+            rows = [{**r, "n": n} for n, r in enumerate(rows)]
+        tail = {"readings": "t", "safety": "n"}.get(table)
+        latest = max((float(k.rsplit("/", 1)[-1]) for k in expect), default=None) \
+            if tail else None
 
         def name(key: str, table: str = table, columns: tuple[str, ...] = key_columns) -> str:
             return f"table {table}, row " + ", ".join(
@@ -123,8 +130,8 @@ def check_records(store: Store, run_id: str, blocks: list[dict[str, Any]],
         for row in rows:
             key = row_key(table, row)
             if key not in expect:
-                if table == "readings" and (latest is None or float(row["t"]) > latest):
-                    continue
+                if tail and (latest is None or float(row[tail]) > latest):
+                    continue  # after the last sealed one: not sealed yet
                 return rules.ChainError(last, f"{name(key)}: not sealed by the ledger "
                                               "(added or its key edited)")
             digest, height = expect.pop(key)
@@ -177,6 +184,7 @@ class Ledger:
     head: str = rules.GENESIS_PREV
     genesis: str = ""
     external: dict[str, str] = field(default_factory=dict)  # agent keys we hold no secret of
+    safety_sealed: int = 0  # safety log rows sealed so far
     _issued: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -218,9 +226,20 @@ class Ledger:
         led.keys = {OPERATOR: ring.operator(),
                     **ring.load_run(run_id, blocks[0]["hash"]).keys}
         led.state, _ = rules.replay(blocks, led.public(OPERATOR))
+        led.safety_sealed = 1 + max((int(n) for b in blocks for tx in b["txs"]
+                                     if isinstance(tx, dict) and tx.get("type") == "record"
+                                     for n in tx["rows"].get("safety", {})), default=-1)
         led.head = blocks[-1]["hash"] if blocks else rules.GENESIS_PREV
         led.genesis = blocks[0]["hash"]
         return led
+
+    def record(self, rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, Any]:
+        """The ``record`` tx for the next block: ``rows`` (table -> the rows about to be
+        written with it) and the safety events logged since the last block."""
+        log = self.store.rows("safety", self.run_id)
+        fresh = [{**r, "n": n} for n, r in enumerate(log) if n >= self.safety_sealed]
+        self.safety_sealed = len(log)
+        return record_tx({**rows, **({"safety": fresh} if fresh else {})})
 
     def opening(self) -> dict[str, int]:
         """Balances as genesis left them (deposits only)."""

@@ -30,7 +30,7 @@ from typing import Any
 from contracts.cesdt import Offer, Round
 from contracts.numbers import aud_to_micro
 from contracts.settlement import GRID, Transfer
-from testbed.ledger.chain import Ledger, record_tx
+from testbed.ledger.chain import Ledger
 from testbed.ledger.store import Store
 
 AUD_PER_ETH = Fraction(370)
@@ -131,7 +131,7 @@ def seal_hour(store: Store, ledger: Ledger, run_id: str, hour: int, book: HourBo
                     "energy_kwh": str(f.energy), "price": str(f.price)} for f in rnd.fills])
     draft.add(Ledger.transfer_txs(transfers))
     draft.release_escrow()
-    draft.add([record_tx(rows)])  # the block seals the rows written with it
+    draft.add([ledger.record(rows)])  # the block seals the rows written with it
     with store.transaction():
         block = ledger.seal(hour, draft)
         for table, table_rows in rows.items():

@@ -34,7 +34,7 @@ from drivers.spec import RigSpec
 from testbed.config.profiles import day_profile
 from testbed.config.scenario import Scenario
 from testbed.errors import InputError
-from testbed.ledger.chain import BlockDraft, Ledger, record_tx
+from testbed.ledger.chain import BlockDraft, Ledger
 from testbed.ledger.store import Store
 from testbed.run import preflight
 from testbed.run.controller import (
@@ -435,7 +435,7 @@ class Run:
                                    chain_rejected, dict(draft.state.balances), on_chain)
         rows = self._interval_rows(index, clearing, settlement, measured, rejected, checks,
                                    funding, routed)
-        draft.add([record_tx(rows)])  # the block seals the rows written with it
+        draft.add([ledger.record(rows)])  # the block seals the rows written with it
         txs = draft.txs
         with self.store.transaction():
             block = ledger.seal(index, draft)
