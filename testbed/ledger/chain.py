@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -60,10 +61,14 @@ _CAST: dict[type, Any] = {int: int, float: float, str: str}
 
 def _cell(table: str, column: str, value: Any) -> Any:
     """A value as SQLite gives it back for the column's declared type (a REAL column
-    returns 1.0 for 1), so a row digests alike before it is written and after it is read."""
+    returns 1.0 for 1, 0.0 for -0.0 and NULL for NaN), so a row digests alike before it is
+    written and after it is read."""
     if value is None:
         return None
-    return _CAST[SCHEMA[table][0].get(column, int)](value)  # n: a position
+    cast = _CAST[SCHEMA[table][0].get(column, int)](value)  # n: a position
+    if isinstance(cast, float):
+        return None if math.isnan(cast) else cast + 0.0  # -0.0 + 0.0 is 0.0
+    return cast
 
 
 def row_key(table: str, row: Mapping[str, Any]) -> str:
