@@ -42,6 +42,10 @@ controller wrote is valid exactly when replaying it gives the same state. Transa
                  a second order) or a household whose agent sent nothing by the gate:
                  ``household``, ``interval``, ``reason`` and ``payload_sha256`` of the raw
                  message (informational; it moves nothing).
+``record``       the digests of the run's rows outside the chain that this block seals
+                 (``rows``: table -> row key -> digest, ``testbed.ledger.chain``): genesis
+                 seals the run's own row, each interval's block that interval's rows
+                 (informational; it moves nothing, and an audit recomputes the digests).
 """
 
 from __future__ import annotations
@@ -373,6 +377,13 @@ class LedgerState:
         if not isinstance(tx["payload_sha256"], str | None):
             raise TxError("refusal's payload_sha256 must be a hex string or null")
 
+    def _record(self, tx: Mapping[str, Json]) -> None:
+        rows = tx["rows"]
+        if not isinstance(rows, dict) or not all(
+                isinstance(table, dict) and all(isinstance(d, str) for d in table.values())
+                for table in rows.values()):
+            raise TxError("record's rows must map each table to row key -> digest")
+
     def _resolve(self, tx: Mapping[str, Json]) -> None:
         digest, reason = str(tx["order"]), str(tx["reason"])
         if digest not in self.frozen or not reason:
@@ -402,7 +413,7 @@ _HANDLERS = {
     "transfer": LedgerState._transfer, "release": LedgerState._release,
     "rating": LedgerState._rating, "metered": LedgerState._metered,
     "dispute": LedgerState._dispute, "resolve": LedgerState._resolve,
-    "refused": LedgerState._refused,
+    "refused": LedgerState._refused, "record": LedgerState._record,
 }
 
 

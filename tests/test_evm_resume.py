@@ -153,7 +153,7 @@ def test_node_resume_refuses_an_interval_the_chain_settled_but_the_run_never_com
     def died(*args: object, **kw: object) -> None:
         raise Died("killed between the chain's settlement and the commit")
     with monkeypatch.context() as m:
-        m.setattr(Run, "_write_interval", died)
+        m.setattr(Run, "_interval_rows", died)
         with pytest.raises(Died):
             run(db, ledger, run_id="settled")
     with pytest.raises(InputError, match="settled interval 0 after run settled's last commit"):

@@ -108,11 +108,16 @@ def new_operator_mints(txs: list[list[dict[str, Any]]], key: Ed25519PrivateKey) 
 
 
 def cut_last_block(db: Path) -> None:
-    """Delete the last block and its transactions; no signature is needed: the rows, the
-    balances and the run's head are set back to the block before."""
+    """Delete the last block and its transactions, and the interval rows it sealed; no
+    signature is needed: the rows, the balances and the run's head are set back to the
+    block before (the interval's readings stay, as a cut-short interval's would)."""
     conn = sqlite3.connect(db)
     (run_id,) = conn.execute("select id from runs").fetchone()
-    (last,) = conn.execute("select max(height) from blocks").fetchone()
+    (last, interval) = conn.execute("select height, interval from blocks order by height "
+                                    "desc limit 1").fetchone()
+    conn.execute("delete from intervals where idx = ?", [interval])
+    for table in ("trades", "results"):
+        conn.execute(f"delete from {table} where interval = ?", [interval])
     conn.execute("delete from blocks where height = ?", [last])
     conn.execute("delete from txs where height = ?", [last])
     conn.commit()

@@ -164,9 +164,9 @@ def test_ledger_cli_verify_and_show(run_db: Path, tmp_path: Path) -> None:
     shown = runner.invoke(app, ["ledger", "show", str(run_db)])
     assert shown.exit_code == 0 and "certificate" in shown.stdout and "grid" in shown.stdout
     bad = tmp_path / "bad.db"
-    src, conn = sqlite3.connect(run_db), sqlite3.connect(bad)
-    src.backup(conn)  # with what is still in the WAL (a byte copy of the file misses it)
-    src.close()
+    conn = sqlite3.connect(bad)
+    with sqlite3.connect(run_db) as source:  # the WAL too, not the main file alone
+        source.backup(conn)
     conn.execute("update txs set body = replace(body, '\"amount\":', '\"amount\":1') "
                  "where height = 1 and body like '%transfer%'")
     conn.commit()

@@ -28,6 +28,7 @@ from drivers.clock import RealClock
 from drivers.emulators.bench import EmulatedBench
 from testbed.config.rig import load_rig, rig_from_dict
 from testbed.config.scenario import load_scenario
+from testbed.ledger.chain import verify_run
 from testbed.ledger.store import Store
 from testbed.run.runner import run_scenario
 
@@ -198,6 +199,7 @@ def test_sigkill_mid_interval_then_resume_gives_uninterrupted_balances(tmp_path:
     store = Store(tmp_path / "k.db")
     op = store.db["keys"].get((out["run_id"], "operator"))["public_key"]
     assert rules.verify_chain(store.blocks(out["run_id"]), op) is None
+    assert verify_run(store, out["run_id"]) is None  # the derived rows too, across the kill
     assert store.db["trades"].count == 7  # scenario 2's fills, once
 
 

@@ -15,6 +15,9 @@ the end is noticed) live in the operator's key folder, :mod:`testbed.ledger.keys
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -28,10 +31,123 @@ from testbed import json_input
 from testbed.errors import InputError
 from testbed.ledger.keys import Keyring, load_anchor
 from testbed.ledger.keys import public_hex as _public_hex
-from testbed.ledger.store import Store
+from testbed.ledger.store import SCHEMA, Store
 
 OPERATOR = "operator"
 AUD_PER_TOKEN = Fraction(370)
+# The ledger's format, named by genesis (the operator tx's ``format``). 0 (08ef03f and
+# before: households ``register`` their own keys, no operator tx): not verifiable by these
+# rules. 1 (an operator tx without ``format``, up to a0e7c0a): the chain alone. 2: every
+# block seals the digests of the rows written with it (``record``), so an audit covers
+# what reports read.
+LEDGER_FORMAT = 2
+
+# Rows sealed by the ledger: table -> (key columns, columns digested). A run's own row is
+# sealed at genesis without what changes later (status, finish, summary, the head, which
+# verify_run checks against the chain itself). Safety events are written as they happen
+# and sealed by the next block, keyed by ``n``, their place in the run's safety log; those
+# after the last block (the final safe state), like readings after the last sealed one, are
+# not sealed and pass.
+SEALED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "runs": (("id",), ("id", "scenario", "rig", "mechanism", "started_at", "params")),
+    **{table: (key, tuple(c for c in SCHEMA[table][0] if c != "run_id"))
+       for table, key in (("intervals", ("idx",)), ("trades", ("interval", "seq")),
+                          ("results", ("interval", "household")),
+                          ("readings", ("household", "t")))},
+    "safety": (("n",), ("n", "at", "event", "body")),
+}
+_CAST: dict[type, Any] = {int: int, float: float, str: str}
+
+
+def _cell(table: str, column: str, value: Any) -> Any:
+    """A value as SQLite gives it back for the column's declared type (a REAL column
+    returns 1.0 for 1, 0.0 for -0.0 and NULL for NaN), so a row digests alike before it is
+    written and after it is read."""
+    if value is None:
+        return None
+    cast = _CAST[SCHEMA[table][0].get(column, int)](value)  # n: a position
+    if isinstance(cast, float):
+        return None if math.isnan(cast) else cast + 0.0  # -0.0 + 0.0 is 0.0
+    return cast
+
+
+def row_key(table: str, row: Mapping[str, Any]) -> str:
+    """The sealed row's key: its key columns' values joined by ``/`` (e.g. ``0/3``)."""
+    return "/".join(str(_cell(table, c, row.get(c))) for c in SEALED[table][0])
+
+
+def row_digest(table: str, row: Mapping[str, Any]) -> str:
+    """SHA-256 (128 bits, hex) of the row's digested columns as JSON, in schema order."""
+    values = [_cell(table, c, row.get(c)) for c in SEALED[table][1]]
+    text = json.dumps(values, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def record_tx(rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, Any]:
+    """The ``record`` transaction sealing ``rows`` (table -> the rows as written)."""
+    return {"type": "record", "rows": {table: {row_key(table, r): row_digest(table, r)
+                                               for r in table_rows}
+                                       for table, table_rows in rows.items()}}
+
+
+def ledger_format(blocks: list[dict[str, Any]]) -> int:
+    """The format genesis names: 1 when its operator tx names none (the releases up to
+    a0e7c0a), 0 when genesis has no operator tx (08ef03f and before), -1 when the format
+    is not an integer."""
+    first = blocks[0]["txs"][:1] if blocks else []
+    if not first or not isinstance(first[0], dict) or first[0].get("type") != "operator":
+        return 0
+    value = first[0].get("format", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
+
+
+def check_records(store: Store, run_id: str, blocks: list[dict[str, Any]],
+                  ) -> rules.ChainError | None:
+    """Every sealed row against the table: the first one edited, deleted or added, naming
+    the table and the row (readings after the last sealed one are a cut-short interval's,
+    not sealed yet, and pass). Format-1 ledgers seal no rows: None."""
+    if ledger_format(blocks) < 2:
+        return None
+    sealed: dict[str, dict[str, tuple[str, int]]] = {t: {} for t in SEALED}
+    for b in blocks:
+        for tx in b["txs"]:
+            if isinstance(tx, dict) and tx.get("type") == "record":
+                for table, digests in tx["rows"].items():
+                    if table in sealed:
+                        sealed[table].update({k: (d, int(b["height"]))
+                                              for k, d in digests.items()})
+    last = len(blocks) - 1
+    for table, (key_columns, _columns) in SEALED.items():
+        rows = [r for r in ([store.find_run(run_id)] if table == "runs"
+                            else store.rows(table, run_id)) if r is not None]
+        expect = dict(sealed[table])
+        if table == "safety":
+            rows = [{**r, "n": n} for n, r in enumerate(rows)]
+        tail = {"readings": "t", "safety": "n"}.get(table)
+        latest = max((float(k.rsplit("/", 1)[-1]) for k in expect), default=None) \
+            if tail else None
+
+        def name(key: str, table: str = table, columns: tuple[str, ...] = key_columns) -> str:
+            return f"table {table}, row " + ", ".join(
+                f"{c} {v}" for c, v in zip(columns, key.split("/", len(columns) - 1),
+                                           strict=True))
+
+        for row in rows:
+            key = row_key(table, row)
+            if key not in expect:
+                if tail and (latest is None or float(row[tail]) > latest):
+                    continue  # after the last sealed one: not sealed yet
+                return rules.ChainError(last, f"{name(key)}: not sealed by the ledger "
+                                              "(added or its key edited)")
+            digest, height = expect.pop(key)
+            if row_digest(table, row) != digest:
+                return rules.ChainError(height, f"{name(key)}: edited (block {height} "
+                                                "sealed other values)")
+        if expect:
+            key, (_digest, height) = min(expect.items(), key=lambda kv: kv[1][1])
+            return rules.ChainError(height, f"{name(key)}: deleted (sealed in block "
+                                            f"{height})")
+    return None
 
 
 @dataclass
@@ -73,6 +189,7 @@ class Ledger:
     head: str = rules.GENESIS_PREV
     genesis: str = ""
     external: dict[str, str] = field(default_factory=dict)  # agent keys we hold no secret of
+    safety_sealed: int = 0  # safety log rows sealed so far
     _issued: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -96,7 +213,9 @@ class Ledger:
         public key (64 hex digits) or, for a lab-held agent key, the private key."""
         led = cls(store, run_id, keyring or Keyring())
         led.new_keys(accounts, agents or {})
-        led.append(None, led.genesis_txs(opening, aud_per_token, ratings))
+        run = store.find_run(run_id)
+        led.append(None, [*led.genesis_txs(opening, aud_per_token, ratings),
+                          *([record_tx({"runs": [run]})] if run is not None else [])])
         return led
 
     @classmethod
@@ -112,9 +231,20 @@ class Ledger:
         led.keys = {OPERATOR: ring.operator(),
                     **ring.load_run(run_id, blocks[0]["hash"]).keys}
         led.state, _ = rules.replay(blocks, led.public(OPERATOR))
+        led.safety_sealed = 1 + max((int(n) for b in blocks for tx in b["txs"]
+                                     if isinstance(tx, dict) and tx.get("type") == "record"
+                                     for n in tx["rows"].get("safety", {})), default=-1)
         led.head = blocks[-1]["hash"] if blocks else rules.GENESIS_PREV
         led.genesis = blocks[0]["hash"]
         return led
+
+    def record(self, rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, Any]:
+        """The ``record`` tx for the next block: ``rows`` (table -> the rows about to be
+        written with it) and the safety events logged since the last block."""
+        log = self.store.rows("safety", self.run_id)
+        fresh = [{**r, "n": n} for n, r in enumerate(log) if n >= self.safety_sealed]
+        self.safety_sealed = len(log)
+        return record_tx({**rows, **({"safety": fresh} if fresh else {})})
 
     def opening(self) -> dict[str, int]:
         """Balances as genesis left them (deposits only)."""
@@ -150,7 +280,8 @@ class Ledger:
         account, the opening deposits and the rigs' ratings."""
         op = self.keys[OPERATOR]
         txs: list[dict[str, Any]] = [{"type": "operator", "public_key": self.public(OPERATOR),
-                                      "aud_per_token": str(aud_per_token)}]
+                                      "aud_per_token": str(aud_per_token),
+                                      "format": LEDGER_FORMAT}]
         for account in [*self.keys, *self.external]:
             if account != OPERATOR:
                 pub = self.public(account)
@@ -212,11 +343,9 @@ class Ledger:
         store.insert("txs", [{"run_id": self.run_id, "height": height, "seq": i,
                               "body": rules.canonical(tx).decode()}
                              for i, tx in enumerate(txs)])
-        store.db["balances"].upsert_all(  # type: ignore[union-attr]
-            [{"run_id": self.run_id, "account": a, "micro": m}
-             for a, m in state.balances.items()], pk=["run_id", "account"])
-        store.db["runs"].update(self.run_id, {  # type: ignore[union-attr]
-            "ledger_height": height + 1, "ledger_head": digest})
+        store.put_balances(self.run_id, state.balances)
+        store.update_run(self.run_id, ledger_height=height + 1, ledger_head=digest,
+                         **({"ledger_format": LEDGER_FORMAT} if height == 0 else {}))
         self.state, self.head = state, digest
         ring, run_id = self.keyring, self.run_id
         if height == 0:
@@ -242,20 +371,19 @@ def verify_run(store: Store, run_id: str, anchor: str | None = None,
             anchor = load_anchor(ring.directory / "operator.pub")[0]
         except InputError as e:
             return rules.ChainError(0, f"no trust anchor: {e}")
-    keys = {r["account"]: r["public_key"]
-            for r in store.db.query("select * from keys where run_id = ?", [run_id])}
-    heights = [r["height"] for r in store.db.query(
-        "select height from blocks where run_id = ? order by height", [run_id])]
-    if not heights:
+    keys = {r["account"]: r["public_key"] for r in store.rows("keys", run_id)}
+    headers = store.rows("blocks", run_id)
+    if not headers:
         return rules.ChainError(0, "the run has no genesis block")
+    tx_rows: dict[int, list[dict[str, Any]]] = {}
+    for r in store.rows("txs", run_id):
+        tx_rows.setdefault(r["height"], []).append(r)
     blocks = []
-    for h in heights:
-        rows = list(store.db.query("select seq, body from txs where run_id = ? and height = ? "
-                                   "order by seq", [run_id, h]))
-        block = dict(zip(("height", "interval", "prev_hash", "merkle_root", "hash",
-                          "signature"), store.db.execute(
-            "select height, interval, prev_hash, merkle_root, hash, signature from blocks "
-            "where run_id = ? and height = ?", [run_id, h]).fetchone(), strict=True))
+    for header in headers:
+        h = header["height"]
+        rows = tx_rows.get(h, [])
+        block = {k: header[k] for k in ("height", "interval", "prev_hash", "merkle_root",
+                                        "hash", "signature")}
         txs = []
         for i, row in enumerate(rows):
             if row["seq"] != i:
@@ -273,10 +401,18 @@ def verify_run(store: Store, run_id: str, anchor: str | None = None,
             txs.append(tx)
         blocks.append({**block, "txs": txs})
     first = blocks[0]["txs"][:1]
+    fmt = ledger_format(blocks)
+    if fmt == 0:
+        return rules.ChainError(0, "genesis is of ledger format 0 (households register "
+                                   "their own keys; releases up to 08ef03f): these rules "
+                                   "cannot verify it; use the release that wrote it")
     named = first[0].get("public_key") if first and isinstance(first[0], dict) else None
     if named != anchor:
         return rules.ChainError(0, f"genesis names operator key {str(named)[:16]}…, not the "
                                    f"operator's key {anchor[:16]}… (the trust anchor)")
+    if not 1 <= fmt <= LEDGER_FORMAT:
+        return rules.ChainError(0, f"genesis names ledger format {first[0].get('format')!r}; "
+                                   f"this testbed reads formats 1 to {LEDGER_FORMAT}")
     try:
         recorded_head = ring.head(run_id, str(blocks[0]["hash"]))
     except InputError as e:
@@ -294,17 +430,14 @@ def verify_run(store: Store, run_id: str, anchor: str | None = None,
     state, err = rules.replay(blocks, anchor)
     if err is not None:
         return err
-    orphans = store.db.execute("select min(height) from txs where run_id = ? and height "
-                               "not in (select height from blocks where run_id = ?)",
-                               [run_id, run_id]).fetchone()[0]
+    orphans = store.orphan_tx_height(run_id)
     if orphans is not None:
         return rules.ChainError(orphans, f"transactions at height {orphans} have no block")
     last = len(blocks) - 1
-    run = store.db.execute("select ledger_height, ledger_head from runs where id = ?",
-                           [run_id]).fetchone()
-    if run is None:
+    run_row = store.find_run(run_id)
+    if run_row is None:
         return rules.ChainError(0, "the run's row is missing, and with it the recorded head")
-    recorded, head = run
+    recorded, head = run_row["ledger_height"], run_row["ledger_head"]
     if recorded != len(blocks) or head != (blocks[-1]["hash"] if blocks else None):
         if recorded is not None and recorded > len(blocks):
             return rules.ChainError(len(blocks), f"block {len(blocks)} is missing: the run "
@@ -318,10 +451,9 @@ def verify_run(store: Store, run_id: str, anchor: str | None = None,
     if keys != certified:
         bad = sorted(set(keys.items()) ^ set(certified.items()))[0][0]
         return rules.ChainError(0, f"keys table entry for {bad!r} does not match the chain")
-    stored = {r["account"]: r["micro"]
-              for r in store.db.query("select * from balances where run_id = ?", [run_id])}
+    stored = store.balances(run_id)
     if stored != state.balances:
         bad = sorted(set(stored.items()) ^ set(state.balances.items()))[0][0]
         return rules.ChainError(last, f"balances table for {bad!r}: {stored.get(bad)} µ, "
                                       f"the chain gives {state.balances.get(bad)} µ")
-    return None
+    return check_records(store, run_id, blocks)

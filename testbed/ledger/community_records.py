@@ -113,8 +113,8 @@ def seal_hour(store: Store, ledger: Ledger, run_id: str, hour: int, book: HourBo
     """The hour's block: every request and offer signed by its household and checked by
     the ledger's rules (a buy order's escrow is released at the block's end, its bill paid
     by the transfers), every fill, the transfers; written with the hour's run rows (table
-    -> rows) in one SQLite transaction; ``inside`` is called in it too (the run's last
-    readings, :meth:`testbed.run.lifecycle.RunLog.commit`)."""
+    -> rows, sealed by the block's ``record``) in one SQLite transaction; ``inside`` is
+    called in it too (the run's last readings, :meth:`testbed.run.lifecycle.RunLog.commit`)."""
     draft = ledger.draft()
     orders = 0
     for rnd, offers in book.rounds:
@@ -133,6 +133,7 @@ def seal_hour(store: Store, ledger: Ledger, run_id: str, hour: int, book: HourBo
                     "energy_kwh": str(f.energy), "price": str(f.price)} for f in rnd.fills])
     draft.add(Ledger.transfer_txs(transfers))
     draft.release_escrow()
+    draft.add([ledger.record(rows)])  # the block seals the rows written with it
     with store.transaction():
         block = ledger.seal(hour, draft)
         for table, table_rows in rows.items():

@@ -838,12 +838,11 @@ class ChainLedger:
         its events must begin with the recorded ones; an interval the chain had started
         after the last commit (orders, a clearing) is cancelled on the chain, and one it
         had settled cannot be redone (EvmError saying so)."""
-        row = store.db.execute("select backend, contract, deploy_block, body from evm "
-                               "where run_id = ?", [run_id]).fetchone() \
-            if store.db["evm"].exists() else None
-        if row is None:
+        rows = store.rows("evm", run_id)
+        if not rows:
             raise EvmError(f"run {run_id} has no EVM deployment to resume on {spec}")
-        backend, contract, deploy_block, body = row
+        backend, contract, deploy_block, body = (rows[0][k] for k in (
+            "backend", "contract", "deploy_block", "body"))
         if spec != backend and not (spec.startswith("evm+") and backend.startswith("evm+")):
             raise EvmError(f"run {run_id} ran on {backend}, not {spec}: resume it there")
         params = json_input.loads(body)
@@ -967,11 +966,10 @@ class ChainLedger:
     def record(self, store: Store, run_id: str) -> None:
         """Write the deployment and the events since the last call to the run database
         (inside the caller's transaction), for ``testbed ledger verify``."""
-        store.db["evm"].upsert({  # type: ignore[union-attr]
+        store.put_evm({
             "run_id": run_id, "backend": self.spec, "contract": self.market.address,
             "deploy_block": self.market.deploy_block,
-            "body": json.dumps({**self.params, "accounts": self.market.accounts})},
-            pk="run_id")
+            "body": json.dumps({**self.params, "accounts": self.market.accounts})})
         events = self.market.events()
         store.insert("evm_events", [{"run_id": run_id, "seq": self._recorded + i,
                                      "block": e.block, "name": e.name,
@@ -991,8 +989,8 @@ def _comparable(events: Sequence[Event], accounts: bool = False,
 
 
 def _recorded_events(store: Store, run_id: str) -> list[Event]:
-    return [Event(r["name"], json_input.loads(r["body"]), r["block"]) for r in store.db.query(
-        "select * from evm_events where run_id = ? order by seq", [run_id])]
+    return [Event(r["name"], json_input.loads(r["body"]), r["block"])
+            for r in store.rows("evm_events", run_id)]
 
 
 def _balances_from_deposits(households: Sequence[str], events: Sequence[Event],
@@ -1060,13 +1058,12 @@ def verify_evm(store: Store, run_id: str) -> str | None:
     node, or re-executed on a fresh embedded EVM) equal those recorded, and agree with the
     run's clearings, trades, meter readings and the SQLite ledger's balances. Returns the
     first disagreement, or None (also for a run without an EVM back-end)."""
-    row = store.db.execute("select backend, contract, deploy_block, body from evm "
-                           "where run_id = ?", [run_id]).fetchone() \
-        if store.db["evm"].exists() else None
-    if row is None:
+    rows = store.rows("evm", run_id)
+    if not rows:
         return None
-    backend, contract, deploy_block, body = row
-    params = json_input.loads(body)
+    backend, contract, deploy_block = (rows[0][k] for k in ("backend", "contract",
+                                                             "deploy_block"))
+    params = json_input.loads(rows[0]["body"])
     recorded = _recorded_events(store, run_id)
     try:
         if backend == "evm":
@@ -1090,8 +1087,12 @@ def _check_against_run(store: Store, run_id: str, events: Sequence[Event]) -> st
     fills, meter readings and disputes, and the balances they give against the SQLite
     ledger's. An interval cancelled on the chain (the run died in it and was resumed)
     counts for nothing."""
-    params_row = store.db.execute("select body from evm where run_id = ?", [run_id]).fetchone()
-    households = sorted(json.loads(params_row[0])["households"], key=natural_key)
+    households = sorted(json.loads(store.rows("evm", run_id)[0]["body"])["households"],
+                        key=natural_key)
+    cleared_rows = {r["idx"]: (r["clearing_price"], r["method"])
+                    for r in store.rows("intervals", run_id)}
+    results = {(r["interval"], r["household"]): r["body"] for r in store.rows("results", run_id)}
+    all_trades = store.rows("trades", run_id)
     names = {i + 1: h for i, h in enumerate(households)}
     names[GRID_HID] = "grid"
     micro: dict[str, int] = {}
@@ -1124,10 +1125,8 @@ def _check_against_run(store: Store, run_id: str, events: Sequence[Event]) -> st
         elif e.name == "Cancelled":
             cleared, fills, held, disputed = None, [], [], set()
         elif e.name == "Reading":
-            got = store.db.execute("select body from results where run_id = ? and "
-                                   "interval = ? and household = ?",
-                                   [run_id, a["interval"], names[a["hid"]]]).fetchone()
-            body = {} if got is None else json.loads(got[0])
+            got = results.get((a["interval"], names[a["hid"]]))
+            body = {} if got is None else json.loads(got)
             metered = None if got is None else Fraction(body["metered_kwh"])
             if metered != Fraction(a["metered"], 10**6):
                 return (f"interval {a['interval']} household {names[a['hid']]}: the oracle "
@@ -1139,16 +1138,14 @@ def _check_against_run(store: Store, run_id: str, events: Sequence[Event]) -> st
                         "only")
         elif e.name == "Settled":
             if cleared is not None:
-                row = store.db.execute("select clearing_price, method from intervals where "
-                                       "run_id = ? and idx = ?", [run_id, interval]).fetchone()
+                row = cleared_rows.get(interval)
                 price = (None if cleared["method"] == 0 else
                          str(Fraction(cleared["price_num"], cleared["price_den"] * 10**6)))
                 if row is None or (row[0], row[1]) != (price, cleared["method"] or None):
                     return (f"interval {interval}: the chain cleared at {price} (method "
                             f"{cleared['method']}), the run database says {row}")
-            trades = [(r["seller"], r["buyer"], Fraction(r["energy_kwh"])) for r in
-                      store.db.query("select * from trades where run_id = ? and interval = ? "
-                                     "order by seq", [run_id, interval])]
+            trades = [(r["seller"], r["buyer"], Fraction(r["energy_kwh"]))
+                      for r in all_trades if r["interval"] == interval]
             if trades != [f[:3] for f in fills]:
                 return (f"interval {interval}: the chain's {len(fills)} fills differ from "
                         f"the run database's {len(trades)} trades")
@@ -1161,8 +1158,7 @@ def _check_against_run(store: Store, run_id: str, events: Sequence[Event]) -> st
             if held:
                 return f"interval {interval}: the chain held a fill it never made: {held[0]}"
             cleared, fills, disputed = None, [], set()
-    ledger = {r["account"]: r["micro"] for r in store.db.query(
-        "select account, micro from balances where run_id = ?", [run_id])}
+    ledger = store.balances(run_id)
     for account, amount in sorted(ledger.items()):
         if micro.get(account, 0) != amount:
             return (f"account {account}: the chain's events give {micro.get(account, 0)} µETH, "

@@ -13,6 +13,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,6 @@ def _import_sqlite_utils() -> None:
 _import_sqlite_utils()
 import sqlite_utils  # noqa: E402
 
-SCHEMA_VERSION = 1  # PRAGMA user_version of a database this code writes
-
 
 class DamagedDatabase(InputError):
     """A run database that cannot be trusted: not SQLite, truncated or corrupted, of a
@@ -54,7 +53,7 @@ class DamagedDatabase(InputError):
 SCHEMA: dict[str, tuple[dict[str, type], list[str]]] = {
     "runs": ({"id": str, "scenario": str, "rig": str, "mechanism": str, "status": str,
               "started_at": str, "finished_at": str, "params": str, "summary": str,
-              "ledger_height": int, "ledger_head": str}, ["id"]),
+              "ledger_height": int, "ledger_head": str, "ledger_format": int}, ["id"]),
     "intervals": ({"run_id": str, "idx": int, "clearing_price": str, "method": int,
                    "volume_kwh": str, "details": str, "lab_start_s": float,
                    "lab_end_s": float}, ["run_id", "idx"]),
@@ -88,10 +87,8 @@ SCHEMA: dict[str, tuple[dict[str, type], list[str]]] = {
 # * ``aborted_readings``: those readings, moved out of ``readings`` (which keeps only the
 #   readings of committed intervals and of the one in progress, as reports expect);
 # * ``events``: the run's status, order-book and clearing events as they happen.
-# ADDED_COLUMNS are added by ALTER TABLE to a database written before them (for part B's
-# migrations: fold into the schema version that introduces them).
-ADDED_COLUMNS: dict[str, dict[str, type]] = {"readings": {"interval": int}}
-SCHEMA["readings"][0].update(ADDED_COLUMNS["readings"])
+# Schema version 3 brings them to an older database (``_to_3``).
+SCHEMA["readings"][0]["interval"] = int
 SCHEMA.update({
     "aborted_intervals": ({"run_id": str, "idx": int, "attempt": int, "at": str, "cause": str,
                            "reason": str, "lab_start_s": float, "lab_end_s": float,
@@ -99,10 +96,76 @@ SCHEMA.update({
     "aborted_readings": ({**SCHEMA["readings"][0], "attempt": int}, []),
     "events": ({"run_id": str, "at": str, "topic": str, "body": str}, []),
 })
-PART_A_TABLES = frozenset({"aborted_intervals", "aborted_readings", "events"})
 ABORT_CAUSES = ("signal", "estop", "fault", "killed")  # aborted_intervals.cause
 EVENT_TOPICS = ("status", "orderbook", "clearing")  # kept in ``events`` (others have tables)
 # -- end of issue 14 part A schema ---------------------------------------------------------
+
+
+# -- schema versions and migrations ---------------------------------------------------------
+#
+# ``PRAGMA user_version`` is the schema version. 0: no version, written by the releases up to
+# a0e7c0a (08ef03f lacked ``runs.ledger_height``/``ledger_head``, ``balances`` and
+# ``safety``; both lacked the EVM tables and kept private keys beside the ledger). 1: the key
+# folder outside the database, the EVM tables. 2: ledger format 2 (genesis names its format;
+# each block seals a digest of every derived row, ``testbed.ledger.chain``), and
+# ``runs.ledger_format``. 3: a durable run (readings by interval, aborted intervals, the
+# events table). To change the schema: add the column or table to SCHEMA, append a
+# :class:`Migration` that brings a database of the previous version to the new one, and raise
+# nothing else: opening runs every step above the file's version, in order, in one
+# transaction.
+
+
+def _columns(db: sqlite_utils.Database, table: str) -> set[str]:
+    return {r[1] for r in db.execute(f"PRAGMA table_info([{table}])").fetchall()}
+
+
+def _add_missing(db: sqlite_utils.Database) -> None:
+    """Every table and column of SCHEMA that the file lacks (new columns NULL)."""
+    tables = set(db.table_names())
+    for name, (columns, pk) in SCHEMA.items():
+        if name not in tables:
+            db[name].create(columns, pk=pk or None)  # type: ignore[union-attr]
+            continue
+        for column in [c for c in columns if c not in _columns(db, name)]:
+            kind = {int: "INTEGER", float: "FLOAT", str: "TEXT"}[columns[column]]
+            db.execute(f"alter table [{name}] add column [{column}] {kind}")
+
+
+def _to_1(db: sqlite_utils.Database) -> None:
+    """Version 0 (a0e7c0a and before) -> 1: the missing tables and columns; a run without a
+    recorded head (08ef03f) gets the head of its chain as it stands, which ``ledger verify``
+    then checks like any other (a block cut before the migration goes unnoticed: that
+    release recorded nothing to notice it by)."""
+    _add_missing(db)
+    db.execute("update runs set ledger_height = (select count(*) from blocks b where "
+               "b.run_id = runs.id), ledger_head = (select hash from blocks b where "
+               "b.run_id = runs.id order by height desc limit 1) where ledger_height is null")
+
+
+def _to_3(db: sqlite_utils.Database) -> None:
+    """2 -> 3: a run written as it happens: ``readings.interval`` (NULL in older rows), the
+    tables ``aborted_intervals``, ``aborted_readings`` and ``events``."""
+    _add_missing(db)
+
+
+def _to_2(db: sqlite_utils.Database) -> None:
+    """1 -> 2: ``runs.ledger_format``; the runs before it are of ledger format 1 (no derived
+    rows sealed)."""
+    _add_missing(db)
+    db.execute("update runs set ledger_format = 1 where ledger_format is null")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step: ``apply`` takes a database of version ``to - 1`` to version ``to``."""
+
+    to: int
+    apply: Callable[[sqlite_utils.Database], None]
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, _to_1), Migration(2, _to_2),
+                                     Migration(3, _to_3))
+SCHEMA_VERSION = MIGRATIONS[-1].to  # PRAGMA user_version of a database this code writes
 
 
 class Store:
@@ -117,6 +180,7 @@ class Store:
                  check: str = "schema") -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self.migrated_from: int | None = None  # the schema version migrated on open, if any
         self._depth = 0
         self._after: list[Callable[[], None]] = []
         where = str(self.path)
@@ -141,12 +205,12 @@ class Store:
 
     def _open(self, check: str) -> None:
         where = str(self.path)
-        tables = {r[0] for r in self.db.execute(
-            "select name from sqlite_master where type = 'table'").fetchall()}
+        tables = set(self.db.table_names())
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise DamagedDatabase(where, f"schema version {version} is newer than this "
-                                         f"testbed's {SCHEMA_VERSION}")
+                                         f"testbed's {SCHEMA_VERSION}: open it with the "
+                                         "release that wrote it, or a later one")
         if tables and "runs" not in tables:
             raise DamagedDatabase(where, "not a testbed run database (no 'runs' table; "
                                          f"tables: {', '.join(sorted(tables)[:5])})")
@@ -154,30 +218,41 @@ class Store:
             bad = self.db.execute("PRAGMA quick_check").fetchall()
             if bad != [("ok",)]:
                 raise DamagedDatabase(where, f"corrupted: {bad[0][0]}")
-        for name, (columns, _pk) in SCHEMA.items():
-            if name not in tables:
-                continue
-            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({name})").fetchall()}
-            missing = sorted(set(columns) - have - set(ADDED_COLUMNS.get(name, {})))
-            if missing:
-                raise DamagedDatabase(where, f"table {name!r} lacks column {missing[0]!r}: "
-                                             "not this testbed's schema")
+        if self.readonly and not tables:
+            raise DamagedDatabase(where, "empty: not a testbed run database")
+        if not self.readonly:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+        if not tables:
+            with self.db.atomic():
+                _add_missing(self.db)
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version < SCHEMA_VERSION or set(SCHEMA) - tables:
+            self.migrated_from = version
+            self._migrate(version)
+        if not self.readonly:
+            self.db["readings"].create_index(["run_id", "household", "t"],  # type: ignore[union-attr]
+                                             if_not_exists=True)
+
+    def _migrate(self, version: int) -> None:
+        """Bring a database of schema ``version`` to this code's, step by step in one
+        transaction. A read-only store migrates a copy in memory: the file is never written
+        (``ledger verify`` of an old database reads it as this code would write it)."""
         if self.readonly:
-            if not tables:
-                raise DamagedDatabase(where, "empty: not a testbed run database")
-            if set(SCHEMA) - tables - PART_A_TABLES:
-                raise DamagedDatabase(where, "not a testbed run database (no table "
-                                      f"{sorted(set(SCHEMA) - tables - PART_A_TABLES)[0]!r})")
-            return
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        for name, (columns, pk) in SCHEMA.items():
-            if name not in tables:
-                self.db[name].create(columns, pk=pk or None)  # type: ignore[union-attr]
-        self.db["readings"].create_index(["run_id", "household", "t"], if_not_exists=True)  # type: ignore[union-attr]
-        self._add_columns(tables)
-        if version < SCHEMA_VERSION:
-            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            memory = sqlite3.connect(":memory:", check_same_thread=False)
+            self.db.conn.backup(memory)
+            self.db.close()
+            self.db = sqlite_utils.Database(memory)
+        try:
+            with self.db.atomic():
+                for step in MIGRATIONS:
+                    if step.to > version:
+                        step.apply(self.db)
+                _add_missing(self.db)  # a table lost at this version comes back empty
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as e:
+            raise DamagedDatabase(str(self.path), f"cannot migrate schema version {version} "
+                                  f"to {SCHEMA_VERSION}: {e}") from None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -233,10 +308,83 @@ class Store:
         self.db["runs"].update(run_id, fields)  # type: ignore[union-attr]
 
     def run(self, run_id: str) -> dict[str, Any]:
+        """The run's row; raises ``sqlite_utils.db.NotFoundError`` for an unknown id."""
         return dict(self.db["runs"].get(run_id))  # type: ignore[union-attr]
 
-    def runs(self) -> list[dict[str, Any]]:
-        return list(self.db.query("select * from runs order by started_at"))
+    def find_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run's row, or None."""
+        rows = list(self.db.query("select * from runs where id = ?", [run_id]))
+        return dict(rows[0]) if rows else None
+
+    def runs(self, *, newest_first: bool = False) -> list[dict[str, Any]]:
+        """Every run's row, by start time (oldest first unless ``newest_first``)."""
+        order = "started_at desc, rowid desc" if newest_first else "started_at"
+        return list(self.db.query(f"select * from runs order by {order}"))
+
+    def running_on(self, rig: str) -> list[dict[str, Any]]:
+        """``id`` and ``started_at`` of the runs recorded as running on rig ``rig``."""
+        return [dict(r) for r in self.db.query(
+            "select id, started_at from runs where status = 'running' and rig = ?", [rig])]
+
+    def rows(self, table: str, run_id: str) -> list[dict[str, Any]]:
+        """Every row of one run in ``table`` (a table of SCHEMA other than ``runs``), in
+        key order (insertion order for a table without a key: readings, safety). Raises
+        ``KeyError`` for a table the schema does not declare."""
+        pk = SCHEMA[table][1]
+        if table == "runs":
+            raise KeyError("runs: use run() or runs()")
+        order = ", ".join(f"[{c}]" for c in pk if c != "run_id") or "rowid"
+        return [dict(r) for r in self.db.query(
+            f"select * from [{table}] where run_id = ? order by {order}", [run_id])]
+
+    def count(self, table: str, run_id: str) -> int:
+        """How many rows of ``table`` belong to the run (KeyError for an unknown table)."""
+        column = "id" if table == "runs" else "run_id"
+        if table not in SCHEMA:
+            raise KeyError(f"no table {table!r}")
+        return int(self.db.execute(f"select count(*) from [{table}] where [{column}] = ?",
+                                   [run_id]).fetchone()[0])
+
+    def series(self, run_id: str, field: str, household: str | None = None,
+               ) -> list[tuple[str, float, float | None, float | None]]:
+        """``(household, t, field, power_w)`` of the run's readings in the order taken;
+        ``field`` must be a column of ``readings`` (else ``KeyError``)."""
+        if field not in SCHEMA["readings"][0] or field in ("run_id", "household"):
+            raise KeyError(f"readings has no field {field!r}")
+        sql = f"select household, t, [{field}], power_w from readings where run_id = ?"
+        args: list[Any] = [run_id]
+        if household is not None:
+            sql += " and household = ?"
+            args.append(household)
+        return [tuple(r) for r in self.db.execute(sql + " order by rowid", args).fetchall()]
+
+    def block_summaries(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's block headers with ``txs``, the number of transactions of each."""
+        return [dict(r) for r in self.db.query(
+            "select b.*, (select count(*) from txs t where t.run_id = b.run_id and "
+            "t.height = b.height) as txs from blocks b where b.run_id = ? order by height",
+            [run_id])]
+
+    def orphan_tx_height(self, run_id: str) -> int | None:
+        """The lowest height of a transaction row with no block row, or None."""
+        value = self.db.execute(
+            "select min(height) from txs where run_id = ? and height not in "
+            "(select height from blocks where run_id = ?)", [run_id, run_id]).fetchone()[0]
+        return None if value is None else int(value)
+
+    def balances(self, run_id: str) -> dict[str, int]:
+        """account -> micro-units at the head, as the ``balances`` table holds them."""
+        return {r["account"]: r["micro"] for r in self.rows("balances", run_id)}
+
+    def put_balances(self, run_id: str, balances: dict[str, int]) -> None:
+        """Replace the balances at the head (inside the caller's transaction)."""
+        self.db["balances"].upsert_all(  # type: ignore[union-attr]
+            [{"run_id": run_id, "account": a, "micro": m} for a, m in balances.items()],
+            pk=["run_id", "account"])
+
+    def put_evm(self, row: dict[str, Any]) -> None:
+        """Record (or replace) a run's EVM deployment row (keys: the ``evm`` columns)."""
+        self.db["evm"].upsert(row, pk="run_id")  # type: ignore[union-attr]
 
     def blocks(self, run_id: str) -> list[dict[str, Any]]:
         """The run's chain with each block's transactions, as ``contracts.ledger`` expects."""
@@ -265,22 +413,9 @@ class Store:
         return observe
 
     def safety_events(self, run_id: str) -> list[dict[str, Any]]:
-        return [{"at": r["at"], **json.loads(r["body"])} for r in self.db.query(
-            "select at, body from safety where run_id = ? order by rowid", [run_id])]
+        return [{"at": r["at"], **json.loads(r["body"])} for r in self.rows("safety", run_id)]
 
     # -- issue 14 part A: a durable run ------------------------------------------------
-
-    def _add_columns(self, tables: set[str]) -> None:
-        """ADDED_COLUMNS onto a database written before them (NULL in older rows)."""
-        sql_type = {int: "INTEGER", float: "FLOAT", str: "TEXT"}
-        for name, columns in ADDED_COLUMNS.items():
-            if name not in tables:
-                continue
-            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({name})").fetchall()}
-            for column, kind in columns.items():
-                if column not in have:
-                    self.db.execute(f"alter table [{name}] add column [{column}] "
-                                    f"{sql_type[kind]}")
 
     def _has(self, table: str) -> bool:
         return bool(self.db.execute("select 1 from sqlite_master where type = 'table' and "

@@ -74,15 +74,14 @@ def _run_public(row: dict[str, Any]) -> dict[str, Any]:
 
 def list_runs(store: Store) -> list[dict[str, Any]]:
     """Every run, newest first."""
-    rows = store.db.query("select * from runs order by started_at desc, rowid desc")
-    return [_run_public(dict(r)) for r in rows]
+    return [_run_public(r) for r in store.runs(newest_first=True)]
 
 
 def get_run(store: Store, run_id: str) -> dict[str, Any]:
-    rows = list(store.db.query("select * from runs where id = ?", [run_id]))
-    if not rows:
+    row = store.find_run(run_id)
+    if row is None:
         raise NotFound(f"no run {run_id!r}")
-    return _run_public(dict(rows[0]))
+    return _run_public(row)
 
 
 def source_name(label: str | None, kind: str) -> str | None:
@@ -141,7 +140,7 @@ def scales_of(run: dict[str, Any]) -> Scales:
 
 def intervals(store: Store, run_id: str) -> list[dict[str, Any]]:
     out = []
-    for r in store.db.query("select * from intervals where run_id = ? order by idx", [run_id]):
+    for r in store.rows("intervals", run_id):
         where = f"{store.path} table intervals, run {run_id}, interval {r['idx']}"
         details = _loads(r["details"]) or {}
         if not isinstance(details, dict):
@@ -163,8 +162,7 @@ RESULT_KEYS = ("cleared_kwh", "metered_kwh", "grid_import_kwh", "grid_export_kwh
 
 def _results(store: Store, run_id: str) -> list[tuple[int, str, dict[str, Fraction]]]:
     out = []
-    for r in store.db.query("select * from results where run_id = ? order by interval",
-                            [run_id]):
+    for r in store.rows("results", run_id):
         where = (f"{store.path} table results, run {run_id}, interval {r['interval']}, "
                  f"household {r['household']}")
         body = _loads(r["body"])
@@ -198,8 +196,7 @@ def trades(store: Store, run_id: str) -> list[dict[str, Any]]:
                                    f"{run_id}, interval {r['interval']}, seq {r['seq']}")),
              "price": f6(frac(r["price"], f"{store.path} table trades, run {run_id}, "
                               f"interval {r['interval']}, seq {r['seq']}"))}
-            for r in store.db.query("select * from trades where run_id = ? "
-                                    "order by interval, seq", [run_id])]
+            for r in store.rows("trades", run_id)]
 
 
 # -- ledger ---------------------------------------------------------------------------------
@@ -207,11 +204,7 @@ def trades(store: Store, run_id: str) -> list[dict[str, Any]]:
 
 def blocks(store: Store, run_id: str) -> list[dict[str, Any]]:
     out = []
-    for b in store.db.query(
-            "select b.*, (select count(*) from txs t where t.run_id = b.run_id and "
-            "t.height = b.height) as txs from blocks b where b.run_id = ? order by height",
-            [run_id]):
-        row = dict(b)
+    for row in store.block_summaries(run_id):
         row.pop("run_id", None)
         out.append(row)
     return out
@@ -271,8 +264,7 @@ def safety(store: Store, run_id: str) -> list[dict[str, Any]]:
 def validation(store: Store, run_id: str) -> dict[str, Any]:
     """Cleared versus metered checks, as the run recorded them interval by interval."""
     checks = []
-    for r in store.db.query("select idx, details from intervals where run_id = ? "
-                            "order by idx", [run_id]):
+    for r in store.rows("intervals", run_id):
         for c in (_loads(r["details"]) or {}).get("checks", []):
             checks.append({"interval": r["idx"], **c})
     failed = [c for c in checks if not c.get("passed")]
@@ -295,14 +287,9 @@ def readings(store: Store, run_id: str, field: str = "power_w", max_points: int 
     if field not in READING_FIELDS:
         raise ValueError(f"field must be one of {', '.join(READING_FIELDS)}")
     run = get_run(store, run_id)
-    sql = f"select household, t, {field} as v, power_w from readings where run_id = ?"
-    args: list[Any] = [run_id]
-    if household is not None:
-        sql += " and household = ?"
-        args.append(household)
-    per: dict[str, list[tuple[float, float, float]]] = {}
-    for r in store.db.execute(sql + " order by rowid", args).fetchall():
-        per.setdefault(r[0], []).append((r[1], r[2], r[3]))
+    per: dict[str, list[tuple[float, Any, Any]]] = {}
+    for hid, at, value, power in store.series(run_id, field, household):
+        per.setdefault(hid, []).append((at, value, power))
     n = max((len(v) for v in per.values()), default=0)
     step = max(1, -(-n // max(1, max_points)))
     idx = list(range(0, n, step))
@@ -322,21 +309,56 @@ def readings(store: Store, run_id: str, field: str = "power_w", max_points: int 
 # -- figures beside the paper ---------------------------------------------------------------
 
 
-def figures(store: Store, run_id: str) -> dict[str, Any]:
-    """The run's headline figures, recomputed from its rows, beside the paper's.
+def _difference(ours: object, paper: object) -> float | None:
+    """``ours - paper`` to 6 places, or None where either is not a number."""
+    if isinstance(ours, int | float) and isinstance(paper, int | float) \
+            and not isinstance(ours, bool) and not isinstance(paper, bool):
+        return round(float(ours) - float(paper), 6)
+    return None
 
-    Same definitions as ``testbed.report.terminal.summarise``: self-sufficiency is community energy
-    actually delivered (cleared volume less sellers' shortfall) over the buyers' metered
-    demand; the community's net is every household's market plus grid money.
+
+def paper_balance(before_eth: float | None, after_eth: float | None,
+                  paper: tuple[Fraction, Fraction] | None) -> dict[str, float | None]:
+    """The paper's balance before and after beside ours, and ours minus the paper's (None
+    where the paper gives no balance for the account): the paper's Tables 3, 5, 6."""
+    if paper is None:
+        return {"paper_before_eth": None, "paper_after_eth": None,
+                "paper_difference_before_eth": None, "paper_difference_after_eth": None}
+    pb, pa = f6(paper[0]), f6(paper[1])
+    return {"paper_before_eth": pb, "paper_after_eth": pa,
+            "paper_difference_before_eth": _difference(before_eth, pb),
+            "paper_difference_after_eth": _difference(after_eth, pa)}
+
+
+_ROLE = {"sell": "seller", "buy": "buyer", None: "none"}
+
+
+def figures(store: Store, run_id: str) -> dict[str, Any]:
+    """The run's figures, computed once, from its rows: what the terminal prints, ``--json``,
+    the API's ``/figures``, the dashboard and the HTML report all show.
+
+    Self-sufficiency is community energy actually delivered (cleared volume less sellers'
+    shortfall) over the buyers' metered demand; the community's net is every household's
+    market plus grid money; money in AUD, energy in market kWh (lab Wh where named), token
+    balances in tokens (``*_eth``) from the ledger's genesis and head. The paper's published
+    figures (its one home: the scenario file's ``[paper]`` table, ``Scenario.paper`` and
+    ``paper_balances``) are shown beside ours with the difference. Figures a run did not
+    record (older releases) are None. Raises :class:`NotFound` for an unknown run and
+    :class:`~testbed.ledger.store.DamagedDatabase` naming the table and row of a value that
+    does not parse.
     """
+    from contracts import ledger as rules
+    from contracts.numbers import MICRO
+
     run = get_run(store, run_id)
+    params = run["params"]
     ivs = intervals(store, run_id)
     res = _results(store, run_id)
+    bodies = {(r["interval"], r["household"]): _loads(r["body"]) or {}
+              for r in store.rows("results", run_id)}
     volume = sum((frac(r["volume_kwh"], f"{store.path} table intervals, run {run_id}, "
                                         f"interval {r['idx']}, key 'volume_kwh'")
-                  or Fraction(0) for r in store.db.query(
-                      "select idx, volume_kwh from intervals where run_id = ?", [run_id])),
-                 Fraction(0))
+                  or Fraction(0) for r in store.rows("intervals", run_id)), Fraction(0))
     shortfall = demand = community = gi = ge = Fraction(0)
     per: dict[str, dict[str, Fraction]] = {}
     for _, hid, v in res:
@@ -358,28 +380,130 @@ def figures(store: Store, run_id: str) -> dict[str, Any]:
         "community_net_aud": f6(community),
     }
     scenario = load_scenario_of(run)
+    rig = load_rig_of(run)
     paper_src: dict[str, Any] = dict(getattr(scenario, "paper", {}) or {})
-    paper = {k: {"ours": ours.get(k), "paper": v,
-                 "difference": (None if ours.get(k) is None or isinstance(v, bool)
-                                or not isinstance(v, int | float)
-                                else round(ours[k] - v, 6))}
+    paper_bal: dict[str, tuple[Fraction, Fraction]] = dict(
+        getattr(scenario, "paper_balances", {}) or {})
+    paper = {k: {"ours": ours.get(k), "paper": v, "difference": _difference(ours.get(k), v)}
              for k, v in paper_src.items() if k in ours}
     paper_net = paper_src.get("households_net_aud", {}) or {}
+
+    chain = store.blocks(run_id)
+    opening = rules.balances_from(chain[:1]) if chain else {}
+    after = store.balances(run_id)
+    operator_tx = chain[0]["txs"][0] if chain and chain[0]["txs"] else {}
+    rate = frac(operator_tx.get("aud_per_token"), f"{store.path} table txs, run {run_id}, "
+                "block 0, key 'aud_per_token'") if isinstance(operator_tx, dict) else None
+    rate = rate if rate is not None else frac(getattr(scenario, "aud_per_token", None))
+
+    def detail(key: str) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for iv in ivs:
+            value = iv["details"].get(key)
+            if isinstance(value, dict):
+                merged.update(value)
+        return merged
+
+    targets = {h: frac(x, f"{store.path} table intervals, run {run_id}, key 'targets_kwh'")
+               for h, x in detail("targets_kwh").items()}
+    lab_wh = detail("metered_wh_lab")
+    funding, rejected = detail("funding"), detail("rejected_orders")
+    tol_pct = params.get("tolerance_pct", getattr(rig, "tolerance_pct", None))
+    specs = {h.id: h for h in getattr(scenario, "households", ())}
+    unfunded: dict[str, int] = {}
+    disputed_h: dict[str, str] = {}
+    for (_, hid), body in bodies.items():
+        unfunded[hid] = unfunded.get(hid, 0) + int(body.get("unfunded_micro") or 0)
+        if body.get("disputed"):
+            disputed_h[hid] = str(body["disputed"])
     rows = []
     for hid in sorted(per, key=_natural):
         v = per[hid]
         net = v["market_aud"] + v["grid_aud"]
-        row: dict[str, Any] = {"id": hid, **{k: f6(x) for k, x in v.items()},
-                               "net_aud": f6(net)}
-        if hid in paper_net:
-            row["paper_net_aud"] = paper_net[hid]
-            row["paper_difference_aud"] = round(float(net) - paper_net[hid], 6)
+        spec = specs.get(hid)
+        target = targets.get(hid)
+        dev = None
+        if target is not None:
+            dev = (v["metered_kwh"] - target) / abs(target) if target else v["metered_kwh"]
+        before = opening.get(hid)
+        row: dict[str, Any] = {
+            "id": hid,
+            "role": _ROLE.get(spec.side, "none") if spec else None,
+            "net_kwh": f6(spec.net_kwh) if spec else None,
+            "price": f6(spec.price) if spec else None,
+            "offered_kwh": (f6(spec.order_kwh) if spec.side else 0.0) if spec else None,
+            **{k: f6(x) for k, x in v.items()},
+            "target_kwh": f6(target),
+            "deviation_pct": None if dev is None else round(float(dev * 100), 4),
+            "within_tolerance": None if dev is None or tol_pct is None
+            else abs(dev) <= Fraction(str(tol_pct)) / 100,
+            "lab_metered_wh": None if hid not in lab_wh else round(float(lab_wh[hid]), 4),
+            "net_aud": f6(net),
+            "disputed": disputed_h.get(hid),
+            "balance_before_eth": None if before is None else before / MICRO,
+            "balance_after_eth": None if hid not in after else after[hid] / MICRO,
+            "balance_change_aud": None if before is None or hid not in after or rate is None
+            else f6(Fraction(after[hid] - before, MICRO) * rate),
+            "funding": funding.get(hid),
+            "order_rejected": rejected.get(hid),
+            "unfunded_micro": unfunded.get(hid, 0),
+        }
+        if paper_net:
+            pv = paper_net.get(hid)
+            row["paper_net_aud"] = pv
+            row["paper_difference_aud"] = None if pv is None else round(float(net) - pv, 6)
+        if paper_bal:
+            row.update(paper_balance(row["balance_before_eth"], row["balance_after_eth"],
+                                     paper_bal.get(hid)))
         rows.append(row)
-    return {"run_id": run_id, "scenario": run["scenario"], "rig": run["rig"],
-            "status": run["status"], "title": getattr(scenario, "title", None),
-            **ours, "oversell_shortfall_kwh": f6(shortfall), "total_demand_kwh": f6(demand),
-            "grid_import_kwh": f6(gi), "grid_export_kwh": f6(ge), "households": rows,
-            "paper": paper, "trades": len(trades(store, run_id)),
-            "funding": {h: why for iv in ivs
-                        for h, why in (iv["details"].get("funding") or {}).items()},
-            "ledger": {"blocks": len(blocks(store, run_id))}}
+    trade_rows = store.rows("trades", run_id)
+    heights = {b["interval"]: b["hash"] for b in chain if b["interval"] is not None}
+    checks = validation(store, run_id)
+    sc_ts = params.get("time_scale", getattr(rig, "time_scale", None))
+    sc_ps = params.get("power_scale", getattr(rig, "power_scale", None))
+    return {
+        "run_id": run_id, "scenario": run["scenario"], "title": getattr(scenario, "title", None),
+        "rig": run["rig"], "status": run["status"],
+        "mechanism": None if first is None else run["mechanism"],
+        "intervals": [{"index": iv["index"], "clearing_price": iv["clearing_price"],
+                       "method": iv["method"], "volume_kwh": iv["volume_kwh"],
+                       "fills": sum(1 for t in trade_rows if t["interval"] == iv["index"]),
+                       "rejected": list(iv["details"].get("rejected") or []),
+                       "block": heights.get(iv["index"]),
+                       "grid_import_wh_lab": _lab(iv["details"].get("grid_import_wh_lab")),
+                       "grid_export_wh_lab": _lab(iv["details"].get("grid_export_wh_lab"))}
+                      for iv in ivs],
+        **ours, "oversell_shortfall_kwh": f6(shortfall), "total_demand_kwh": f6(demand),
+        "grid_import_kwh": f6(gi), "grid_export_kwh": f6(ge), "households": rows,
+        "paper": paper, "trades": len(trade_rows),
+        "scales": {"time_scale": sc_ts, "power_scale": sc_ps,
+                   "lab_wh_per_kwh": None if sc_ts is None or sc_ps is None
+                   else round(1000.0 * float(sc_ps) / float(sc_ts), 6),
+                   "control_period_s": params.get("control_period_s",
+                                                  getattr(rig, "control_period_s", None))},
+        "token": {"symbol": getattr(scenario, "token_symbol", None),
+                  "aud_per_token": None if rate is None else float(rate)},
+        "validation": {"checks": checks["total"],
+                       "failed": [c.get("name") for c in checks["checks"]
+                                  if not c.get("passed")],
+                       "failed_checks": [{k: c.get(k) for k in ("suite", "name", "message")}
+                                         for c in checks["checks"] if not c.get("passed")],
+                       "dut": [{k: c.get(k) for k in ("suite", "name", "passed", "expected",
+                                                      "measured", "message")}
+                               for c in checks["checks"]
+                               if str(c.get("suite", "")).endswith(" DUT")],
+                       "tolerance_pct": tol_pct},
+        "tripped": detail("tripped"), "funding": funding, "orders_rejected": rejected,
+        # rigs that left the bus and came back: interval, why, seconds off, target Wh missed
+        "readmitted": [{"interval": iv["index"], "household": h, **back} for iv in ivs
+                       for h, back in (iv["details"].get("readmitted") or {}).items()],
+        "disputed": {f"interval {iv['index']} household {h}": why for iv in ivs
+                     for h, why in (iv["details"].get("disputed") or {}).items()},
+        "ledger": {"blocks": len(chain), "head": run.get("ledger_head"),
+                   "total_micro": sum(after.values()),
+                   "grid_balance_eth": after.get("grid", 0) / MICRO},
+    }
+
+
+def _lab(value: Any) -> float | None:
+    return None if not isinstance(value, int | float) else round(float(value), 4)

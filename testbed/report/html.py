@@ -189,8 +189,7 @@ def build_report(store: Store, run_id: str) -> tuple[str, dict[str, bytes]]:
     """
     run = data.get_run(store, run_id)
     day = community_day(run)
-    has_market = store.db.execute("select count(*) from intervals where run_id = ?",
-                                  [run_id]).fetchone()[0] > 0
+    has_market = store.count("intervals", run_id) > 0
     images: dict[str, bytes] = {}
     title = data.figures(store, run_id).get("title") if has_market and day is None else None
     parts = [

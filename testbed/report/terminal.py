@@ -1,7 +1,8 @@
 """A run's figures: the JSON object, and the rich tables an operator reads.
 
-Every figure is computed from the run (clearing, meters, ledger); the paper's published
-figures come from the scenario file's ``[paper]`` table and are only shown beside ours.
+Every figure is read from the run database by :func:`testbed.report.figures.figures`, the
+one computation the API, dashboard and HTML report share; the paper's published figures
+come from the scenario file's ``[paper]`` table and are only shown beside ours.
 """
 
 from __future__ import annotations
@@ -15,158 +16,28 @@ from rich.table import Table
 from rich.text import Text
 
 from contracts.numbers import MICRO
+from testbed.ledger.store import Store
+from testbed.report.figures import figures, paper_balance
 from testbed.run.runner import RunOutcome
 
 
-def _f(x: Fraction | float | None, places: int = 6) -> float | None:
-    return None if x is None else round(float(x), places)
-
-
-def _difference(ours: object, paper: object) -> float | None:
-    """``ours - paper`` to 6 places, or None where either is not a number."""
-    numbers = (int, float)
-    if isinstance(ours, numbers) and isinstance(paper, numbers) and not isinstance(ours, bool):
-        return round(float(ours) - float(paper), 6)
-    return None
-
-
 def summarise(run: RunOutcome) -> dict[str, Any]:
-    """The run as one JSON-ready object (the ``--json`` output)."""
-    sc, rig = run.scenario, run.rig
-    rate = sc.aud_per_token
-    households: list[dict[str, Any]] = []
-    volume = shortfall = demand = Fraction(0)
-    community = Fraction(0)
-    grid_import = grid_export = Fraction(0)
-    intervals = []
-    for iv in run.intervals:
-        c, s = iv.clearing, iv.settlement
-        volume += c.volume
-        community += s.community_net_aud
-        grid_import += s.grid_import_kwh
-        grid_export += s.grid_export_kwh
-        for h in s.households:
-            if h.cleared_kwh > 0:
-                shortfall += max(h.cleared_kwh - h.metered_kwh, Fraction(0))
-            demand += max(-h.metered_kwh, Fraction(0))
-        intervals.append({"index": iv.index, "clearing_price": _f(c.price), "method": c.method,
-                          "volume_kwh": _f(c.volume), "fills": len(c.fills),
-                          "rejected": list(c.rejected), "block": iv.block["hash"],
-                          "grid_import_wh_lab": _f(iv.measurement.grid_import_wh, 4),
-                          "grid_export_wh_lab": _f(iv.measurement.grid_export_wh, 4)})
-
-    by_id = {h.id: h for h in sc.households}
-    last = run.intervals[-1] if run.intervals else None
-    funding = {h: why for iv in run.intervals for h, why in iv.funding.items()}
-    rejected = {h: why for iv in run.intervals for h, why in iv.rejected_orders.items()}
-    tol = rig.tolerance_pct / 100
-    if last is not None:
-        for h in last.settlement.households:
-            spec = by_id[h.id]
-            target = last.targets_kwh[h.id]
-            dev = (h.metered_kwh - target) / abs(target) if target else h.metered_kwh
-            households.append({
-                "id": h.id,
-                "role": {"sell": "seller", "buy": "buyer", None: "none"}[spec.side],
-                "net_kwh": _f(spec.net_kwh),
-                "price": _f(spec.price),
-                "offered_kwh": _f(spec.order_kwh) if spec.side else 0.0,
-                "cleared_kwh": _f(h.cleared_kwh),
-                "metered_kwh": _f(h.metered_kwh),
-                "target_kwh": _f(target),
-                "deviation_pct": _f(dev * 100, 4),
-                "within_tolerance": abs(dev) <= tol,
-                "lab_metered_wh": _f(last.measurement.metered_wh[h.id], 4),
-                "grid_import_kwh": _f(h.grid_import_kwh),
-                "grid_export_kwh": _f(h.grid_export_kwh),
-                "market_aud": _f(h.market_aud),
-                "grid_aud": _f(h.grid_aud),
-                "net_aud": _f(h.net_aud),
-                "disputed": h.disputed or None,  # why its energy was not settled
-                "balance_before_eth": run.opening[h.id] / MICRO,
-                "balance_after_eth": run.balances[h.id] / MICRO,
-                "balance_change_aud": _f(Fraction(run.balances[h.id] - run.opening[h.id],
-                                                  MICRO) * rate),
-                "funding": funding.get(h.id),
-                "order_rejected": rejected.get(h.id),
-                "unfunded_micro": h.unfunded_micro,
-            })
-
-    self_suff = (volume - shortfall) / demand if demand else Fraction(0)
-    first = run.intervals[0].clearing if run.intervals else None
-    ours = {"clearing_price": _f(first.price) if first else None,
-            "method": first.method if first else None,
-            "volume_kwh": _f(volume), "self_sufficiency": _f(self_suff),
-            "community_net_aud": _f(community)}
-    paper = {k: {"ours": ours.get(k), "paper": v, "difference": _difference(ours.get(k), v)}
-             for k, v in sc.paper.items() if k in ours}
-    if "households_net_aud" in sc.paper:
-        for row in households:
-            pv = sc.paper["households_net_aud"].get(row["id"])
-            row["paper_net_aud"] = pv
-            row["paper_difference_aud"] = None if pv is None else round(row["net_aud"] - pv, 6)
-    if sc.paper_balances:  # the paper's Tables 3, 5, 6: balances before and after trading
-        for row in households:
-            pb = sc.paper_balances.get(row["id"])
-            row.update(_paper_balance(row["balance_before_eth"], row["balance_after_eth"], pb))
-    return {
-        "run_id": run.run_id,
-        "scenario": sc.name,
-        "title": sc.title,
-        "rig": rig.name,
-        "status": run.status,
-        "mechanism": None if first is None else sc.mechanism,
-        "intervals": intervals,
-        **ours,
-        "oversell_shortfall_kwh": _f(shortfall),
-        "total_demand_kwh": _f(demand),
-        "grid_import_kwh": _f(grid_import),
-        "grid_export_kwh": _f(grid_export),
-        "households": households,
-        "paper": paper,
-        "scales": {"time_scale": rig.time_scale, "power_scale": rig.power_scale,
-                   "lab_wh_per_kwh": round(rig.energy_scale, 6),
-                   "control_period_s": rig.control_period_s},
-        "token": {"symbol": sc.token_symbol, "aud_per_token": float(rate)},
-        "validation": {"checks": len(run.checks),
-                       "failed": [c.name for c in run.checks if not c.passed],
-                       "failed_checks": [{"suite": c.suite, "name": c.name,
-                                          "message": c.message}
-                                         for c in run.checks if not c.passed],
-                       "dut": [{"suite": c.suite, "name": c.name, "passed": c.passed,
-                                "expected": c.expected, "measured": c.measured,
-                                "message": c.message} for c in run.checks
-                               if c.suite.endswith(" DUT")],
-                       "tolerance_pct": rig.tolerance_pct},
-        "tripped": {h: why for iv in run.intervals for h, why in iv.measurement.tripped.items()},
-        # rigs that left the bus and came back: interval, why, seconds off, target Wh missed
-        "readmitted": [{"interval": iv.index, "household": h, **back}
-                       for iv in run.intervals
-                       for h, back in iv.measurement.readmitted.items()],
-        "funding": funding,
-        "orders_rejected": rejected,
-        "disputed": {f"interval {iv.index} household {h}": why for iv in run.intervals
-                     for h, why in iv.measurement.disputed.items()},
-        "resumed_from_interval": run.resumed_from,
-        "ledger": {"blocks": run.ledger_blocks, "head": run.ledger_head,
-                   "total_micro": sum(run.balances.values()),
-                   "grid_balance_eth": run.balances.get("grid", 0) / MICRO},
-        **({"evm": evm_summary(run.extra["evm"], run.balances, sc.paper_balances)}
-           if "evm" in run.extra else {}),
-    }
-
-
-def _paper_balance(before_eth: float, after_eth: float,
-                   paper: tuple[Fraction, Fraction] | None) -> dict[str, float | None]:
-    """The paper's balance before and after beside ours, and ours minus the paper's (None
-    where the paper gives no balance for the account)."""
-    if paper is None:
-        return {"paper_before_eth": None, "paper_after_eth": None,
-                "paper_difference_before_eth": None, "paper_difference_after_eth": None}
-    pb, pa = _f(paper[0]), _f(paper[1])
-    return {"paper_before_eth": pb, "paper_after_eth": pa,
-            "paper_difference_before_eth": _difference(before_eth, pb),
-            "paper_difference_after_eth": _difference(after_eth, pa)}
+    """The run as one JSON-ready object (the ``--json`` output): its figures as the
+    database holds them (:func:`testbed.report.figures.figures`, the one computation every
+    view shares), with what only the live run knows: the interval it resumed from and, for
+    ``--ledger evm...``, the contract's balances, gas and wall time. Raises ``ValueError``
+    for an outcome without its database."""
+    if run.db is None:
+        raise ValueError(f"run {run.run_id}: no run database to read its figures from")
+    store = Store(run.db, readonly=True)
+    try:
+        out = figures(store, run.run_id)
+    finally:
+        store.close()
+    out["resumed_from_interval"] = run.resumed_from
+    if "evm" in run.extra:
+        out["evm"] = evm_summary(run.extra["evm"], run.balances, run.scenario.paper_balances)
+    return out
 
 
 def evm_summary(evm: dict[str, Any], ledger_micro: dict[str, int],
@@ -182,7 +53,7 @@ def evm_summary(evm: dict[str, Any], ledger_micro: dict[str, int],
                "ledger_after_eth": ledger_micro.get(a, 0) / MICRO,
                "equal": after[a] == ledger_micro.get(a, 0)}
         if paper:
-            row.update(_paper_balance(row["before_eth"], row["after_eth"], paper.get(a)))
+            row.update(paper_balance(row["before_eth"], row["after_eth"], paper.get(a)))
         rows.append(row)
     return {"backend": evm["backend"], "contract": evm["contract"], "gas": evm["gas"],
             "setup_s": round(evm["setup_s"], 3),

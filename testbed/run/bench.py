@@ -159,9 +159,7 @@ def runs_holding(rig: RigSpec, db: Path) -> list[dict[str, Any]]:
 
     store = Store(db)
     try:
-        return [dict(r) for r in store.db.query(
-            "select id, started_at from runs where status = 'running' and rig = ?",
-            [rig.name])]
+        return store.running_on(rig.name)
     finally:
         store.close()
 

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, Protocol
 
 from contracts import ledger as rules
@@ -68,6 +69,7 @@ class RunOutcome:
     status: str = "finished"
     resumed_from: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    db: Path | None = None  # the run database: the report's figures are read from it
 
     @property
     def checks(self) -> list[Check]:
@@ -461,15 +463,22 @@ class Run:
         if agents and self.orders is not None:
             draft.add(self._late_txs(index, agents))
             checks += agent_checks(index, agents, agent_status, checks)
+        if self.chain is not None:  # the draft's balances are the sealed block's
+            checks += chain_checks(index, "EVM", python_clearing, clearing, rejected,
+                                   chain_rejected, dict(draft.state.balances), on_chain)
+        rows = self._interval_rows(index, clearing, settlement, measured, rejected, checks,
+                                   funding, routed)
+        draft.add([ledger.record(rows)])  # the block seals the rows written with it
         txs = draft.txs
         with self.store.transaction():
             block = ledger.seal(index, draft)
             if self.chain is not None:
                 self.chain.record(self.store, run_id)
-                checks += chain_checks(index, "EVM", python_clearing, clearing, rejected,
-                                       chain_rejected, dict(ledger.balances), on_chain)
-            self._write_interval(index, clearing, settlement, measured, rejected, checks,
-                                 funding)
+            for table, table_rows in rows.items():
+                if table == "readings" and self.log is not None:
+                    self.log.commit()  # written as they came; the last batch with the block
+                else:
+                    self.store.insert(table, table_rows)
         for i, f in enumerate(clearing.fills):
             events.emit("trade", {"interval": index, "seq": i, "seller": f.seller,
                                   "buyer": f.buyer, "energy_kwh": float(f.energy),
@@ -545,11 +554,13 @@ class Run:
         return [_refused_tx(h, index, "late: came after the gate closed", raw)
                 for h, raw in self.orders.late() if h in agents]
 
-    def _write_interval(self, index: int, clearing: Clearing, settlement: Settlement,
-                        measured: IntervalMeasurement, rejected: dict[str, str],
-                        checks: list[Check], funding: dict[str, str]) -> None:
-        run_id, store = self.run_id, self.store
-        store.insert("intervals", {
+    def _interval_rows(self, index: int, clearing: Clearing, settlement: Settlement,
+                       measured: IntervalMeasurement, rejected: dict[str, str],
+                       checks: list[Check], funding: dict[str, str],
+                       targets: dict[str, Fraction]) -> dict[str, list[dict[str, Any]]]:
+        """The interval's rows, table -> rows, as the store will hold them."""
+        run_id = self.run_id
+        return {"intervals": [{
             "run_id": run_id, "idx": index,
             "clearing_price": None if clearing.price is None else str(clearing.price),
             "method": clearing.method, "volume_kwh": str(clearing.volume),
@@ -558,13 +569,17 @@ class Run:
                                    "tripped": measured.tripped,
                                    "readmitted": measured.readmitted,
                                    "disputed": measured.disputed,
-                                   "checks": [dataclasses.asdict(c) for c in checks]}),
-            "lab_start_s": measured.start_s, "lab_end_s": measured.end_s})
-        store.insert("trades", [{"run_id": run_id, "interval": index, "seq": i,
+                                   "checks": [dataclasses.asdict(c) for c in checks],
+                                   "targets_kwh": {h: str(x) for h, x in targets.items()},
+                                   "metered_wh_lab": measured.metered_wh,
+                                   "grid_import_wh_lab": measured.grid_import_wh,
+                                   "grid_export_wh_lab": measured.grid_export_wh}),
+            "lab_start_s": measured.start_s, "lab_end_s": measured.end_s}],
+            "trades": [{"run_id": run_id, "interval": index, "seq": i,
                                  "seller": f.seller, "buyer": f.buyer,
                                  "energy_kwh": str(f.energy), "price": str(f.price)}
-                                for i, f in enumerate(clearing.fills)])
-        store.insert("results", [{"run_id": run_id, "interval": index, "household": s.id,
+                                for i, f in enumerate(clearing.fills)],
+            "results": [{"run_id": run_id, "interval": index, "household": s.id,
                                   "body": json.dumps({
                                       "cleared_kwh": str(s.cleared_kwh),
                                       "metered_kwh": str(s.metered_kwh),
@@ -574,12 +589,9 @@ class Run:
                                       "grid_aud": str(s.grid_aud),
                                       "unfunded_micro": s.unfunded_micro,
                                       **({"disputed": s.disputed} if s.disputed else {})})}
-                                 for s in settlement.households])
-        if self.log is not None:  # written as they came; the last batch with the interval
-            self.log.commit()
-        else:
-            store.insert("readings", [{"run_id": run_id, "interval": index, **r}
-                                      for r in measured.readings])
+                                 for s in settlement.households],
+            "readings": [{"run_id": run_id, "interval": index, **r}
+                         for r in measured.readings]}
 
 
 def _named(kind: str, name: str, source: str) -> str:
@@ -619,7 +631,9 @@ def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
                                    "rig_source": rig.source,
                                    "scenario_source": scenario.source,
                                    "time_scale": rig.time_scale,
+                                   "power_scale": rig.power_scale,
                                    "control_period_s": rig.control_period_s,
+                                   "tolerance_pct": rig.tolerance_pct,
                                    "ledger": chain_spec, **(launch or {})})
         ledger = Ledger.create(store, run_id, ids, opening, scenario.aud_per_token,
                                ratings=ratings(rig, ids), agents=agent_keys)
@@ -732,4 +746,5 @@ async def run_scenario(scenario: Scenario, rig: RigSpec, store: Store, *,
     extra = {} if run.chain is None else {"evm": run.chain.describe()}
     return RunOutcome(run_id, scenario, rig, outcomes, run.opening, dict(run.ledger.balances),
                       run.ledger.head, run.ledger.height, "finished",
-                      resumed_from=run.next_interval if resume else None, extra=extra)
+                      resumed_from=run.next_interval if resume else None, extra=extra,
+                      db=store.path)

@@ -1,0 +1,145 @@
+"""Schema versions and migrations: databases of earlier releases open, migrate and verify.
+
+Fixtures (``tests/fixtures/``), each one run of scenario2 on a copy of the mock rig with
+``control_period_s = 240`` (60 readings), journal mode DELETE, vacuumed:
+
+- ``release-a0e7c0a.db``: written by commit a0e7c0a (schema version 0, ledger format 1: an
+  operator tx without a format, its key in the database's ``keystore`` table). That run
+  printed volume 12.7 kWh, self-sufficiency 0.944882, community net -0.103 AUD.
+- ``release-08ef03f.db``: written by commit 08ef03f (no ``runs.ledger_height``, no
+  ``balances``; ledger format 0, households ``register`` their own keys).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from testbed.cli.app import app
+from testbed.ledger.chain import LEDGER_FORMAT, ledger_format, verify_run
+from testbed.ledger.store import MIGRATIONS, SCHEMA, SCHEMA_VERSION, DamagedDatabase, Store
+from testbed.report.figures import figures
+
+runner = CliRunner()
+FIXTURES = Path(__file__).parent / "fixtures"
+A0E7 = FIXTURES / "release-a0e7c0a.db"
+A0E7_RUN = "3666a173cd5d"
+A0E7_OPERATOR = "6dec15dbea4edc69e3f58df3368783f4159bee230f46f0b3d074ff113c0a5171"
+OLD_08EF = FIXTURES / "release-08ef03f.db"
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    db = tmp_path / src.name
+    shutil.copyfile(src, db)
+    return db
+
+
+def _version(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def test_migrations_are_one_ordered_step_per_version() -> None:
+    assert [m.to for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_previous_release_verifies_read_only_without_writing(tmp_path: Path) -> None:
+    db = _copy(A0E7, tmp_path)
+    before = db.read_bytes()
+    out = runner.invoke(app, ["ledger", "verify", str(db), "--operator-key", A0E7_OPERATOR])
+    assert out.exit_code == 0, out.output
+    assert f"ok   run {A0E7_RUN}: 2 blocks verified from genesis" in out.output
+    assert "ledger format 1" in " ".join(out.output.split())
+    assert db.read_bytes() == before and _version(db) == 0  # migrated in memory only
+    store = Store(db, readonly=True)
+    try:
+        assert store.migrated_from == 0
+        got = figures(store, A0E7_RUN)
+    finally:
+        store.close()
+    assert (got["volume_kwh"], got["self_sufficiency"], got["community_net_aud"]) == (
+        12.7, 0.944882, -0.103)  # what that release printed for this run
+
+
+def test_previous_release_migrates_on_disk_and_takes_a_new_run(tmp_path: Path) -> None:
+    db = _copy(A0E7, tmp_path)
+    store = Store(db)
+    try:
+        assert store.migrated_from == 0
+        assert store.run(A0E7_RUN)["ledger_format"] == 1
+        assert verify_run(store, A0E7_RUN, A0E7_OPERATOR) is None
+    finally:
+        store.close()
+    assert _version(db) == SCHEMA_VERSION
+    with sqlite3.connect(db) as conn:
+        for table, (columns, _pk) in SCHEMA.items():
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info([{table}])")}
+            assert set(columns) <= have, table
+    out = runner.invoke(app, ["run", "scenario2", "--db", str(db), "--json"])
+    assert out.exit_code == 0, out.output
+    store = Store(db, readonly=True)
+    try:
+        new = [r["id"] for r in store.runs() if r["id"] != A0E7_RUN]
+        assert len(new) == 1 and store.run(new[0])["ledger_format"] == LEDGER_FORMAT
+        assert verify_run(store, new[0]) is None
+        assert ledger_format(store.blocks(new[0])) == LEDGER_FORMAT  # genesis names it
+        assert store.blocks(new[0])[0]["txs"][0]["format"] == LEDGER_FORMAT
+    finally:
+        store.close()
+
+
+def test_08ef03f_database_migrates_and_its_ledger_is_named_unverifiable(
+        tmp_path: Path) -> None:
+    """The issue's symptom: ``no such column: ledger_height``. The schema migrates (the
+    head recorded from the chain), a new run goes in, and verify names the old ledger's
+    format instead of failing on its rows."""
+    db = _copy(OLD_08EF, tmp_path)
+    out = runner.invoke(app, ["run", "scenario2", "--db", str(db), "--json"])
+    assert out.exit_code == 0, out.output
+    store = Store(db, readonly=True)
+    try:
+        old, new = (r["id"] for r in store.runs())
+        assert store.run(old)["ledger_height"] == 2 and store.run(old)["ledger_format"] == 1
+        err = verify_run(store, old)
+        assert err is not None and "ledger format 0" in err.reason
+        assert verify_run(store, new) is None
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("command", [["ledger", "verify"], ["runs"],
+                                     ["report", "latest", "--out", "report"]])
+def test_a_database_newer_than_the_code_is_refused(command: list[str],
+                                                   tmp_path: Path) -> None:
+    db = _copy(A0E7, tmp_path)
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    before = db.read_bytes()
+    args = [*command, str(db)] if command[0] == "ledger" else [*command, "--db", str(db)]
+    args = [str(tmp_path / a) if a == "report" and i > 0 else a for i, a in enumerate(args)]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 2, out.output
+    assert f"schema version {SCHEMA_VERSION + 1} is newer than this testbed's " \
+           f"{SCHEMA_VERSION}" in out.output and "Traceback" not in out.output
+    assert db.read_bytes() == before
+    with pytest.raises(DamagedDatabase, match="newer"):
+        Store(db)
+
+
+def test_no_sql_outside_the_store() -> None:
+    """Every SQL statement lives in testbed/ledger/store.py: no other module of testbed/
+    reaches for the connection (``.db``), sqlite3 or sqlite-utils."""
+    root = Path(__file__).parents[1] / "testbed"
+    pattern = re.compile(r"\.db\.(execute|query|conn)\b|\.db\[|\bimport sqlite3\b|"
+                         r"\bsqlite_utils\b|\bexecute\(\s*[\"'](select|insert|update|delete)",
+                         re.IGNORECASE)
+    found = [f"{path.relative_to(root)}:{n}" for path in sorted(root.rglob("*.py"))
+             if path != root / "ledger" / "store.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if pattern.search(line)]
+    assert found == []
