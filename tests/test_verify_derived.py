@@ -198,3 +198,21 @@ def test_a_row_digests_alike_before_and_after_sqlite(tmp_path: Path) -> None:
     assert back["meter_net_wh"] == 0.0 and back["power_w"] is None
     assert row_digest("readings", row) == row_digest("readings", back)
     assert row_key("readings", row) == row_key("readings", back)
+
+
+@pytest.mark.parametrize("column", ["status", "finished_at", "summary"])
+def test_how_the_run_ended_is_sealed_outside_the_database(
+        column: str, run_db: tuple[Path, str], conn: sqlite3.Connection) -> None:
+    """A run row's closing state (status, finish time, summary: the community report reads
+    the summary) is written after the last block; the operator's keystore seals it."""
+    db, run_id = run_db
+    (before,) = conn.execute(f"select [{column}] from runs where id = ?", [run_id]).fetchone()
+    conn.execute(f"update runs set [{column}] = ? where id = ?", [_changed(before), run_id])
+    conn.commit()
+    try:
+        err = verdict(db, run_id)
+        assert err is not None and f"table runs, row id {run_id}" in err.reason, err
+    finally:
+        conn.execute(f"update runs set [{column}] = ? where id = ?", [before, run_id])
+        conn.commit()
+    assert verdict(db, run_id) is None

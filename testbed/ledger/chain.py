@@ -76,9 +76,31 @@ def row_key(table: str, row: Mapping[str, Any]) -> str:
     return "/".join(str(_cell(table, c, row.get(c))) for c in SEALED[table][0])
 
 
+# Keys of ``runs.params`` that name the process holding the run (testbed.run.lifecycle):
+# rewritten by every resume, so not sealed; everything else in params is.
+HOLDER_PARAMS = ("pid", "host")
+
+
+def _sealed_params(text: Any) -> Any:
+    """``runs.params`` as sealed: canonical JSON without :data:`HOLDER_PARAMS` (text that is
+    not a JSON object is sealed as it is)."""
+    try:
+        params = json.loads(text)
+    except (TypeError, ValueError):
+        return text
+    if not isinstance(params, dict):
+        return text
+    return json.dumps({k: v for k, v in params.items() if k not in HOLDER_PARAMS},
+                      sort_keys=True, separators=(",", ":"))
+
+
 def row_digest(table: str, row: Mapping[str, Any]) -> str:
-    """SHA-256 (128 bits, hex) of the row's digested columns as JSON, in schema order."""
+    """SHA-256 (128 bits, hex) of the row's digested columns as JSON, in schema order (a
+    run's ``params`` without the process that holds it, :data:`HOLDER_PARAMS`)."""
     values = [_cell(table, c, row.get(c)) for c in SEALED[table][1]]
+    if table == "runs":
+        at = SEALED["runs"][1].index("params")
+        values[at] = _sealed_params(values[at])
     text = json.dumps(values, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -456,4 +478,35 @@ def verify_run(store: Store, run_id: str, anchor: str | None = None,
         bad = sorted(set(stored.items()) ^ set(state.balances.items()))[0][0]
         return rules.ChainError(last, f"balances table for {bad!r}: {stored.get(bad)} µ, "
                                       f"the chain gives {state.balances.get(bad)} µ")
+    try:
+        final = ring.final(run_id, str(blocks[0]["hash"]))
+    except InputError as e:
+        return rules.ChainError(0, f"the operator's record of this run: {e}")
+    if final is not None and final != final_digest(run_row):
+        return rules.ChainError(last, f"table runs, row id {run_id}: status, finished_at or "
+                                      "summary edited after the run ended (the operator's "
+                                      "keystore sealed them)")
     return check_records(store, run_id, blocks)
+
+
+# The columns of a run's row written when it ends, after its last block: sealed in the
+# operator's keystore instead (Keyring.record_final), by :func:`seal_final`.
+FINAL_COLUMNS = ("status", "finished_at", "summary")
+
+
+def final_digest(row: Mapping[str, Any]) -> str:
+    """SHA-256 (128 bits, hex) of the run row's :data:`FINAL_COLUMNS` as JSON."""
+    text = json.dumps([row.get(c) for c in FINAL_COLUMNS], separators=(",", ":"),
+                      ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def seal_final(store: Store, run_id: str, keyring: Keyring | None = None) -> None:
+    """Record, in the operator's keystore of the run, the digest of how the run ended
+    (:func:`final_digest`), so that ``ledger verify`` detects a later edit of its status,
+    finish time or summary. Nothing for a run without a chain or keystore."""
+    row = store.find_run(run_id)
+    heads = store.rows("blocks", run_id)
+    if row is None or not heads:
+        return
+    (keyring or Keyring()).record_final(run_id, str(heads[0]["hash"]), final_digest(row))

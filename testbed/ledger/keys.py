@@ -219,11 +219,14 @@ class Keyring:
             self._sealed_keys[(run_id, genesis)] = sealed
         self._write_run(run_id, genesis, height, head)
 
-    def _write_run(self, run_id: str, genesis: str, height: int, head: str | None) -> None:
-        body = {"run_id": run_id, "genesis": genesis, "height": height, "head": head,
-                "keys": self._sealed_keys[(run_id, genesis)]}
+    def _write_run(self, run_id: str, genesis: str, height: int, head: str | None,
+                   final: str | None = None) -> None:
+        body: dict[str, Any] = {"run_id": run_id, "genesis": genesis, "height": height,
+                                "head": head, "keys": self._sealed_keys[(run_id, genesis)]}
         if (run_id, genesis) in self._sealed_eth:
             body["eth_keys"] = self._sealed_eth[(run_id, genesis)]
+        if final is not None:
+            body["final"] = final
         _write_private(self.run_path(run_id, genesis), json.dumps(body, indent=1).encode())
 
     def _cache(self, run_id: str, genesis: str) -> bool:
@@ -278,6 +281,26 @@ class Keyring:
         if not self._cache(run_id, genesis):
             return
         self._write_run(run_id, genesis, height, head)
+
+    def record_final(self, run_id: str, genesis: str, digest: str) -> None:
+        """Note the digest of the run's closing state (its row's status, finish time and
+        summary, :func:`testbed.ledger.chain.final_digest`), written after its last block:
+        ``ledger verify`` then detects an edit of those too. Nothing without a keystore."""
+        path = self.run_path(run_id, genesis)
+        if not self._cache(run_id, genesis):
+            return
+        body = self._body(path)
+        height = body.get("height")
+        self._write_run(run_id, genesis, height if isinstance(height, int) else 0,
+                        body.get("head"), digest)
+
+    def final(self, run_id: str, genesis: str) -> str | None:
+        """The closing-state digest the operator recorded for this run, or None."""
+        path = self.run_path(run_id, genesis)
+        if not path.exists():
+            return None
+        value = self._body(path).get("final")
+        return value if isinstance(value, str) else None
 
     def head(self, run_id: str, genesis: str) -> tuple[int, str | None] | None:
         """The head the operator recorded for this run, or None if it keeps no record."""

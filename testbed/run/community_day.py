@@ -31,7 +31,7 @@ from testbed.cli.community import MAX_HOUSEHOLDS
 from testbed.community.day import CLASSES, SERIES, DayResult, simulate_day
 from testbed.community.params import CommunityParams
 from testbed.errors import InputError
-from testbed.ledger.chain import Ledger
+from testbed.ledger.chain import Ledger, seal_final
 from testbed.ledger.community_records import DayBook, Transfers, open_ledger, seal_hour
 from testbed.ledger.store import Store
 from testbed.run import lifecycle, preflight
@@ -152,6 +152,7 @@ async def run_cesdt_async(
                          "bench_and_ledger": round(time.perf_counter() - t1, 3)})
     with store.transaction():
         store.update_run(run_id, summary=json.dumps(summary))
+    seal_final(store, run_id)  # the summary the HTML report reads, sealed with the status
     return summary
 
 

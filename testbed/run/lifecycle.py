@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from drivers.clock import Clock
 from drivers.registry import Bench
 from testbed.errors import InputError
+from testbed.ledger.chain import seal_final
 from testbed.ledger.store import Store
 from testbed.run.controller import Controller, EmergencyStop, GridLost, SafeStateIncomplete
 from testbed.run.events import EventBus
@@ -246,6 +247,7 @@ async def drive(store: Store, run_id: str, bench: Bench, clock: Clock, events: E
         finally:
             with store.transaction():
                 store.update_run(run_id, status=status, finished_at=now())
+            seal_final(store, run_id)  # the closing state, sealed outside the database
             events.emit("status", {"status": status})
     if controller.unconfirmed:
         raise SafeStateIncomplete(controller.unconfirmed)
