@@ -179,9 +179,7 @@ def resumable(store: Store, run_id: str) -> Resumable:
             and params.get("host") == socket.gethostname() and _alive(pid):
         raise InputError(where, f"that run is still running (process {pid}); stop it "
                                 "first (Ctrl-C or its e-stop)")
-    done = store.db.execute("select count(*) from intervals where run_id = ?",
-                            [run_id]).fetchone()[0]
-    return Resumable(row, params, done)
+    return Resumable(row, params, store.count("intervals", run_id))
 
 
 def resume_record(store: Store, run_id: str, events: EventBus) -> Resumable:

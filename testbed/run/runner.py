@@ -145,16 +145,15 @@ def resume_chain(spec: str, store: Store, run_id: str, ledger: Ledger,
     the run's record (embedded) or reconnected to its contract with the keystore's
     Ethereum keys (node). None for a run on the SQLite ledger alone; InputError when
     ``spec`` is not what the run used."""
-    recorded = store.db["evm"].exists() and store.db.execute(
-        "select 1 from evm where run_id = ?", [run_id]).fetchone() is not None
+    deployments = store.rows("evm", run_id)
+    recorded = bool(deployments)
     if spec == "sqlite" and not recorded:
         return None
     if not recorded:
         raise InputError(f"--ledger {spec}", f"run {run_id} ran on the SQLite ledger alone; "
                          "resume it without --ledger")
     if spec == "sqlite":
-        spec = store.db.execute("select backend from evm where run_id = ?",
-                                [run_id]).fetchone()[0]
+        spec = str(deployments[0]["backend"])
     from testbed.ledger.evm import ChainLedger
 
     keys = ledger.keyring.load_eth_keys(run_id, ledger.genesis)
