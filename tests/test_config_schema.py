@@ -160,5 +160,6 @@ def test_a_split_battery_part_must_serve_its_role(tmp_path: Path) -> None:
         load_rig(str(path))  # household 1 has no parts and now no driver
     path.write_text(path.read_text().replace('[defaults.battery]', '[defaults.battery]\n'
                                              'driver = "mock"'))
-    with pytest.raises(InputError, match="driver 'split' is a battery of two instruments"):
+    with pytest.raises(InputError, match="driver 'split' is a role served by two instruments "
+                       r"\(a battery of two instruments gives its bms and converter"):
         load_rig(str(path))  # household 2: parts beside a driver
