@@ -16,7 +16,7 @@ from typing import Any
 
 from drivers.roles import ROLES
 from drivers.spec import DeviceSpec, HouseholdSpec, Limits, RigSpec
-from testbed.config.tomlfile import Table, load_table, resolve
+from testbed.config.tomlfile import Table, load_table, nearest, resolve
 from testbed.errors import InputError
 
 # Device parameters the drivers and models read, with their bounds: (kind, low, high,
@@ -184,6 +184,7 @@ def _device(t: Table, name: str, role: str) -> DeviceSpec:
         dut=dut,
         parts=parts,
     )
+    _driver(t, spec.driver)
     if (spec.driver == "split") != bool(parts):
         kinds = "; ".join(f"a {r} of two instruments gives its {' and '.join(p)} tables"
                           for r, p in SPLIT_PARTS.items())
@@ -197,6 +198,17 @@ def _device(t: Table, name: str, role: str) -> DeviceSpec:
             _param(t, key, value)
     _access(t, spec)
     return spec
+
+
+def _driver(t: Table, driver: str) -> None:
+    """A driver the registry knows (InputError at the key, with the nearest known one)."""
+    from drivers.registry import DRIVERS
+
+    if driver not in DRIVERS:
+        hint = nearest(driver, DRIVERS)
+        raise InputError(t.where("driver"), f"unknown driver {driver!r}"
+                         + (f"; did you mean '{hint}'?" if hint else "")
+                         + f" (known: {', '.join(sorted(DRIVERS))})")
 
 
 def _param(t: Table, key: str, value: object) -> None:
