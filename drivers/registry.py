@@ -52,11 +52,12 @@ def _modbus(spec: DeviceSpec, household: str | None, ctx: BuildContext) -> Any:
 
 
 def _split(spec: DeviceSpec, household: str | None, ctx: BuildContext) -> Any:
-    """A battery of two instruments (:mod:`drivers.bench.split`)."""
-    from drivers.bench.split import SplitBattery
+    """A role served by two instruments (:mod:`drivers.bench.split`): a battery (its
+    ``bms`` and ``converter``) or the grid node (its ``supply`` and ``load``)."""
+    from drivers.bench.split import SPLIT_ROLES
 
-    return SplitBattery(spec.name, build_device(spec.parts["bms"], household, ctx),
-                        build_device(spec.parts["converter"], household, ctx))
+    kind, keys = SPLIT_ROLES[spec.role]
+    return kind(spec.name, *(build_device(spec.parts[k], household, ctx) for k in keys))
 
 
 DRIVERS: dict[str, Factory] = {"mock": _mock, "scpi": _scpi, "modbus": _modbus,

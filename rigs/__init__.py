@@ -12,7 +12,7 @@ from importlib.resources.abc import Traversable
 
 # The examples in rigs/examples, by kind (a file's kind is not in its name).
 EXAMPLES: dict[str, tuple[str, ...]] = {
-    "rigs": ("university-lab3",),
+    "rigs": ("university-lab3", "university-lab3-supply-load"),
     "scenarios": ("lab3-scenario",),
 }
 

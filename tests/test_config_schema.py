@@ -41,6 +41,21 @@ def test_typo_in_a_household_limit_names_file_line_id_and_nearest_key(tmp_path: 
     assert "did you mean 'max_power_w'?" in msg
 
 
+def test_a_misspelt_driver_is_refused_at_its_line_not_when_the_bench_is_built(
+        tmp_path: Path) -> None:
+    text = MOCK.replace('[[households]]\nid = "2"\n',
+                        '[[households]]\nid = "2"\n[households.pv]\ndriver = "scip"\n')
+    path = tmp_path / "driver.toml"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        load_rig(str(path))
+    assert str(err.value).startswith(f"{path}:{_line_of(text, 'scip')} [households id=2.pv] "
+                                     "key 'driver': unknown driver 'scip'; did you mean "
+                                     "'scpi'?"), str(err.value)
+    result = CliRunner().invoke(app, ["rig", "check", str(path), "--json"])
+    assert result.exit_code == 2 and json.loads(result.stdout)["exit"] == 2
+
+
 def test_wrong_case_unit_in_defaults_is_refused_with_its_line(tmp_path: Path) -> None:
     text = MOCK.replace("capacity_wh = 25", "capacity_Wh = 25")
     path = tmp_path / "case.toml"
@@ -160,5 +175,6 @@ def test_a_split_battery_part_must_serve_its_role(tmp_path: Path) -> None:
         load_rig(str(path))  # household 1 has no parts and now no driver
     path.write_text(path.read_text().replace('[defaults.battery]', '[defaults.battery]\n'
                                              'driver = "mock"'))
-    with pytest.raises(InputError, match="driver 'split' is a battery of two instruments"):
+    with pytest.raises(InputError, match="driver 'split' is a role served by two instruments "
+                       r"\(a battery of two instruments gives its bms and converter"):
         load_rig(str(path))  # household 2: parts beside a driver

@@ -146,9 +146,17 @@ class ScpiGrid(ScpiPowerDevice):
         self._last: tuple[float, float] | None = None  # (at, bus -> grid W)
         self._sampler: asyncio.Task[None] | None = None
 
+    # + sourcing into the bus (a supply's measured current): the power to the grid is
+    # -V x I. A load's measured current is + sinking: +V x I (ScpiGridSink).
+    to_grid_sign = -1.0
+
+    def _held_voltage(self) -> float:
+        """The constant voltage it holds: the rig's bus voltage."""
+        return self.bus_voltage_v
+
     async def _setup(self) -> None:
         await super()._setup()
-        volts = min(self.bus_voltage_v, self.spec.limits.max_voltage_v or float("inf"))
+        volts = min(self._held_voltage(), self.spec.limits.max_voltage_v or float("inf"))
         line = self._setting("voltage", volts)
         await self._setup_step(repr(line), lambda: self.link.write(line))
 
@@ -175,7 +183,7 @@ class ScpiGrid(ScpiPowerDevice):
             with contextlib.suppress(Exception):
                 volts = float(await self._query("measured_voltage"))
                 amps = float(await self._query("measured_current"))
-                self._integrate(self.clock.now(), -volts * amps)
+                self._integrate(self.clock.now(), self.to_grid_sign * volts * amps)
 
     async def read(self) -> MeterReading:  # type: ignore[override]
         async def exchange() -> tuple[float, float, bool]:
@@ -184,9 +192,10 @@ class ScpiGrid(ScpiPowerDevice):
 
         v, i, on = await self._run("read", exchange)
         at = self.clock.now()
-        to_grid = -v * i if on else 0.0  # + sourcing into the bus is import from the grid
+        to_grid = self.to_grid_sign * v * i if on else 0.0  # + bus -> grid
         self._integrate(at, to_grid)
-        return MeterReading(at, self.import_wh, self.export_wh, to_grid, v, -i if on else 0.0)
+        return MeterReading(at, self.import_wh, self.export_wh, to_grid, v,
+                            self.to_grid_sign * i if on else 0.0)
 
     async def safe_state(self) -> None:
         return None  # the grid node stays up to hold the bus while rigs disconnect
@@ -200,9 +209,31 @@ class ScpiGrid(ScpiPowerDevice):
         await super().close()
 
 
+class ScpiGridSink(ScpiGrid):
+    """The load half of a grid node built from a supply plus a load (a rig's
+    ``[grid.load]``; the supply half is a :class:`ScpiGrid` of role ``grid_source``, see
+    :class:`drivers.bench.split.SplitGrid`). An electronic load in constant voltage (its
+    file's ``init`` selects the mode) at ``bus_voltage_v x voltage_headroom``: it draws
+    nothing while the supply holds the bus and sinks what the rigs export. Its measured
+    current is + sinking, so its power to the grid is +V x I, integrated into
+    ``export_wh`` as :class:`ScpiGrid` integrates. Its safe state is its input off, read
+    back (no sink left on the bus while the rigs disconnect)."""
+
+    switch = "input"
+    to_grid_sign = 1.0
+
+    def _held_voltage(self) -> float:
+        return self.bus_voltage_v * self.instrument.voltage_headroom
+
+    async def safe_state(self) -> None:
+        await self._switch(False, always=True)
+
+
 def _on_off(on: bool) -> str:
     return "on" if on else "off"
 
 
 SCPI_ROLES: dict[str, type[ScpiPowerDevice]] = {"pv": ScpiSupply, "load": ScpiLoad,
-                                                "converter": ScpiConverter, "grid": ScpiGrid}
+                                                "converter": ScpiConverter, "grid": ScpiGrid,
+                                                "grid_source": ScpiGrid,
+                                                "grid_sink": ScpiGridSink}

@@ -33,6 +33,8 @@ from drivers.emulators.bindings import (
     ConverterScpiBinding,
     GridBinding,
     GridScpiBinding,
+    GridSinkScpiBinding,
+    GridSourceScpiBinding,
     LoadBinding,
     MeterBinding,
     RelayBoardBinding,
@@ -130,11 +132,12 @@ class EmulatedBench:
             (spec, h.id) for h in households for device in h.devices.values()
             for spec in (device.parts.values() if device.parts else (device,))
             if self._written(spec)]
-        if self._written(self.rig.grid):
-            written.append((self.rig.grid, None))
+        grid = self.rig.grid
+        written += [(spec, None) for spec in (grid.parts.values() if grid.parts else (grid,))
+                    if self._written(spec)]
         await self._as_written(written)
-        done = {spec.name for spec, _ in written} | {
-            h.devices["battery"].name for h in households if h.devices["battery"].parts}
+        done = {spec.name for spec, _ in written} | {  # a role of two instruments: its parts
+            d.name for d in (*(h.devices["battery"] for h in households), grid) if d.parts}
         for i, h in enumerate(households):
             for role in ("pv", "load"):
                 if h.devices[role].name not in done:
@@ -534,4 +537,6 @@ _BINDINGS: dict[str, type[Binding]] = {
 }
 # SCPI instruments whose role's binding differs from the Modbus one (command names)
 _SCPI_BINDINGS: dict[str, type[Binding]] = {"converter": ConverterScpiBinding,
-                                             "grid": GridScpiBinding}
+                                             "grid": GridScpiBinding,
+                                             "grid_source": GridSourceScpiBinding,
+                                             "grid_sink": GridSinkScpiBinding}

@@ -259,6 +259,48 @@ class GridScpiBinding(Binding):
         self.setters |= {"output": lambda ch, v: setattr(g(), "enabled", bool(v))}
 
 
+class GridSourceScpiBinding(Binding):
+    """The supply half of a grid node built from a supply plus a load: in constant voltage
+    at the bus it sources what the rigs draw, never sinks. ``output`` switches the node
+    (the plant's bus is held while it is on); its measured current and power are the grid
+    meter's import part (grid -> bus), 0 while the rigs export."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+
+        def g() -> GridModel:
+            return self.plant.grid
+
+        self.getters |= {
+            "output": lambda ch: g().enabled,
+            "measured_voltage": lambda ch: self.v_bus,
+            "measured_current": lambda ch: max(0.0, -g().meter.power_w) / self.v_bus,
+            "measured_power": lambda ch: max(0.0, -g().meter.power_w),
+        }
+        self.setters |= {"output": lambda ch, v: setattr(g(), "enabled", bool(v))}
+
+
+class GridSinkScpiBinding(Binding):
+    """The load half of a grid node built from a supply plus a load: in constant voltage a
+    little above the bus it sinks what the rigs export (the grid meter's export part, bus ->
+    grid) while its ``input`` is on, nothing otherwise."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.on = False
+
+        def sunk() -> float:
+            return max(0.0, self.plant.grid.meter.power_w) if self.on else 0.0
+
+        self.getters |= {
+            "input": lambda ch: self.on,
+            "measured_voltage": lambda ch: self.v_bus,
+            "measured_current": lambda ch: sunk() / self.v_bus,
+            "measured_power": lambda ch: sunk(),
+        }
+        self.setters |= {"input": lambda ch, v: setattr(self, "on", bool(v))}
+
+
 class ChannelsBinding(Binding):
     """A multi-channel instrument whose channels serve different households (a meter or
     load with one register block per channel): each name is answered by the channel's own

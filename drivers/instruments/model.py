@@ -41,6 +41,12 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
     # sources what the rigs draw and sinks what they export; its power is V x I, the
     # measured current signed (+ sourcing into the bus, - sinking)
     "grid": ("identify", "output", "voltage", "measured_voltage", "measured_current"),
+    # the grid node as two instruments (a rig's [grid.supply] and [grid.load]): a
+    # unidirectional supply in constant voltage at the bus voltage sources what the rigs
+    # draw (import), an electronic load in constant voltage a little above it (the file's
+    # voltage_headroom; its init puts it in CV mode) sinks what they export (export)
+    "grid_source": ("identify", "output", "voltage", "measured_voltage", "measured_current"),
+    "grid_sink": ("identify", "input", "voltage", "measured_voltage", "measured_current"),
 }
 # Points a role needs one of: a BMS that counts charge, not energy, gives remaining_ah
 # (the driver reports energy_wh = remaining_ah x voltage_v).
@@ -118,15 +124,26 @@ def rating_problems(instrument: Instrument, role: str, limits: Any,
         if limit is not None and rating is not None and limit > rating:
             out.append(f"{key} = {limit:g} {unit} but {instrument.model} is rated "
                        f"{rating:g} {unit}: lower the limit or use a larger instrument")
-    if r.voltage_v is not None and role in ("pv", "load", "battery", "grid"):
-        headroom = getattr(instrument, "voltage_headroom", 1.0) \
-            if getattr(instrument, "setpoint", "") == "current" else 1.0
+    if r.voltage_v is not None and role in ("pv", "load", "battery", "converter", "grid",
+                                            "grid_source", "grid_sink"):
+        held_above = role == "grid_sink" or (role != "grid_source" and getattr(
+            instrument, "setpoint", "") == "current")
+        headroom = getattr(instrument, "voltage_headroom", 1.0) if held_above else 1.0
         needed = bus_voltage_v * headroom
         if needed > r.voltage_v:
             out.append(f"the bus needs {needed:.4g} V (bus_voltage_v {bus_voltage_v:g} x "
                        f"headroom {headroom:g}) but {instrument.model} is rated "
                        f"{r.voltage_v:g} V: lower bus_voltage_v or use a supply rated for it")
+    direction = ROLE_DIRECTIONS.get(role)
+    if direction is not None and r.directions and direction not in r.directions:
+        out.append(f"role {role} must {direction} power but {instrument.model} is rated to "
+                   f"{' and '.join(r.directions)} only: use an instrument that can")
     return out
+
+
+# The direction a role's instrument must move power in (checked when the file states its
+# directions): the grid node's two parts.
+ROLE_DIRECTIONS: dict[str, str] = {"grid_source": "source", "grid_sink": "sink"}
 
 
 def energy_resolution_wh(instrument: Instrument) -> float:

@@ -33,6 +33,8 @@ RATINGS_FOR_ROLE: dict[str, tuple[str, ...]] = {
     "battery": ("voltage_v", "current_a", "power_w", "directions"),
     "grid": ("voltage_v", "current_a", "power_w", "directions"),
     "converter": ("voltage_v", "current_a", "power_w", "directions"),
+    "grid_source": ("voltage_v", "current_a", "power_w", "directions"),
+    "grid_sink": ("voltage_v", "current_a", "power_w", "directions"),
     "meter": (),
     "relay": (),
     "bms": (),

@@ -9,9 +9,10 @@ registering these commands costs ``testbed --help`` nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -39,13 +40,48 @@ def _load(rig: str, as_json: bool = False) -> RigSpec:
         fail(str(err), as_json)
 
 
+UNREACHABLE_HINT = "is it switched on, connected, and at this address?"
+
+
 def _show(results: list[CheckResult], as_json: bool, title: str) -> None:
+    """The results as a table (or a JSON list); exit 1 when a device that answered failed
+    the check. A device that could not be reached at all is a set-up error instead: one
+    line per failed device on stderr (with --json one object: ``error``, ``exit`` and the
+    ``results``), exit 2."""
+    lost = [r for r in results if r.unreachable]
+    if lost:
+        lines = [f"{r.error.replace(': unavailable: ', ': not reachable: ', 1)}; "
+                 f"{UNREACHABLE_HINT}" if r.unreachable else r.error
+                 for r in results if not r.ok]
+        if as_json:
+            typer.echo(json.dumps({
+                "error": f"{len(lost)} of {len(results)} device(s) not reachable, "
+                         "nothing was checked on them", "exit": 2,
+                "results": [asdict(r) for r in results]}, indent=2))
+        for line in lines:
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2)
     if as_json:
         typer.echo(json.dumps([asdict(r) for r in results], indent=2))
     else:
         _print_check(results, Console(), title)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
+
+
+def _bench_results(work: Callable[[], Coroutine[Any, Any, list[CheckResult]]],
+                   as_json: bool) -> list[CheckResult]:
+    """Run a bench command's work; a device its driver cannot be built for (an instrument
+    file that cannot serve the role, a resource of the wrong protocol) is a set-up error:
+    one line, exit 2."""
+    import asyncio
+
+    from drivers.spec import DriverConfigError
+
+    try:
+        return asyncio.run(work())
+    except DriverConfigError as err:
+        fail(str(err), as_json)
 
 
 def _print_check(results: list[CheckResult], console: Console, title: str = "rig check") -> None:
@@ -87,9 +123,9 @@ def register(app: typer.Typer) -> None:
         db: Annotated[Path, typer.Option(help="Run database to look for a run holding the "
                                               "rig.")] = Path("testbed.db"),
     ) -> None:
-        """Reach every instrument, identify it, read it once; exit 1 if any fails."""
-        import asyncio
-
+        """Reach every instrument, identify it, read it once. Exit 1 if a device that
+        answered fails the check; exit 2 (a set-up error, one line per device) if a device
+        cannot be reached at all or its driver cannot be built."""
         from testbed.run.bench import check_rig, runs_holding
 
         spec = _load(rig, as_json)
@@ -97,7 +133,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"warning: run {held['id']} (started {held['started_at']}) is "
                        f"recorded as running on rig {spec.name} in {db}: this check talks "
                        "to the same instruments", err=True)
-        results = asyncio.run(check_rig(spec, write_test=write_test))
+        results = _bench_results(lambda: check_rig(spec, write_test=write_test), as_json)
         _show(results, as_json, "rig check")
 
     @rig_app.command("safe")
@@ -106,12 +142,12 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
     ) -> None:
         """Put every device of RIG in its safe state and read it back, without a run (after
-        a crash, or before leaving the lab); exit 1 unless every read-back confirms."""
-        import asyncio
-
+        a crash, or before leaving the lab); exit 1 unless every read-back confirms, exit 2
+        when a device cannot be reached at all."""
         from testbed.run.bench import make_safe
 
-        results = asyncio.run(make_safe(_load(rig, as_json)))
+        spec = _load(rig, as_json)
+        results = _bench_results(lambda: make_safe(spec), as_json)
         _show(results, as_json, "rig safe")
 
     @app.command("emulate")

@@ -16,7 +16,7 @@ from typing import Any
 
 from drivers.roles import ROLES
 from drivers.spec import DeviceSpec, HouseholdSpec, Limits, RigSpec
-from testbed.config.tomlfile import Table, load_table, resolve
+from testbed.config.tomlfile import Table, load_table, nearest, resolve
 from testbed.errors import InputError
 
 # Device parameters the drivers and models read, with their bounds: (kind, low, high,
@@ -108,20 +108,27 @@ def rig_from_table(top: Table) -> RigSpec:
     return rig
 
 
-# A battery of two instruments: ``bms = { driver, model, resource }`` and ``converter =
-# { ... }`` in its table (driver "split", implied). Each part takes the link keys.
-BATTERY_PARTS = ("bms", "converter")
+# Roles served by two instruments (driver "split", implied): the part keys in the role's
+# table and the instrument role each part plays. A battery: ``bms = { driver, model,
+# resource }`` and ``converter = { ... }``; the grid node: ``supply`` (a one-direction
+# supply sourcing into the bus) and ``load`` (an electronic load sinking from it). Each
+# part takes the link keys.
+SPLIT_PARTS: dict[str, dict[str, str]] = {
+    "battery": {"bms": "bms", "converter": "converter"},
+    "grid": {"supply": "grid_source", "load": "grid_sink"},
+}
 PART_KEYS = ("driver", "resource", "model", *LINK_KEYS)
 
 
-def _parts(t: Table, name: str) -> dict[str, DeviceSpec]:
-    if not any(t.has(k) for k in BATTERY_PARTS):
+def _parts(t: Table, name: str, role: str) -> dict[str, DeviceSpec]:
+    keys = SPLIT_PARTS.get(role, {})
+    if not any(t.has(k) for k in keys):
         return {}
     parts = {}
-    for key in BATTERY_PARTS:
+    for key, part_role in keys.items():
         sub = t.table(key)
         sub.rename(f"{t.origin.get(key, (t.path, None))[0]}.{key}")
-        part = DeviceSpec(name=f"{name} {key}", role=key, driver=sub.text("driver"),
+        part = DeviceSpec(name=f"{name} {key}", role=part_role, driver=sub.text("driver"),
                           limits=Limits(), resource=sub.text("resource", None),
                           model=sub.text("model", None),
                           params={k: v for k, v in sub.data.items()
@@ -130,7 +137,7 @@ def _parts(t: Table, name: str) -> dict[str, DeviceSpec]:
             if k in part.params:
                 _param(sub, k, part.params[k])
         if part.driver not in ("scpi", "modbus") or not part.model or not part.resource:
-            raise InputError(sub.where("driver"), "a battery part is an instrument: driver "
+            raise InputError(sub.where("driver"), f"a {role} part is an instrument: driver "
                              "'scpi' or 'modbus', with a model and a resource")
         _access(sub, part)
         sub.reject_unknown(PART_KEYS)
@@ -163,7 +170,8 @@ def _device(t: Table, name: str, role: str) -> DeviceSpec:
     dut = t.raw("dut", False)
     if not isinstance(dut, bool):
         raise InputError(t.where("dut"), f"expected true or false, got {dut!r}")
-    parts = _parts(t, name) if role == "battery" else {}
+    parts = _parts(t, name, role)
+    part_keys = tuple(SPLIT_PARTS.get(role, ()))
     spec = DeviceSpec(
         name=name,
         role=role,
@@ -172,15 +180,17 @@ def _device(t: Table, name: str, role: str) -> DeviceSpec:
         model=t.text("model", None),
         limits=limits,
         params={k: v for k, v in t.data.items()
-                if k not in LIMIT_KEYS + ACCESS_KEYS + BATTERY_PARTS},
+                if k not in LIMIT_KEYS + ACCESS_KEYS + part_keys},
         dut=dut,
         parts=parts,
     )
+    _driver(t, spec.driver)
     if (spec.driver == "split") != bool(parts):
-        raise InputError(t.where("driver"), "driver 'split' is a battery of two instruments: "
-                         "give its bms and converter tables (and no driver), or neither")
-    t.reject_unknown(LIMIT_KEYS + ACCESS_KEYS + ROLE_PARAMS[role]
-                     + (BATTERY_PARTS if role == "battery" else ()))
+        kinds = "; ".join(f"a {r} of two instruments gives its {' and '.join(p)} tables"
+                          for r, p in SPLIT_PARTS.items())
+        raise InputError(t.where("driver"), f"driver 'split' is a role served by two "
+                         f"instruments ({kinds}, and no driver), or neither")
+    t.reject_unknown(LIMIT_KEYS + ACCESS_KEYS + ROLE_PARAMS[role] + part_keys)
     for key, value in spec.params.items():
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise InputError(t.where(key), f"expected a number or string, got {value!r}")
@@ -188,6 +198,17 @@ def _device(t: Table, name: str, role: str) -> DeviceSpec:
             _param(t, key, value)
     _access(t, spec)
     return spec
+
+
+def _driver(t: Table, driver: str) -> None:
+    """A driver the registry knows (InputError at the key, with the nearest known one)."""
+    from drivers.registry import DRIVERS
+
+    if driver not in DRIVERS:
+        hint = nearest(driver, DRIVERS)
+        raise InputError(t.where("driver"), f"unknown driver {driver!r}"
+                         + (f"; did you mean '{hint}'?" if hint else "")
+                         + f" (known: {', '.join(sorted(DRIVERS))})")
 
 
 def _param(t: Table, key: str, value: object) -> None:

@@ -36,6 +36,11 @@ from testbed.errors import InputError
 
 @dataclass
 class CheckResult:
+    """One device's check. ``unreachable``: it failed because it could not be reached at
+    all (connection refused or reset, no reply, a port that does not open: switched off,
+    unplugged, at the wrong address), a set-up error; a failure with ``unreachable`` false
+    is one the check found (an error reply, a read-back that does not match)."""
+
     device: str
     resource: str
     ok: bool
@@ -43,6 +48,28 @@ class CheckResult:
     identity: str
     state: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    unreachable: bool = False
+
+
+def unreachable(err: BaseException) -> bool:
+    """The failure is the link's (a :class:`~drivers.transport.base.LinkError` or a
+    timeout, also after the driver's retry on a fresh connection, found in the chain of
+    causes): nothing answered, so the check could not be made."""
+    from drivers.transport.base import LinkError
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, LinkError | TimeoutError):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _resource_of(spec: DeviceSpec) -> str:
+    """Where the device is: its resource, a role of two instruments' parts' resources."""
+    if spec.parts:
+        return " + ".join(str(p.resource) for p in spec.parts.values())
+    return spec.resource or f"in-process ({spec.driver})"
 
 
 def _on_off(on: bool) -> str:
@@ -86,7 +113,7 @@ async def _write_test(spec: DeviceSpec, dev: Any) -> dict[str, Any]:
 
 
 async def _check_one(spec: DeviceSpec, dev: Any, write_test: bool = False) -> CheckResult:
-    resource = spec.resource or f"in-process ({spec.driver})"
+    resource = _resource_of(spec)
     start = time.perf_counter()
     try:
         identity = await dev.identify()
@@ -95,7 +122,8 @@ async def _check_one(spec: DeviceSpec, dev: Any, write_test: bool = False) -> Ch
             state |= await _write_test(spec, dev)
     except Exception as err:  # any failure is a failed check, reported, not raised
         latency = (time.perf_counter() - start) * 1000
-        return CheckResult(spec.name, resource, False, round(latency, 2), "", {}, str(err))
+        return CheckResult(spec.name, resource, False, round(latency, 2), "", {}, str(err),
+                           unreachable=unreachable(err))
     latency = (time.perf_counter() - start) * 1000
     return CheckResult(spec.name, resource, True, round(latency, 2), identity, state)
 
@@ -128,14 +156,15 @@ async def make_safe(rig: RigSpec) -> list[CheckResult]:
     pairs = _pairs_of(rig, bench)
 
     async def one(spec: DeviceSpec, dev: Any) -> CheckResult:
-        resource = spec.resource or f"in-process ({spec.driver})"
+        resource = _resource_of(spec)
         start = time.perf_counter()
         try:
             await dev.safe_state()
             state = await STATE_READERS[spec.role](dev)
         except Exception as err:  # reported per device, never raised
             return CheckResult(spec.name, resource, False,
-                               round((time.perf_counter() - start) * 1000, 2), "", {}, str(err))
+                               round((time.perf_counter() - start) * 1000, 2), "", {}, str(err),
+                               unreachable=unreachable(err))
         return CheckResult(spec.name, resource, True,
                            round((time.perf_counter() - start) * 1000, 2), "safe", state)
 

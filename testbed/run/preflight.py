@@ -87,17 +87,27 @@ def ratings_refusals(rig: RigSpec) -> list[Refusal]:
     out: list[Refusal] = []
     devices = [d for h in rig.households for d in h.devices.values()] + [rig.grid]
     for spec in devices:
-        rated = spec.parts.get("converter", spec)
-        if rated.driver not in ("scpi", "modbus") or not rated.model:
-            continue
-        try:
-            inst = load_instrument(rated.model)
-        except ValueError:
-            continue  # the driver factory reports a bad file, with its place
-        out += [Refusal(spec.name, problem)
-                for problem in rating_problems(inst, spec.role, spec.limits,
-                                               rig.bus_voltage_v)]
+        # a role of two instruments is rated by the parts that carry its power, each in its
+        # own role: a battery by its converter, the grid node by its supply and its load
+        rated = [(part.name, part.role, part) for key, part in spec.parts.items()
+                 if key in RATED_PARTS.get(spec.role, ())] if spec.parts \
+            else [(spec.name, spec.role, spec)]
+        for name, role, part in rated:
+            if part.driver not in ("scpi", "modbus") or not part.model:
+                continue
+            try:
+                inst = load_instrument(part.model)
+            except ValueError:
+                continue  # the driver factory reports a bad file, with its place
+            out += [Refusal(name, problem)
+                    for problem in rating_problems(inst, role, spec.limits,
+                                                   rig.bus_voltage_v)]
     return out
+
+
+# The parts of a role of two instruments that its rig limits and the bus rate.
+RATED_PARTS: dict[str, tuple[str, ...]] = {"battery": ("converter",),
+                                           "grid": ("supply", "load")}
 
 
 def resolution_refusals(rig: RigSpec, plans: list[RigPlan], hours: float) -> list[Refusal]:

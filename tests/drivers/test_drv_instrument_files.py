@@ -19,6 +19,8 @@ from drivers.emulators.bindings import (
     ConverterScpiBinding,
     GridBinding,
     GridScpiBinding,
+    GridSinkScpiBinding,
+    GridSourceScpiBinding,
     LoadBinding,
     MeterBinding,
     RelayBoardBinding,
@@ -72,6 +74,8 @@ def _binding(role: str, plant: Plant, instrument: Any) -> Binding:
         "relay": lambda: RelayBoardBinding(*args, rig_ids=["1", "2", "3"]),
         "grid": lambda: (GridScpiBinding(*args) if instrument.protocol == "scpi"
                          else GridBinding(*args)),
+        "grid_source": lambda: GridSourceScpiBinding(*args),
+        "grid_sink": lambda: GridSinkScpiBinding(*args),
         "bms": lambda: BatteryBinding(*args, "1", alarm_bits=alarms),
         "converter": lambda: (ConverterScpiBinding(*args, "1")
                               if instrument.protocol == "scpi" else BatteryBinding(*args, "1")),
