@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -56,24 +55,35 @@ SEALED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                           ("readings", ("household", "t")))},
     "safety": (("n",), ("n", "at", "event", "body")),
 }
-_CAST: dict[type, Any] = {int: int, float: float, str: str}
-
-
-def _cell(table: str, column: str, value: Any) -> Any:
-    """A value as SQLite gives it back for the column's declared type (a REAL column
-    returns 1.0 for 1, 0.0 for -0.0 and NULL for NaN), so a row digests alike before it is
-    written and after it is read."""
+def _as_float(value: Any) -> float | None:
+    """As a REAL column gives it back: 1.0 for 1, 0.0 for -0.0, NULL for NaN."""
     if value is None:
         return None
-    cast = _CAST[SCHEMA[table][0].get(column, int)](value)  # n: a position
-    if isinstance(cast, float):
-        return None if math.isnan(cast) else cast + 0.0  # -0.0 + 0.0 is 0.0
+    number = float(value)
+    return None if number != number else number + 0.0  # -0.0 + 0.0 is 0.0
+
+
+def _as(kind: type) -> Callable[[Any], Any]:
+    if kind is float:
+        return _as_float
+
+    def cast(value: Any) -> Any:
+        return None if value is None else kind(value)
     return cast
+
+
+# Per sealed table: (key columns, digested columns), each with the cast of its declared
+# type (a column the schema does not declare, safety's ``n``, is an integer position).
+_PLANS: dict[str, tuple[tuple[tuple[str, Callable[[Any], Any]], ...], ...]] = {
+    table: tuple(tuple((c, _as(SCHEMA[table][0].get(c, int))) for c in columns)
+                 for columns in spec)
+    for table, spec in SEALED.items()}
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def row_key(table: str, row: Mapping[str, Any]) -> str:
     """The sealed row's key: its key columns' values joined by ``/`` (e.g. ``0/3``)."""
-    return "/".join(str(_cell(table, c, row.get(c))) for c in SEALED[table][0])
+    return "/".join([str(cast(row.get(c))) for c, cast in _PLANS[table][0]])
 
 
 # Keys of ``runs.params`` that name the process holding the run (testbed.run.lifecycle):
@@ -97,12 +107,11 @@ def _sealed_params(text: Any) -> Any:
 def row_digest(table: str, row: Mapping[str, Any]) -> str:
     """SHA-256 (128 bits, hex) of the row's digested columns as JSON, in schema order (a
     run's ``params`` without the process that holds it, :data:`HOLDER_PARAMS`)."""
-    values = [_cell(table, c, row.get(c)) for c in SEALED[table][1]]
+    values = [cast(row.get(c)) for c, cast in _PLANS[table][1]]
     if table == "runs":
         at = SEALED["runs"][1].index("params")
         values[at] = _sealed_params(values[at])
-    text = json.dumps(values, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return hashlib.sha256(_ENCODE(values).encode()).hexdigest()[:32]
 
 
 def record_tx(rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, Any]:
