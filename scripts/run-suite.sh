@@ -2,7 +2,9 @@
 # The linters and the suite in an environment already set up (scripts/test.sh does that from
 # the lock, scripts/test-latest.sh from the newest releases).
 #   bash scripts/run-suite.sh VENV [extra pytest args]
-# The tests marked `serial` need wall time: they run after the parallel part, one at a time.
+# The tests marked `serial` need wall time: they run after the CPU-bound part, three at a time
+# (they mostly wait on real time); those marked `alone` (the fault matrix, itself four benches
+# at once) run last, by themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="$1"; shift
@@ -12,5 +14,6 @@ export PATH="$PWD/$VENV/bin:$PATH"   # tests start `testbed` as a subprocess
 "$PY" -m ruff check .
 "$PY" -m mypy
 # exit 5 is "no test selected": extra arguments (-k ...) may leave one group empty
-"$PY" -m pytest -n 2 -q -p no:cacheprovider -m "not serial" "$@" || [ $? -eq 5 ]
-"$PY" -m pytest -q -p no:cacheprovider -m serial "$@" || [ $? -eq 5 ]
+"$PY" -m pytest -n 2 -q -p no:cacheprovider -m "not serial and not alone" "$@" || [ $? -eq 5 ]
+"$PY" -m pytest -n 3 -q -p no:cacheprovider -m "serial and not alone" "$@" || [ $? -eq 5 ]
+"$PY" -m pytest -q -p no:cacheprovider -m alone "$@" || [ $? -eq 5 ]

@@ -13,11 +13,11 @@ output off, every relay open); money is conserved; the ledger verifies. A lastin
 names its device; a transient one recovers (the run finishes and would exit 0).
 
 The runs need wall time: two worker processes, two benches at a time each, about two to
-three minutes on two cores, so the test is ``serial``; like every real-time test it
-assumes a machine not loaded beyond real time (at a load average of 9 on 2 cores the
-control loop itself falls behind and healthy rigs drift off target). Print the table with
-``python -m tests.test_fault_matrix [KIND:ROLE ...]`` (``MATRIX_PROCESSES``,
-``MATRIX_AT_ONCE`` set the concurrency).
+three minutes on two cores, so the test is ``alone`` (run last, by itself); like every
+real-time test it assumes a machine not loaded beyond real time (at a load average of 9
+on 2 cores the control loop itself falls behind and healthy rigs drift off target).
+Print the table with ``python -m tests.test_fault_matrix [KIND:ROLE ...]``
+(``MATRIX_PROCESSES``, ``MATRIX_AT_ONCE`` set the concurrency).
 """
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ def documented() -> list[tuple[str, str, str, str]]:
     return found
 
 
-@pytest.mark.serial
+@pytest.mark.alone
 def test_every_fault_on_every_role_stays_with_its_rig(tmp_path: Path) -> None:
     measured = measure_all(tmp_path)
     failing = {f"{c.kind} on {c.role} ({'lasting' if c.lasting else 'transient'})":

@@ -256,7 +256,8 @@ def test_a_signal_in_any_phase_ends_in_the_safe_state(tmp_path: Path, sig: signa
         assert run.returncode == 130, err
         assert "Traceback" not in err
         if phase == "running":
-            assert "stopped by signal: every output off, every relay open (read back)" in err
+            assert f"stopped by {signal.Signals(sig).name}: every output off, every relay " \
+                "open (read back)" in err
         _safe_on_the_wire(rig, tmp_path)
     finally:
         stop(emu)
