@@ -16,10 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from testbed.cli.output import fail
+from testbed.community import MAX_HOUSEHOLDS
 from testbed.errors import InputError
 
 SWEEPS = ("cesdt",)
-MAX_HOUSEHOLDS = 10_000  # the paper simulates 15 to 100; memory grows with homes x ticks
 
 
 def register(app: typer.Typer) -> None:

@@ -23,6 +23,11 @@ from testbed.cli import output
 from testbed.config.rig import load_rig
 from testbed.errors import InputError
 
+# The options every ``testbed fault`` command takes (the emulator's control socket).
+ControlPort = Annotated[int, typer.Option("--control", help="The emulator's control port.")]
+ControlHost = Annotated[str, typer.Option(help="The emulator's address.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")]
+
 if TYPE_CHECKING:
     from drivers.spec import RigSpec
     from testbed.run.bench import CheckResult
@@ -242,11 +247,9 @@ def register(app: typer.Typer) -> None:
     def fault_inject(
         spec: Annotated[str, typer.Argument(help="DEVICE=KIND[:COUNT][,OPTION=VALUE]..."
                                                  "[@START[-END]], the window from now.")],
-        port: Annotated[int, typer.Option(
-            "--control", help="The emulator's control port.")],
-        host: Annotated[str, typer.Option(help="The emulator's address.")] = "127.0.0.1",
-        as_json: Annotated[bool, typer.Option(
-            "--json", help="Print the answer as JSON.")] = False,
+        port: ControlPort,
+        host: ControlHost = "127.0.0.1",
+        as_json: AsJson = False,
     ) -> None:
         """Switch a fault on (now, or in the window given); exit 2 if it is refused."""
         _control(f"inject {spec}", port, host, as_json)
@@ -255,22 +258,18 @@ def register(app: typer.Typer) -> None:
     def fault_clear(
         device: Annotated[str, typer.Argument(help="The device, e.g. 'household 7 pv' or "
                                                    "hh7.pv.")],
-        port: Annotated[int, typer.Option(
-            "--control", help="The emulator's control port.")],
-        host: Annotated[str, typer.Option(help="The emulator's address.")] = "127.0.0.1",
-        as_json: Annotated[bool, typer.Option(
-            "--json", help="Print the answer as JSON.")] = False,
+        port: ControlPort,
+        host: ControlHost = "127.0.0.1",
+        as_json: AsJson = False,
     ) -> None:
         """Clear a device's fault."""
         _control(f"clear {device}", port, host, as_json)
 
     @fault_app.command("list")
     def fault_list(
-        port: Annotated[int, typer.Option(
-            "--control", help="The emulator's control port.")],
-        host: Annotated[str, typer.Option(help="The emulator's address.")] = "127.0.0.1",
-        as_json: Annotated[bool, typer.Option(
-            "--json", help="Print the answer as JSON.")] = False,
+        port: ControlPort,
+        host: ControlHost = "127.0.0.1",
+        as_json: AsJson = False,
     ) -> None:
         """The faults the emulator shows now, per device."""
         _control("list", port, host, as_json)

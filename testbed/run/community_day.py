@@ -27,7 +27,7 @@ from contracts.numbers import fmt
 from drivers.clock import Clock, RealClock, VirtualClock
 from drivers.registry import build_bench
 from drivers.spec import RigSpec
-from testbed.cli.community import MAX_HOUSEHOLDS
+from testbed.community import MAX_HOUSEHOLDS
 from testbed.community.day import CLASSES, SERIES, DayResult, simulate_day
 from testbed.community.params import CommunityParams
 from testbed.errors import InputError
