@@ -56,7 +56,7 @@ class StreamTransport:
                 return await reader.readuntil(separator)
         except TimeoutError:
             raise LinkTimeout(f"{self.description}: no reply within {timeout:g} s") from None
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ConnectionError):  # EOF, or reset by the peer
             raise LinkClosed(f"{self.description}: connection closed by the instrument") from None
         except asyncio.LimitOverrunError:
             raise LinkError(f"{self.description}: reply too long (no terminator)") from None
@@ -68,7 +68,7 @@ class StreamTransport:
                 return await reader.readexactly(n)
         except TimeoutError:
             raise LinkTimeout(f"{self.description}: no reply within {timeout:g} s") from None
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ConnectionError):  # EOF, or reset by the peer
             raise LinkClosed(f"{self.description}: connection closed by the instrument") from None
 
     def discard_input(self) -> None:

@@ -34,7 +34,10 @@ class TcpTransport(StreamTransport):
         try:
             self._writer.write(data)
             await self._writer.drain()
-        except (ConnectionError, OSError) as err:
+        except ConnectionError as err:  # reset or broken pipe: the instrument hung up
+            raise LinkClosed(f"{self.description}: connection closed by the instrument "
+                             f"({err})") from None
+        except OSError as err:
             raise LinkClosed(f"{self.description}: write failed ({err})") from None
 
     async def close(self) -> None:
