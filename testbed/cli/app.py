@@ -313,6 +313,8 @@ def run(
 
     def closing() -> str:
         """What is on disk, read back, and how to go on."""
+        if store.find_run(run_id) is None:  # stopped before the run was recorded
+            return f"run {run_id} had not started: nothing was recorded in {store.path}"
         if sc is None:
             return f"{on_disk(store, run_id)}; a community day is started again, not resumed"
         return f"{on_disk(store, run_id)}; resume: {resume_command(run_id, str(db))}"
