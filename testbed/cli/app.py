@@ -214,6 +214,10 @@ def run(
     the grid node's loss, 4 when the safe state could not be confirmed on every device,
     130 when stopped by a signal.
     """
+    # Until the run wires its own handlers (_run_until_signal) nothing touches the bench:
+    # a signal ends the process at once, exit 130, one line.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_early)
     JSON_ERRORS.set(as_json)
     import uuid
 
@@ -595,6 +599,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop_early)
     try:
         app()
+    except KeyboardInterrupt:  # a signal while typer builds the command, before it runs
+        os.write(2, b"stopped by a signal while starting: nothing had been switched on\n")
+        os._exit(130)
     except BrokenPipeError:
         sys.exit(1)
     except SystemExit as stop:
