@@ -322,3 +322,51 @@ def test_agents_register_ethereum_addresses(tmp_path: Path, monkeypatch: pytest.
     bad = runner.invoke(app, ["agents", "address", "4", "0x12"])
     assert bad.exit_code == 2 and "is not an Ethereum address" in bad.output
     assert "Traceback" not in bad.output
+
+
+
+def test_a_run_that_saw_no_operator_key_signs_with_the_one_another_run_created_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race of two runs started together on a new machine, made deterministic: run A
+    finds no operator key, run B creates one before A writes its own. A must sign with B's
+    key, the anchor on disk; writing A's key over it (the last writer wins) once left a
+    run's genesis signed by a key the anchor disowned (a fault-matrix run failed verify)."""
+    folder = tmp_path / "home"
+    b = Keyring(folder, passphrase=None)
+    real_exists = Path.exists
+    looked: list[Path] = []
+
+    def absent_then_b_creates(path: Path) -> bool:
+        if path.name == "operator.key" and not looked:
+            looked.append(path)
+            assert not real_exists(path)
+            b.operator()  # B wins between A's look and A's write
+            return False
+        return real_exists(path)
+
+    monkeypatch.setattr(Path, "exists", absent_then_b_creates)
+    signed_by_a = public_hex(Keyring(folder, passphrase=None).operator())
+    monkeypatch.undo()
+    anchor = (folder / "operator.pub").read_text().strip()
+    assert signed_by_a == public_hex(b.operator()) == anchor
+
+
+def _first_operator_key(directory: str) -> str:
+    """In its own process: the operator key a run starting now would sign with."""
+    return public_hex(Keyring(Path(directory), passphrase=None).operator())
+
+
+def test_runs_starting_at_once_on_a_fresh_machine_sign_with_one_operator_key(
+        tmp_path: Path) -> None:
+    """Eight processes ask for the operator's key of an empty folder at the same moment (two
+    runs started together on a new machine): one key is created, every process signs with
+    it, and it is the anchor on disk. Creating it non-exclusively (the last writer wins)
+    once let a run seal its genesis with a key the anchor then disowned."""
+    import multiprocessing
+
+    folder = tmp_path / "home"
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        signed = pool.map(_first_operator_key, [str(folder)] * 8)
+    anchor = (folder / "operator.pub").read_text().strip()
+    assert set(signed) == {anchor}
+    assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == []

@@ -235,6 +235,20 @@ def test_a_second_sigterm_50_ms_after_the_first_is_absorbed(tmp_path: Path) -> N
         stop(emu)
 
 
+def _wait_until_caught(process: subprocess.Popen[str], sig: signal.Signals) -> None:
+    """Until ``process`` catches ``sig`` (its bit in SigCgt of /proc/PID/status): the first
+    moment Python code of the program runs, whatever the machine's load."""
+    deadline = time.monotonic() + 60
+    status = Path(f"/proc/{process.pid}/status")
+    while time.monotonic() < deadline and process.poll() is None:
+        caught = next(int(line.split()[1], 16) for line in status.read_text().splitlines()
+                      if line.startswith("SigCgt:"))
+        if caught & (1 << (sig - 1)):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"the program never caught {sig.name}")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("phase", ["start-up", "running"])
 def test_a_signal_in_any_phase_ends_in_the_safe_state(tmp_path: Path, sig: signal.Signals,
@@ -249,8 +263,9 @@ def test_a_signal_in_any_phase_ends_in_the_safe_state(tmp_path: Path, sig: signa
                                stderr=subprocess.PIPE, text=True)
         if phase == "running":
             wait_until_running(run, tmp_path / "p.db", 0.0)
-        else:
-            time.sleep(0.3)
+        else:  # loading: once the program's first handler is in (before it, the kernel's
+            _wait_until_caught(run, sig)  # default ends any process, 143, no code of ours)
+            time.sleep(0.1)
         run.send_signal(sig)
         _, err = run.communicate(timeout=60)
         assert run.returncode == 130, err

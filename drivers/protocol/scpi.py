@@ -7,12 +7,16 @@ verbatim as :class:`InstrumentMessage`. Instrument-file quirks: ``remote`` lines
 every connection, ``settle_s`` of silence after a setting, ``*OPC?`` after each setting,
 an echo of every line, another reply terminator, and ``busy_errors`` (transient codes).
 A timeout leaves the link out of step (a late reply would answer the next question), so
-the caller resets the link on a fresh connection before it asks again.
+the caller resets the link on a fresh connection before it asks again. A query *cancelled*
+while its reply is on the way (a signal, a deadline of the caller) leaves the same hazard on
+a link nobody resets: the next line then first waits up to :data:`LATE_REPLY_DRAIN_S` for
+that reply and drops it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +27,7 @@ from drivers.transport.base import LinkError, Transport
 
 _ERROR = re.compile(r"\s*([+-]?\d+)\s*,\s*\"?(.*?)\"?\s*$")
 MAX_ERRORS_DRAINED = 20
+LATE_REPLY_DRAIN_S = 0.2  # at most this long for the reply of a cancelled query
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class ScpiLink(Link):
         self.quirks = quirks or ScpiQuirks()
         self.description = make_transport().description
         self._quiet_until = 0.0  # loop time before which the instrument ignores lines
+        self._reply_owed = False  # a query was cancelled after its line left
 
     @property
     def is_open(self) -> bool:
@@ -60,6 +66,7 @@ class ScpiLink(Link):
         transport = self._make_transport()
         await transport.open()
         self._transport = transport
+        self._reply_owed = False  # a fresh connection owes nothing
         self.generation += 1  # devices re-send their setup on a new connection
         for line in self.quirks.remote:  # e.g. SYST:REM: nothing else is obeyed before it
             await self._send(line)
@@ -79,6 +86,8 @@ class ScpiLink(Link):
         wait = self._quiet_until - asyncio.get_running_loop().time()
         if wait > 0:  # a line sent this soon after a setting would be ignored
             await asyncio.sleep(wait)
+        if self._reply_owed:
+            await self._drain_owed_reply(transport)
         transport.discard_input()
         await transport.write((line + self.terminator).encode(self.encoding))
         if self.quirks.echo:  # the instrument repeats the line first: drop it
@@ -93,11 +102,23 @@ class ScpiLink(Link):
         raw = await transport.read_until(ending.encode(self.encoding), self.timeout_s)
         return raw.decode(self.encoding, errors="replace").strip()
 
+    async def _drain_owed_reply(self, transport: Transport) -> None:
+        """Wait (bounded) for the reply of a cancelled query and drop it."""
+        self._reply_owed = False
+        ending = (self.quirks.read_terminator or self.terminator).encode(self.encoding)
+        # nothing may come (or the line broke: the next exchange will say so)
+        with contextlib.suppress(LinkError):
+            await transport.read_until(ending, min(self.timeout_s, LATE_REPLY_DRAIN_S))
+
     async def query(self, command: str) -> str:
         async with self.lock:
             await self._live()
-            await self._send(command)
-            return await self._receive()
+            try:
+                await self._send(command)
+                return await self._receive()
+            except asyncio.CancelledError:
+                self._reply_owed = True  # it may still arrive: the next line must not take it
+                raise
 
     async def write(self, command: str) -> None:
         """Send a setting, then drain the error queue; raise the first error it held
@@ -105,7 +126,11 @@ class ScpiLink(Link):
         again within the busy budget), or :class:`InstrumentMessage` when the error query
         is answered in words."""
         async with self.lock:
-            await self.while_busy(lambda: self._write(command))
+            try:
+                await self.while_busy(lambda: self._write(command))
+            except asyncio.CancelledError:
+                self._reply_owed = True  # an *OPC? or error-query reply may be on its way
+                raise
 
     async def _write(self, command: str) -> None:
         await self._live()

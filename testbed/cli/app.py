@@ -1,5 +1,5 @@
 """The ``testbed`` command line (typer + rich)."""
-# ruff: noqa: E402  (signal handlers are installed before the imports, see _exit_early)
+# ruff: noqa: E402  (signal handlers are installed before the imports, see testbed.cli.early)
 
 from __future__ import annotations
 
@@ -10,18 +10,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+from testbed.cli import early
 
-def _exit_early(signum: int, _frame: Any) -> None:
-    """SIGINT or SIGTERM while the program is still loading: nothing has touched the
-    bench, so the process ends at once with the documented 130 (not 143, no traceback)."""
-    os.write(2, f"stopped by {signal.Signals(signum).name} while starting: nothing had been "
-                "switched on\n".encode())
-    os._exit(130)
-
-
-if __name__ == "__main__" or Path(sys.argv[0]).name == "testbed":  # the program, not an import
-    for _sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(_sig, _exit_early)
+if Path(sys.argv[0]).name == "testbed":  # the installed script, not an import by a test
+    early.install()
 
 import typer  # the handlers above cover this import and those that follow
 from rich.markup import escape
@@ -42,6 +34,9 @@ app = typer.Typer(help="Hardware-in-the-loop testbed for community P2P energy tr
 
 DB_DEFAULT = Path("testbed.db")
 COMMUNITY = "cesdt"  # `testbed run cesdt`: the CE-SDT community day, not a scenario file
+
+
+CANCEL_REPEAT_S = 0.25  # a stop the run did not act on is repeated this often
 
 
 def _run_until_signal(coro_factory: Any, closing: Any = None) -> Any:
@@ -80,7 +75,19 @@ def _run_until_signal(coro_factory: Any, closing: Any = None) -> Any:
                 received.append(sig)
                 return
             received.append(sig)
-            task.cancel(sig.name)  # type: ignore[union-attr]
+            insist(sig)
+
+        def insist(sig: signal.Signals) -> None:
+            # Python 3.11's asyncio.wait_for (pymodbus awaits every reply with it) returns a
+            # reply that lands with the cancellation and drops the cancellation: the run
+            # would go on. So cancel again until the run has taken the stop (its safe state
+            # then runs shielded, lifecycle.until_done) or is over.
+            from testbed.run.lifecycle import STOP_SEEN
+
+            assert task is not None
+            if not task.done() and task not in STOP_SEEN:
+                task.cancel(sig.name)
+                loop.call_later(CANCEL_REPEAT_S, insist, sig)
 
         pending: list[str] = []  # a stop before the controller exists is kept for it
 
@@ -216,8 +223,7 @@ def run(
     """
     # Until the run wires its own handlers (_run_until_signal) nothing touches the bench:
     # a signal ends the process at once, exit 130, one line.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _exit_early)
+    early.install()
     JSON_ERRORS.set(as_json)
     import uuid
 

@@ -75,17 +75,31 @@ def _passphrase() -> bytes | None:
     return value.encode() if value else None
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically with mode 0600 (never readable by others)."""
+def _write_private(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
+    """Write ``data`` to ``path`` atomically with mode 0600 (never readable by others).
+
+    ``exclusive``: only if ``path`` does not exist yet, decided atomically (a hard link, so
+    two processes creating the same file at once cannot both win); returns False when
+    another writer was first and its file was kept.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data):x}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    if not exclusive:
+        os.replace(tmp, path)
+        return True
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    return True
 
 
 def _read_private(path: Path) -> bytes:
@@ -158,27 +172,35 @@ class Keyring:
         """The operator's private key, created with ``operator.pub`` on first use."""
         if self._operator is None:
             path = self.directory / OPERATOR_KEY
-            if path.exists():
-                self._operator = self._load_operator(path)
-            else:
-                self._operator = self._create_operator(path)
+            created = None if path.exists() else self._create_operator(path)
+            # a run started at the same moment may have created it first: its key stands
+            self._operator = created or self._load_operator(path)
         return self._operator
 
     def anchor(self) -> str:
         """The operator's public key (from ``operator.pub``, the file auditors copy)."""
         return load_anchor(self.directory / OPERATOR_PUB)[0]
 
-    def _create_operator(self, path: Path) -> Ed25519PrivateKey:
+    def _create_operator(self, path: Path) -> Ed25519PrivateKey | None:
+        """A new operator key written to ``path``, or None when another process wrote one
+        first (then that one is the operator's)."""
         key = Ed25519PrivateKey.generate()
         algo: serialization.KeySerializationEncryption = (
             serialization.BestAvailableEncryption(self.passphrase) if self.passphrase
             else serialization.NoEncryption())
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 algo)
-        _write_private(path, pem)
-        pub = self.directory / OPERATOR_PUB
-        pub.write_text(public_hex(key) + "\n", "ascii")
+        if not _write_private(path, pem, exclusive=True):
+            return None
+        self._write_anchor(key)
         return key
+
+    def _write_anchor(self, key: Ed25519PrivateKey) -> None:
+        """``operator.pub`` for ``key``, replaced atomically (a reader never sees half)."""
+        pub = self.directory / OPERATOR_PUB
+        tmp = pub.with_name(f".{pub.name}.{os.getpid()}.{id(key):x}.tmp")
+        tmp.write_text(public_hex(key) + "\n", "ascii")
+        os.replace(tmp, pub)
 
     def _load_operator(self, path: Path) -> Ed25519PrivateKey:
         data = _read_private(path)
@@ -195,8 +217,8 @@ class Keyring:
         if not isinstance(key, Ed25519PrivateKey):
             raise InputError(str(path), "the operator key must be Ed25519")
         pub = self.directory / OPERATOR_PUB
-        if not pub.exists():
-            pub.write_text(public_hex(key) + "\n", "ascii")
+        if not pub.exists():  # its creator may not have written it yet: the same content
+            self._write_anchor(key)
         elif load_anchor(pub)[0] != public_hex(key):
             raise InputError(str(pub), f"does not belong to {path}: restore the pair")
         return key

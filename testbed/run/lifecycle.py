@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -213,6 +214,19 @@ async def until_done(coro: Awaitable[T]) -> T:
     return result
 
 
+# Runs (their tasks) whose stop reached drive(): from there the safe state is under way and
+# shielded, so a stop need not be repeated (testbed.cli.app repeats a cancellation that
+# Python 3.11's asyncio.wait_for may drop).
+STOP_SEEN: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+async def _make_safe_and_close(controller: Controller) -> None:
+    try:
+        await controller.safe_state()
+    finally:
+        await controller.close()
+
+
 async def drive(store: Store, run_id: str, bench: Bench, clock: Clock, events: EventBus,
                 log: RunLog, body: Callable[[Controller], Awaitable[T]],
                 on_controller: Callable[[Controller], None] | None = None) -> T:
@@ -231,6 +245,8 @@ async def drive(store: Store, run_id: str, bench: Bench, clock: Clock, events: E
         result = await body(controller)
         status = "finished"
     except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError) and (me := asyncio.current_task()):
+            STOP_SEEN.add(me)
         status, cause, reason = ending(exc)
         log.abort(cause, reason, clock.now(), {
             "tripped": dict(controller.tripped) if controller else {}})
@@ -238,8 +254,7 @@ async def drive(store: Store, run_id: str, bench: Bench, clock: Clock, events: E
     finally:
         try:
             if controller is not None:
-                await until_done(controller.safe_state())
-                await controller.close()
+                await until_done(_make_safe_and_close(controller))
                 if controller.unconfirmed and status == "finished":
                     status = "failed"  # an incomplete safe state is never a finished run
         finally:

@@ -5,6 +5,7 @@ Every test here failed without its fix (see the commit log for the deliberate br
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 from pathlib import Path
@@ -19,8 +20,10 @@ from drivers.clock import RealClock, VirtualClock
 from drivers.emulators.bench import EmulatedBench
 from drivers.instruments.model import InstrumentFileError, ModbusMap, load_instrument
 from drivers.protocol.errors import InstrumentMessage
+from drivers.protocol.scpi import ScpiLink
 from drivers.registry import build_bench
 from drivers.spec import RigSpec
+from drivers.transport.tcp import TcpTransport
 from tests.drivers.conftest import emulated_rig
 
 INSTRUMENTS = Path(__file__).resolve().parents[2] / "drivers" / "instruments"
@@ -350,3 +353,35 @@ def test_quirks_are_switched_on_by_text_as_emulate_takes_them() -> None:
     assert q.counter("import_wh", 15.0) == 5.0 and q.local_until == "SYST:REM"
     with pytest.raises(ValueError, match="unknown quirk 'bussy'"):
         apply_quirk(q, "bussy:1")
+
+
+async def test_the_late_reply_of_a_cancelled_query_does_not_answer_the_next_one() -> None:
+    """A signal cancels ``OUTP?`` while the instrument is answering; the safe state then asks
+    ``OUTP?`` again on the same link and must hear the instrument's *present* answer. Without
+    the drain, the late ``1`` (output on) arrived after the input was discarded and was read
+    as the read-back of ``OUTP OFF``: a run stopped by Ctrl-C ended 'safe state incomplete'."""
+    output = ["1"]
+
+    async def answer_late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := (await reader.readline()).decode().strip():
+            if line.startswith("OUTP "):
+                output[0] = "0" if line.endswith("OFF") else "1"
+                continue
+            reply = output[0] if line == "OUTP?" else "0,\"No error\""
+            await asyncio.sleep(0.08)  # answers, but after the asker has given up
+            writer.write(f"{reply}\n".encode())
+            await writer.drain()
+
+    server = await asyncio.start_server(answer_late, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = ScpiLink(lambda: TcpTransport("127.0.0.1", port), timeout_s=0.5, error_query=None)
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.03):  # cancelled mid-exchange
+                await link.query("OUTP?")
+        await link.write("OUTP OFF")
+        assert await link.query("OUTP?") == "0"
+    finally:
+        await link.close()
+        server.close()
+        await server.wait_closed()
