@@ -244,3 +244,29 @@ def test_resume_by_id_alone_appears_once_in_the_runs_and_figures(
     assert page.count("d1") >= 1 and "Fig. 10" in page
     verify = runner.invoke(app, ["ledger", "verify", str(stopped_day)])
     assert verify.exit_code == 0, verify.output
+
+
+def test_a_day_that_no_longer_matches_its_ledger_is_refused(
+        stopped_day: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The day is recomputed on resume: were its bills different now (the code changed),
+    the first hour whose transfers differ from the block's is named, nothing written."""
+    from contracts.settlement import Transfer
+    from testbed.ledger.community_records import Transfers
+
+    real = Transfers.hour
+
+    def one_more(self: Transfers, hour: int, owed: Any) -> tuple[Transfer, ...]:
+        out = real(self, hour, owed)
+        return tuple(Transfer(t.source, t.target, t.amount + (hour == 1), t.memo)
+                     for t in out)
+
+    monkeypatch.setattr(Transfers, "hour", one_more)
+    store = Store(stopped_day)
+    try:
+        with pytest.raises(InputError, match="the transfers of hour 1 on the ledger are not "
+                                             "those of the day recomputed"):
+            run_cesdt(**DAY, rig=load_rig("mock"), store=store, progress=False, resume="d1")
+        assert store.run("d1")["status"] == "aborted"
+        assert len(store.aborted_intervals("d1")) == 1
+    finally:
+        store.close()
