@@ -174,7 +174,8 @@ def run(
         help="write JUnit XML: one testcase per trade and per household check")] = None,
     resume: Annotated[str | None, typer.Option(
         help="continue the run with this id from its last committed interval; its "
-             "scenario, rig, speed, ledger and agents come from the run")] = None,
+             "scenario, rig, speed, ledger and agents (a community day: its households, "
+             "generating share and seed) come from the run")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", help="no progress display or progress lines while the run goes")] = False,
     mqtt: Annotated[str | None, typer.Option(
