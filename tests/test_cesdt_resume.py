@@ -213,7 +213,8 @@ def test_a_community_option_on_a_scenario_file_is_refused(tmp_path: Path) -> Non
     result = runner.invoke(app, ["run", "scenario2", "--seed", "4", "--db",
                                  str(tmp_path / "x.db")])
     assert result.exit_code == 2
-    assert "error: --seed 4: applies to a community day (cesdt) only" in result.stderr
+    assert result.stderr.strip() == ("error: --seed 4: applies to a community day (cesdt) "
+                                     "only, not to scenario scenario2")
 
 
 def test_resume_by_id_alone_appears_once_in_the_runs_and_figures(
@@ -270,3 +271,20 @@ def test_a_day_that_no_longer_matches_its_ledger_is_refused(
         assert len(store.aborted_intervals("d1")) == 1
     finally:
         store.close()
+
+
+def test_a_community_option_on_a_market_resume_is_refused(tmp_path: Path) -> None:
+    from testbed.config.scenario import load_scenario
+    from testbed.run.runner import run_scenario
+
+    db = tmp_path / "m.db"
+    store = Store(db)
+    with pytest.raises(EmergencyStop):
+        asyncio.run(run_scenario(load_scenario("scenario1"), load_rig("mock"), store,
+                                 run_id="m1", on_controller=lambda c: c.emergency_stop("x")))
+    store.close()
+    result = runner.invoke(app, ["run", "--resume", "m1", "--households", "5", "--db",
+                                 str(db)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --households 5: conflicts with run m1")
+    assert len(result.stderr.strip().splitlines()) == 1

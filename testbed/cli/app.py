@@ -264,7 +264,7 @@ def run(
             launch.update({k: COMMUNITY_DEFAULTS[k] if given.get(k) is None else given[k]
                            for k in COMMUNITY_DEFAULTS})
         else:
-            _refuse_community_options(given, resume)
+            _refuse_community_options(given, launch["scenario"])
         if community and junit:
             raise InputError("cesdt", "--junit applies to scenario files; a community day "
                              "reports metered against routed in its summary")
@@ -405,14 +405,13 @@ RESUMED: dict[str, Any] = {
 COMMUNITY_DEFAULTS: dict[str, Any] = {"households": 100, "generating": 0.5, "seed": 1}
 
 
-def _refuse_community_options(given: dict[str, Any], resume: str | None) -> None:
-    """InputError for a community day's option given to a scenario file (or its resume):
-    it would be ignored."""
+def _refuse_community_options(given: dict[str, Any], scenario: str) -> None:
+    """InputError for a community day's option given to a scenario file: it would be
+    ignored."""
     for key in COMMUNITY_DEFAULTS:
         if given.get(key) is not None:
-            where = f"--resume {resume}" if resume else "SCENARIO"
-            raise InputError(f"--{key} {given[key]}", f"applies to a community day "
-                             f"(cesdt) only, not to {where}")
+            raise InputError(f"--{key} {given[key]}", "applies to a community day (cesdt) "
+                             f"only, not to scenario {scenario}")
 
 
 def _resumed_launch(db: Path, run_id: str, given: dict[str, Any]) -> dict[str, Any]:
