@@ -174,7 +174,8 @@ def run(
         help="write JUnit XML: one testcase per trade and per household check")] = None,
     resume: Annotated[str | None, typer.Option(
         help="continue the run with this id from its last committed interval; its "
-             "scenario, rig, speed, ledger and agents come from the run")] = None,
+             "scenario, rig, speed, ledger and agents (a community day: its households, "
+             "generating share and seed) come from the run")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", help="no progress display or progress lines while the run goes")] = False,
     mqtt: Annotated[str | None, typer.Option(
@@ -190,12 +191,13 @@ def run(
     ha_discovery: Annotated[bool, typer.Option(
         "--ha-discovery", help="with --mqtt: announce the rig's per-device topics to Home "
                                "Assistant (MQTT discovery under homeassistant/)")] = False,
-    households: Annotated[int, typer.Option(
-        help="cesdt: homes in the community (beyond the rig's racks they are simulated)")
-    ] = 100,
-    generating: Annotated[float, typer.Option(
-        help="cesdt: share of homes with PV and a battery, in [0, 1]")] = 0.5,
-    seed: Annotated[int, typer.Option(help="cesdt: seed of the homes' load and PV types")] = 1,
+    households: Annotated[int | None, typer.Option(
+        help="cesdt: homes in the community (beyond the rig's racks they are simulated) "
+             "[default: 100]")] = None,
+    generating: Annotated[float | None, typer.Option(
+        help="cesdt: share of homes with PV and a battery, in [0, 1] [default: 0.5]")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="cesdt: seed of the homes' load and PV types [default: 1]")] = None,
     ledger: Annotated[str | None, typer.Option(
         help="sqlite (the signed ledger), or also the contract on an EVM: 'evm' (embedded "
              "py-evm, needs the evm extra) or 'evm+http://HOST:PORT' (a JSON-RPC node) "
@@ -243,7 +245,8 @@ def run(
     # MQTT (aiomqtt, paho) is loaded only for a run that publishes.
     telemetry_errors: tuple[type[Exception], ...] = ()
     given: dict[str, Any] = {"scenario": scenario, "rig": rig, "speed": speed, "ledger": ledger,
-             "agents": agents, "gate_s": gate_s}
+             "agents": agents, "gate_s": gate_s, "households": households,
+             "generating": generating, "seed": seed}
     try:
         if resume is not None:
             given = _resumed_launch(db, resume, given)
@@ -257,9 +260,14 @@ def run(
             "gate_s": 10.0 if given["gate_s"] is None else given["gate_s"]}
         launch["scenario"] = _argument(str(launch["scenario"]))
         community = launch["scenario"] == COMMUNITY
-        if community and (resume or junit):
-            raise InputError("cesdt", "--resume and --junit apply to scenario files; a "
-                             "community day reports metered against routed in its summary")
+        if community:  # the day's own arguments, kept for --resume
+            launch.update({k: COMMUNITY_DEFAULTS[k] if given.get(k) is None else given[k]
+                           for k in COMMUNITY_DEFAULTS})
+        else:
+            _refuse_community_options(given, launch["scenario"])
+        if community and junit:
+            raise InputError("cesdt", "--junit applies to scenario files; a community day "
+                             "reports metered against routed in its summary")
         sc = None if community else load_scenario(launch["scenario"])
         rg, clock = apply_speed(load_rig(launch["rig"]), launch["speed"])
         if mqtt is not None:
@@ -279,17 +287,18 @@ def run(
         fail(str(e))
     run_id = resume or uuid.uuid4().hex[:12]  # known before the run: it names the topics
     display = RunDisplay(err, Launch(launch["scenario"], launch["rig"], launch["speed"],
-                                     str(db), resumable=sc is not None), quiet=quiet)
+                                     str(db)), quiet=quiet)
 
     def launch_run(observers: list[Any], on_controller: Any) -> Any:
         if sc is None:
             from testbed.run.community_day import run_cesdt_async
 
-            return run_cesdt_async(households=households, generating=generating, seed=seed,
+            return run_cesdt_async(households=launch["households"],
+                                   generating=launch["generating"], seed=launch["seed"],
                                    rig=rg, store=store, progress=False,
                                    observers=observers, clock=clock,
                                    on_controller=on_controller, run_id=run_id,
-                                   launch={"launch": launch})
+                                   launch={"launch": launch}, resume=resume)
         if launch["agents"] is not None:
             return _with_agents(launch["agents"], launch["gate_s"], sc, rg, store, clock,
                                 resume, run_id, observers, on_controller, ledger_kind,
@@ -325,8 +334,6 @@ def run(
         """What is on disk, read back, and how to go on."""
         if store.find_run(run_id) is None:  # stopped before the run was recorded
             return f"run {run_id} had not started: nothing was recorded in {store.path}"
-        if sc is None:
-            return f"{on_disk(store, run_id)}; a community day is started again, not resumed"
         return f"{on_disk(store, run_id)}; resume: {resume_command(run_id, str(db))}"
 
     try:
@@ -392,8 +399,19 @@ def _argument(name_or_path: str) -> str:
 RESUMED: dict[str, Any] = {
     "scenario": _argument, "rig": _argument, "ledger": str, "agents": str,
     "speed": lambda v: format(float(v), "g") if v != "max" else v,
-    "gate_s": float,
+    "gate_s": float, "households": int, "generating": float, "seed": int,
 }
+# A community day's own options (testbed run cesdt), and their defaults.
+COMMUNITY_DEFAULTS: dict[str, Any] = {"households": 100, "generating": 0.5, "seed": 1}
+
+
+def _refuse_community_options(given: dict[str, Any], scenario: str) -> None:
+    """InputError for a community day's option given to a scenario file: it would be
+    ignored."""
+    for key in COMMUNITY_DEFAULTS:
+        if given.get(key) is not None:
+            raise InputError(f"--{key} {given[key]}", "applies to a community day (cesdt) "
+                             f"only, not to scenario {scenario}")
 
 
 def _resumed_launch(db: Path, run_id: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -418,6 +436,8 @@ def _resumed_launch(db: Path, run_id: str, given: dict[str, Any]) -> dict[str, A
         if missing:
             raise InputError(f"--resume {run_id}", "that run predates resume by id: give "
                              f"its {' and '.join(missing)} as when it started")
+    if stored.get("scenario") == COMMUNITY:  # a day started before its options were kept
+        stored = {**{k: r.params.get(k) for k in COMMUNITY_DEFAULTS}, **stored}
     out = dict(stored)
     for key, value in given.items():
         if value is None:

@@ -35,7 +35,6 @@ class Launch:
     speed: str | None
     db: str
     estop_topics: tuple[str, ...] = ()  # filled in once the MQTT telemetry is up
-    resumable: bool = True  # a community day is started again, not resumed (not yet)
 
 
 def resume_command(run_id: str, db: str) -> str:
@@ -51,8 +50,7 @@ def banner(run_id: str, launch: Launch) -> list[str]:
             f"e-stop: kill -USR1 {os.getpid()} (or run with --mqtt for an MQTT e-stop)")
     return [f"run {run_id}: scenario {launch.scenario}, rig {launch.rig}, speed {speed}, "
             f"database {launch.db}",
-            f"resume: {resume_command(run_id, launch.db)}" if launch.resumable else
-            "resume: a community day cannot be resumed yet; start it again", stop]
+            f"resume: {resume_command(run_id, launch.db)}", stop]
 
 
 def _clock(hour: float) -> str:

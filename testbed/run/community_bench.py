@@ -86,16 +86,26 @@ class Comparison:
 
     def add(self, hour: int, measured: IntervalMeasurement) -> dict[str, Any]:
         """Book one hour; returns the hour's figures per rig household (for the store)."""
+        metered = {plan.household: metered_kwh(measured.metered_wh.get(plan.household, 0.0),
+                                               self.rig)
+                   for plan in self.routing.plans[hour]}
+        return self.book(hour, metered, measured.tripped)
+
+    def book(self, hour: int, metered: dict[str, Fraction],
+             tripped: dict[str, str]) -> dict[str, Any]:
+        """Book one hour from its metered market kWh per rig household (micro-kWh
+        quantised), as measured or as a resume reads them back from the hour's row
+        (:func:`booked`); returns the hour's figures per rig household (for the store)."""
         out = {}
         for plan in self.routing.plans[hour]:
             rid = plan.household
-            m = metered_kwh(measured.metered_wh.get(rid, 0.0), self.rig)
+            m = metered.get(rid, Fraction(0))
             self.routed[rid] = self.routed.get(rid, 0.0) + plan.target_kwh
             self.metered[rid] = self.metered.get(rid, Fraction(0)) + m
             dev = abs(float(m) - plan.target_kwh)
             self.worst_hour[rid] = max(self.worst_hour.get(rid, 0.0), dev)
             out[rid] = {"routed_kwh": round(plan.target_kwh, 6), "metered_kwh": float(m)}
-        self.tripped.update(measured.tripped)
+        self.tripped.update(tripped)
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -117,3 +127,11 @@ class Comparison:
                          "within_tolerance": within})
         return {"rigs": rows, "tolerance_pct": self.rig.tolerance_pct,
                 "within_tolerance": ok, "tripped": dict(self.tripped)}
+
+
+def booked(rigs: dict[str, Any]) -> dict[str, Fraction]:
+    """The metered market kWh per rig household of an hour's stored ``rigs`` figures
+    (``{rid: {"metered_kwh": float}}``, written by :meth:`Comparison.book`), exact again:
+    a float of a whole number of micro-kWh rounds back to that number."""
+    return {rid: Fraction(round(float(v["metered_kwh"]) * MICRO), MICRO)
+            for rid, v in rigs.items()}

@@ -4,6 +4,9 @@
 homes' hourly energy through the rig's households (:mod:`testbed.run.community_bench`), seals one
 ledger block per hour with the hour's run rows (:mod:`testbed.ledger.community_records`), and
 records the run and its JSON summary in the store. The bench is left safe however it ends.
+A day that did not finish is resumed by its id from its first hour not sealed, through the
+same lifecycle as a market run (:mod:`testbed.run.lifecycle`): its money comes from the
+ledger and the day recomputed, its bench is measured again (``run_cesdt_async(resume=)``).
 The ``sweep`` command is registered by :mod:`testbed.cli.community`.
 """
 
@@ -23,7 +26,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from contracts import ledger as rules
 from contracts.numbers import fmt
+from contracts.settlement import GRID
 from drivers.clock import Clock, RealClock, VirtualClock
 from drivers.registry import build_bench
 from drivers.spec import RigSpec
@@ -35,7 +40,7 @@ from testbed.ledger.chain import Ledger, seal_final
 from testbed.ledger.community_records import DayBook, Transfers, open_ledger, seal_hour
 from testbed.ledger.store import Store
 from testbed.run import lifecycle, preflight
-from testbed.run.community_bench import Comparison, routing
+from testbed.run.community_bench import Comparison, booked, routing
 from testbed.run.controller import Controller, IntervalMeasurement
 from testbed.run.events import EventBus, Observer
 from testbed.run.runner import all_mock
@@ -81,15 +86,17 @@ def _bar(enabled: bool) -> Iterator[_Bar]:
 
 def run_cesdt(*, households: int, generating: float, seed: int, rig: RigSpec, store: Store,
               progress: bool, observers: list[Observer] | None = None,
-              params: CommunityParams | None = None, clock: Clock | None = None) -> dict[str, Any]:
-    """Run a CE-SDT community day on ``rig`` (module doc); returns the JSON summary.
+              params: CommunityParams | None = None, clock: Clock | None = None,
+              resume: str | None = None) -> dict[str, Any]:
+    """Run (or, ``resume`` a run id, go on with) a CE-SDT community day on ``rig`` (module
+    doc); returns the JSON summary.
 
     Runs its own event loop; inside one (the CLI's signal handling), await
     :func:`run_cesdt_async`.
     """
     return asyncio.run(run_cesdt_async(
         households=households, generating=generating, seed=seed, rig=rig, store=store,
-        progress=progress, observers=observers, params=params, clock=clock))
+        progress=progress, observers=observers, params=params, clock=clock, resume=resume))
 
 
 async def run_cesdt_async(
@@ -97,19 +104,29 @@ async def run_cesdt_async(
     progress: bool, observers: list[Observer] | None = None,
     params: CommunityParams | None = None, clock: Clock | None = None,
     on_controller: Callable[[Controller], None] | None = None, run_id: str | None = None,
-    launch: dict[str, Any] | None = None,
+    launch: dict[str, Any] | None = None, resume: str | None = None,
 ) -> dict[str, Any]:
     """:func:`run_cesdt` as a coroutine; ``on_controller`` receives the controller (for an
     emergency stop); ``launch``: how it was started (kept in the run's params). Its life
-    (status, safe state, aborted hours, readings as they come) is
-    :mod:`testbed.run.lifecycle`'s."""
+    (status, safe state, aborted hours, readings as they come, resume) is
+    :mod:`testbed.run.lifecycle`'s.
+
+    ``resume``: the id of a community day that did not finish (killed, stopped, failed):
+    it goes on from its first hour without a sealed block, as if never interrupted
+    (:func:`_resume_day`: what is carried over and what is measured again). The day's
+    households, generating share, seed and community parameters must be the run's;
+    InputError (naming ``--resume``) when they differ, when the run is not a community
+    day, has finished or is still running, or when its ledger does not verify or does
+    not match the day recomputed."""
     if not 1 <= households <= MAX_HOUSEHOLDS:
         raise InputError("--households", f"must lie in [1, {MAX_HOUSEHOLDS}], got "
                                          f"{households}")
     if not 0.0 <= generating <= 1.0:
         raise InputError("--generating", f"must be a share in [0, 1], got {generating}")
     p = params or CommunityParams()
-    run_id = run_id or uuid.uuid4().hex[:12]
+    run_id = resume or run_id or uuid.uuid4().hex[:12]
+    if resume is not None:  # refused before anything is simulated or written
+        _same_day(lifecycle.resumable(store, resume), households, generating, seed, p)
     events = EventBus([*(observers or []), store.safety_log(run_id), store.event_log(run_id)],
                       context={"run": run_id})
     with _bar(progress) as bar:
@@ -120,40 +137,96 @@ async def run_cesdt_async(
         t1 = time.perf_counter()
         route = routing(day, rig)
         preflight.ensure_fits(rig, route.preflight_intervals())
-        with store.transaction():
-            lifecycle.start_record(store, run_id=run_id, scenario="cesdt", rig=rig.name,
-                                   mechanism="cesdt", params={
-                                       "rig_source": rig.source, "time_scale": rig.time_scale,
-                                       "power_scale": rig.power_scale,
-                                       "control_period_s": rig.control_period_s,
-                                       "households": households, "generating": generating,
-                                       "seed": seed, "community": p.as_dict(),
-                                       **(launch or {})})
-            ledger = open_ledger(store, run_id, day.ids)
         log = lifecycle.RunLog(store, run_id, rig.control_period_s)
+        stage = bar.stage("routing on the rig (hours)")
+        if resume is None:
+            with store.transaction():
+                lifecycle.start_record(store, run_id=run_id, scenario="cesdt", rig=rig.name,
+                                       mechanism="cesdt", params={
+                                           "rig_source": rig.source,
+                                           "time_scale": rig.time_scale,
+                                           "power_scale": rig.power_scale,
+                                           "control_period_s": rig.control_period_s,
+                                           "households": households,
+                                           "generating": generating,
+                                           "seed": seed, "community": p.as_dict(),
+                                           **(launch or {})})
+                ledger = open_ledger(store, run_id, day.ids)
+            day_run = _DayRun(store, ledger, run_id, book, day, Comparison(rig, route),
+                              events, stage, log)
+            first = 0
+        else:
+            day_run, first = _resume_day(store, run_id, book, day, Comparison(rig, route),
+                                         events, stage, log)
         events.subscribe(log)
-        day_run = _DayRun(store, ledger, run_id, book, day, Comparison(rig, route), events,
-                          bar.stage("routing on the rig (hours)"), log)
         events.emit("status", {"status": "running", "scenario": "cesdt", "rig": rig.name,
-                               "intervals": len(route.plans), "from_interval": 0,
+                               "intervals": len(route.plans), "from_interval": first,
                                "interval_hours": 1.0})
         clk: Clock = clock or (VirtualClock() if all_mock(rig) else RealClock())
 
         async def hours(controller: Controller) -> None:
-            for hour, plans in enumerate(route.plans):
+            for hour in range(first, len(route.plans)):
                 log.begin(hour, clk.now())
-                day_run.hour(hour, await controller.run_interval(list(plans),
-                                                                 start_hour=hour, hours=1.0))
+                day_run.hour(hour, await controller.run_interval(
+                    list(route.plans[hour]), start_hour=hour, hours=1.0))
 
         await lifecycle.drive(store, run_id, build_bench(rig, clk), clk, events, log,
                               hours, on_controller)
-    summary = summarise(day, p, rig, run_id, ledger, day_run,
+    summary = summarise(day, p, rig, run_id, day_run.ledger, day_run,
                         {"simulation": round(t1 - t0, 3),
                          "bench_and_ledger": round(time.perf_counter() - t1, 3)})
+    if resume is not None:
+        summary["resumed_from_interval"] = first
     with store.transaction():
         store.update_run(run_id, summary=json.dumps(summary))
     seal_final(store, run_id)  # the summary the HTML report reads, sealed with the status
     return summary
+
+
+def _same_day(r: lifecycle.Resumable, households: int, generating: float, seed: int,
+              p: CommunityParams) -> None:
+    """InputError unless run ``r`` is a community day of these households, generating
+    share, seed and parameters (the day is recomputed from them on resume)."""
+    where = f"--resume {r.row['id']}"
+    if r.row["scenario"] != "cesdt":
+        raise InputError(where, f"that run is of scenario {r.row['scenario']!r}, not a "
+                                "community day (cesdt)")
+    ran = {"households": r.params.get("households"), "generating": r.params.get("generating"),
+           "seed": r.params.get("seed")}
+    given = {"households": households, "generating": generating, "seed": seed}
+    for key, value in given.items():
+        if ran[key] != value:
+            raise InputError(where, f"that day ran with {key} {ran[key]}, not {value}")
+    if r.params.get("community") != p.as_dict():
+        changed = sorted(k for k in {**p.as_dict(), **(r.params.get("community") or {})}
+                         if p.as_dict().get(k) != (r.params.get("community") or {}).get(k))
+        raise InputError(where, "that day ran with other community parameters ("
+                                f"{', '.join(changed)}): it cannot be recomputed here")
+
+
+def _resume_day(store: Store, run_id: str, book: DayBook, day: DayResult,
+                comparison: Comparison, events: EventBus,
+                progress: Callable[[int, int], None],
+                log: lifecycle.RunLog) -> tuple[_DayRun, int]:
+    """Take up a community day again from its first hour without a block.
+
+    Carried over: from the database, the ledger (verified from genesis: balances, nonces,
+    keys, head) and every sealed hour's rows (the bench's metered energy and trips, for
+    the day's comparison); recomputed, the day itself (its seed and parameters make the
+    same homes, rounds, fills and bills), and each pair's running total of what it owes
+    and was sent, checked transfer by transfer and fill by fill against the blocks (a
+    mismatch refuses the resume). Measured again: the bench (batteries' SOC, meters) as
+    the controller finds it. The lifecycle then records the killed attempt, if any
+    (:func:`testbed.run.lifecycle.resume_record`). Returns the day's run and the first
+    hour to run."""
+    r = lifecycle.resumable(store, run_id)
+    ledger = Ledger.load(store, run_id)  # verifies the chain from genesis
+    if set(ledger.opening()) - {GRID} != set(day.ids):
+        raise InputError(f"--resume {run_id}", "the ledger's households are not the day's")
+    day_run = _DayRun(store, ledger, run_id, book, day, comparison, events, progress, log)
+    day_run.restore(r.next_interval)
+    r = lifecycle.resume_record(store, run_id, events)
+    return day_run, r.next_interval
 
 
 class _DayRun:
@@ -168,6 +241,39 @@ class _DayRun:
         self.transfers = Transfers()
         self.txs = self.signed = 0
         self.refused: dict[str, str] = {}
+
+    def restore(self, hours: int) -> None:
+        """Book the day's first ``hours`` hours, sealed before a resume, as :meth:`hour`
+        did: each hour's transfers recomputed (the running totals go on from them) and
+        its fills, both checked against the hour's block; the counts of transactions,
+        signed and refused orders read from the blocks; the bench's metered energy and
+        trips from the hours' rows. InputError when a block or row is missing or the
+        chain does not match the day recomputed."""
+        where = f"--resume {self.run_id}"
+        blocks = {b["interval"]: b for b in self.store.blocks(self.run_id)
+                  if b["interval"] is not None}
+        rows = {r["idx"]: r for r in self.store.rows("intervals", self.run_id)}
+        for hour in range(hours):
+            block, row = blocks.get(hour), rows.get(hour)
+            if block is None or row is None:
+                raise InputError(where, f"hour {hour} has no block or no intervals row")
+            book = self.book.hours[hour]
+            txs = block["txs"]
+            fills = [{"type": "fill", "tick": rnd.tick, "seller": f.seller, "buyer": f.buyer,
+                      "energy_kwh": str(f.energy), "price": str(f.price)}
+                     for rnd, _ in book.rounds for f in rnd.fills]
+            moved = Ledger.transfer_txs(self.transfers.hour(hour, book.owed))
+            for kind, ours in (("fill", fills), ("transfer", moved)):
+                if [tx for tx in txs if tx.get("type") == kind] != ours:
+                    raise InputError(where, f"the {kind}s of hour {hour} on the ledger are "
+                                            "not those of the day recomputed")
+            self.txs += len(txs)
+            self.signed += sum(tx.get("type") in ("order", "rejected") for tx in txs)
+            self.refused.update({rules.tx_hash(tx["order"]): str(tx["reason"])
+                                 for tx in txs if tx.get("type") == "rejected"})
+            details = json.loads(row["details"])
+            self.comparison.book(hour, booked(details["rigs"]), details.get("tripped") or {})
+        self.progress(hours, 24)
 
     def hour(self, hour: int, measured: IntervalMeasurement) -> None:
         book = self.book.hours[hour]
