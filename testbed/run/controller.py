@@ -178,6 +178,11 @@ def counter_fault(prev: MeterReading, new: MeterReading, rated_w: float | None,
     rig file's ratings (``HouseholdSpec.rated_power_w``)."""
     slack = max(prev.resolution_wh, new.resolution_wh) + 1e-6
     elapsed = max(new.at - prev.at, 0.0)
+    # the control loop's case, every period of every rig: both counters plausible
+    imported, exported = new.import_wh - prev.import_wh, new.export_wh - prev.export_wh
+    if -slack <= imported and -slack <= exported and (rated_w is None or max(
+            imported, exported) <= rated_w * (elapsed + period_s) / 3600.0 + slack):
+        return None
     for name in ("import_wh", "export_wh"):
         before, after = getattr(prev, name), getattr(new, name)
         step = after - before
