@@ -706,11 +706,12 @@ class Controller:
             pv_w = min(sp.pv_w, pv_max)
             load_w = min(sp.load_w, load_max)
             bat_w = max(-bat_max, min(bat_max, bus_w - (pv_w - load_w)))
-            writes: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-                (role, fn) for role, fn in (
-                    ("pv", lambda: h.pv.set_power(pv_w)),
-                    ("load", lambda: h.load.set_power(load_w)),
-                    ("battery", lambda: h.battery.set_power(bat_w))) if role not in lost]
+            writes: Sequence[tuple[str, Callable[[], Awaitable[None]]]] = (
+                ("pv", lambda: h.pv.set_power(pv_w)),
+                ("load", lambda: h.load.set_power(load_w)),
+                ("battery", lambda: h.battery.set_power(bat_w)))
+            if lost:  # a lost actuator is not written to (it is probed instead)
+                writes = [(role, fn) for role, fn in writes if role not in lost]
             started = self.clock.now()
             results = await self._exchanges(hid, budget, writes)
             took = self.clock.now() - started
