@@ -138,14 +138,18 @@ def _digests(table: str, rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     same key wins), in one loop: a mock day's 14,400 readings are sealed here."""
     keys, columns = _PLANS[table]
     params = SEALED["runs"][1].index("params") if table == "runs" else None
+    # every sealed table's key columns are digested too, cast alike: the key is made of
+    # the values already cast for the digest
+    names = [c for c, _cast in columns]
+    at = [names.index(c) for c, _cast in keys]
     sha256, encode = hashlib.sha256, _ENCODE_ROW
     out: dict[str, str] = {}
     for row in rows:
         get = row.get
         values = [cast(get(c)) for c, cast in columns]
+        key = "/".join([str(values[i]) for i in at])
         if params is not None:
             values[params] = _sealed_params(values[params])
-        key = "/".join([str(cast(get(c))) for c, cast in keys])
         out[key] = sha256(encode(values).encode()).hexdigest()[:32]
     return out
 
