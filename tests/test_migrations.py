@@ -223,9 +223,9 @@ def test_a_mock_run_does_not_import_sqlite_utils(tmp_path: Path) -> None:
 
 
 def test_insert_binds_complete_and_partial_rows_alike(tmp_path: Path) -> None:
-    """``Store.insert`` binds rows that name every column by name, others by position with
-    NULL for what they lack: the same rows on disk either way; an unknown column is a
-    KeyError naming it, and nothing of the call is written."""
+    """``Store.insert`` writes rows that name every column and rows that lack some (NULL)
+    in one call, in order; an unknown column is a KeyError naming it, and nothing of the
+    call is written."""
     store = Store(tmp_path / "i.db")
     try:
         full = {c: None for c in SCHEMA["readings"][0]} | {
