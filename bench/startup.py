@@ -110,6 +110,8 @@ PHASES = {
 
 def _phase_child(db: str) -> None:
     """One fresh process: the run in-process, CPU seconds per phase printed as JSON."""
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]  # bench/drivers.py
     import functools
     import importlib
     import inspect
@@ -168,15 +170,16 @@ def _phase_child(db: str) -> None:
           file=sys.__stderr__)
 
 
-def phases(repeat: int) -> dict[str, float]:
-    """Best CPU seconds of each phase over ``repeat`` fresh processes (``_phase_child``)."""
+def phases(repeat: int, tree: Path | None = None) -> dict[str, float]:
+    """Best CPU seconds of each phase over ``repeat`` fresh processes (``_phase_child``,
+    this file run as a script), of this checkout or of ``tree``'s."""
     best: dict[str, float] = {}
-    root = str(Path(__file__).resolve().parents[1])  # this checkout (bench/ is not installed)
-    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [root, ENV.get("PYTHONPATH")]))}
+    root = (tree or Path(__file__).parents[1]).resolve()
+    env = {**ENV, "PYTHONPATH": str(root)}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeat):
-            out = subprocess.run([sys.executable, "-m", "bench.startup", "--phase-child",
-                                  f"phases{i}.db"], cwd=tmp, check=True, env=env,
+            out = subprocess.run([sys.executable, str(Path(__file__).resolve()),
+                                  "--phase-child", f"phases{i}.db"], cwd=tmp, check=True, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             got = json.loads(out.stderr.strip().splitlines()[-1])
             best = {k: min(v, best.get(k, v)) for k, v in got.items()}
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     result = measure(max(1, args.repeat), args.tree)
     if args.phases > 0:
-        result["phases_cpu_s"] = phases(args.phases)
+        result["phases_cpu_s"] = phases(args.phases, args.tree)
     print(json.dumps(result, indent=None if args.json else 2))
 
 
