@@ -12,6 +12,12 @@ run that leaves the bytecode cached:
   time (the README's main job, under the virtual clock).
 
 Targets (issue 11): ``help`` at most 2x the floor, ``run`` at most 8x.
+
+``--phases N`` also breaks the mock run down, in CPU seconds (best of N fresh processes,
+each running ``testbed run scenario2`` in-process with a timer around each phase; the
+timers add about a microsecond per call): the floor's imports, testbed's own, typer
+building the command tree, and within the run the control loop, sealing the readings,
+writing them, the block seal, pre-flight, the figures and their rendering.
 """
 
 from __future__ import annotations
@@ -89,14 +95,113 @@ def measure(repeat: int, tree: Path | None = None) -> dict[str, Any]:
     }
 
 
+# Phases of the mock run, timed in-process (``--phases``): name -> (module, attribute path).
+PHASES = {
+    "control_loop": ("testbed.run.controller", "Controller.run_interval"),
+    "seal_readings": ("testbed.ledger.chain", "Ledger.record"),
+    "seal_block": ("testbed.ledger.chain", "Ledger.seal"),
+    "readings_to_disk": ("testbed.ledger.store", "Store.append_readings"),
+    "runlog_observer": ("testbed.run.lifecycle", "RunLog.__call__"),
+    "preflight": ("testbed.run.preflight", "ensure_fits"),
+    "figures": ("testbed.report.terminal", "summarise"),
+    "render": ("testbed.report.terminal", "render"),
+}
+
+
+def _phase_child(db: str) -> None:
+    """One fresh process: the run in-process, CPU seconds per phase printed as JSON."""
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]  # bench/drivers.py
+    import functools
+    import importlib
+    import inspect
+
+    clock = time.process_time
+    t0 = clock()
+    import rich.console  # noqa: F401
+    import typer
+    t1 = clock()
+    from testbed.cli import app as cli
+    from testbed.report import terminal  # noqa: F401  (what `testbed run` imports lazily)
+    from testbed.run import runner  # noqa: F401
+    t2 = clock()
+    import typer.main
+
+    typer.main.get_command(cli.app)
+    t3 = clock()
+    spent = dict.fromkeys(PHASES, 0.0)
+    for name, (module, path) in PHASES.items():
+        owner: Any = importlib.import_module(module)
+        *parents, attr = path.split(".")
+        for part in parents:
+            owner = getattr(owner, part)
+        fn = getattr(owner, attr)
+
+        def timed(fn: Any = fn, name: str = name) -> Any:
+            if inspect.iscoroutinefunction(fn):
+                @functools.wraps(fn)
+                async def wrapper(*a: Any, **k: Any) -> Any:
+                    start = clock()
+                    try:
+                        return await fn(*a, **k)
+                    finally:
+                        spent[name] += clock() - start
+                return wrapper
+
+            @functools.wraps(fn)
+            def plain(*a: Any, **k: Any) -> Any:
+                start = clock()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    spent[name] += clock() - start
+            return plain
+        setattr(owner, attr, timed())
+    sys.argv = ["testbed", "run", "scenario2", "--db", db]
+    t4 = clock()
+    try:
+        cli.main()
+    except SystemExit as stop:
+        if stop.code:
+            raise
+    t5 = clock()
+    print(json.dumps({"floor_imports": t1 - t0, "testbed_imports": t2 - t1,
+                      "command_tree": t3 - t2, "run_command": t5 - t4, **spent}),
+          file=sys.__stderr__)
+
+
+def phases(repeat: int, tree: Path | None = None) -> dict[str, float]:
+    """Best CPU seconds of each phase over ``repeat`` fresh processes (``_phase_child``,
+    this file run as a script), of this checkout or of ``tree``'s."""
+    best: dict[str, float] = {}
+    root = (tree or Path(__file__).parents[1]).resolve()
+    env = {**ENV, "PYTHONPATH": str(root)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeat):
+            out = subprocess.run([sys.executable, str(Path(__file__).resolve()),
+                                  "--phase-child", f"phases{i}.db"], cwd=tmp, check=True, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            got = json.loads(out.stderr.strip().splitlines()[-1])
+            best = {k: min(v, best.get(k, v)) for k, v in got.items()}
+    return {k: round(v, 4) for k, v in best.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--tree", type=Path, default=None,
                         help="measure the testbed of this checkout instead (a baseline)")
+    parser.add_argument("--phases", type=int, default=0,
+                        help="also break the mock run down by phase, best of N processes")
+    parser.add_argument("--phase-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.phase_child is not None:
+        _phase_child(args.phase_child)
+        return
     result = measure(max(1, args.repeat), args.tree)
+    if args.phases > 0:
+        result["phases_cpu_s"] = phases(args.phases, args.tree)
     print(json.dumps(result, indent=None if args.json else 2))
 
 

@@ -9,6 +9,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from contracts import ledger as rules
 from contracts.mechanism import Fill
@@ -55,6 +57,39 @@ def test_an_unwrapped_rollover_is_one_small_step() -> None:
     assert values == [9_999_990.0, 9_999_999.0, 10_000_003.0, 10_000_012.0]
     assert c.unwrap(5.0) == 10_000_005.0  # a drop that is no wrap is passed on as read
     assert counter_fault(meter(0, 10_000_012.0), meter(1, 10_000_005.0), 1100, 1)
+
+
+def _counter_fault_by_the_rule(prev: MeterReading, new: MeterReading, rated_w: float | None,
+                               period_s: float) -> str | None:
+    """The counter rule as written before its fast path (docs/performance.md): each
+    counter in turn, backwards first, then the rating's bound."""
+    slack = max(prev.resolution_wh, new.resolution_wh) + 1e-6
+    elapsed = max(new.at - prev.at, 0.0)
+    for name in ("import_wh", "export_wh"):
+        step = getattr(new, name) - getattr(prev, name)
+        if step < -slack:
+            return f"{name} backwards"
+        if rated_w is not None and step > rated_w * (elapsed + period_s) / 3600.0 + slack:
+            return f"{name} jumped"
+    return None
+
+
+_wh = st.one_of(st.floats(-1e3, 1e3), st.sampled_from([0.0, 1e-6, -1e-6, float("nan")]))
+
+
+@given(st.floats(0, 100), _wh, _wh, st.floats(0, 100), _wh, _wh,
+       st.sampled_from([0.0, 0.5, 1.0]), st.one_of(st.none(), st.floats(0, 5000)))
+def test_the_counter_rules_fast_path_judges_as_the_rule(
+        t0: float, i0: float, e0: float, dt: float, di: float, de: float, res: float,
+        rated: float | None) -> None:
+    """``counter_fault`` answers the control loop's plausible case before its loop: it must
+    find a fault exactly when the rule does, and the same one (NaN, ties, no rating)."""
+    prev, new = meter(t0, i0, e0, res), meter(t0 + dt, i0 + di, e0 + de, res)
+    expected = _counter_fault_by_the_rule(prev, new, rated, 1.0)
+    got = counter_fault(prev, new, rated, 1.0)
+    assert (got is None) == (expected is None), (got, expected)
+    if got is not None and expected is not None:
+        assert got.startswith(expected.split()[0]) and expected.split()[1][:4] in got
 
 
 # -- settlement of a disputed household ------------------------------------------------------

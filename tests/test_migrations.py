@@ -143,3 +143,99 @@ def test_no_sql_outside_the_store() -> None:
              for n, line in enumerate(path.read_text().splitlines(), 1)
              if pattern.search(line)]
     assert found == []
+
+
+def test_a_new_database_has_the_tables_sqlite_utils_made(tmp_path: Path) -> None:
+    """The store creates its tables and index itself (sqlite-utils is not imported by a
+    run): the text SQLite keeps for each must be what sqlite-utils' ``create`` and
+    ``create_index`` wrote, so databases of this release and earlier ones are alike."""
+    import sqlite_utils
+
+    store = Store(tmp_path / "new.db")
+    try:
+        ours = store.conn.execute("select type, name, sql from sqlite_master "
+                                  "order by name").fetchall()
+    finally:
+        store.close()
+    theirs = sqlite_utils.Database(tmp_path / "theirs.db")
+    for name, (columns, pk) in SCHEMA.items():
+        theirs[name].create(columns, pk=pk or None)  # type: ignore[union-attr]
+    theirs["readings"].create_index(["run_id", "household", "t"],  # type: ignore[union-attr]
+                                    if_not_exists=True)
+    expected = theirs.execute("select type, name, sql from sqlite_master "
+                              "order by name").fetchall()
+    theirs.close()
+    assert ours == expected
+
+
+def test_the_store_commits_alone_rolls_back_whole_and_upserts(tmp_path: Path) -> None:
+    """Without sqlite-utils: a write outside a transaction is on disk at once (another
+    connection sees it); a transaction that raises leaves none of its rows, a nested one
+    only its own; ``put_balances`` replaces, ``update_run``/``run`` refuse an unknown run."""
+    from testbed.ledger.store import NotFoundError
+
+    db = tmp_path / "t.db"
+    store = Store(db)
+    try:
+        store.insert("runs", {"id": "r", "status": "running"})
+        with sqlite3.connect(db) as other:
+            assert other.execute("select status from runs").fetchall() == [("running",)]
+        with pytest.raises(RuntimeError), store.transaction():
+            store.insert("trades", {"run_id": "r", "interval": 0, "seq": 0})
+            raise RuntimeError("half-way")
+        with store.transaction():
+            store.insert("trades", {"run_id": "r", "interval": 0, "seq": 1})
+            with pytest.raises(RuntimeError), store.transaction():
+                store.insert("trades", {"run_id": "r", "interval": 0, "seq": 2})
+                raise RuntimeError("inner")
+        assert [t["seq"] for t in store.rows("trades", "r")] == [1]
+        store.put_balances("r", {"a": 1, "b": 2})
+        store.put_balances("r", {"a": 5})
+        assert store.balances("r") == {"a": 5, "b": 2}
+        store.update_run("r", status="finished", ledger_height=3)
+        assert (store.run("r")["status"], store.run("r")["ledger_height"]) == ("finished", 3)
+        with pytest.raises(NotFoundError):
+            store.update_run("nope", status="x")
+        with pytest.raises(NotFoundError):
+            store.run("nope")
+        assert store.db["runs"].count == 1  # sqlite-utils on the same connection, on demand
+    finally:
+        store.close()
+
+
+def test_a_mock_run_does_not_import_sqlite_utils(tmp_path: Path) -> None:
+    """sqlite-utils (with click, dateutil and its plugin machinery) is a fifth of a mock
+    run's start-up: only ``Store.db`` imports it (docs/performance.md, start-up)."""
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['testbed', 'run', 'scenario2', '--db', {str(tmp_path / 'r.db')!r}]\n"
+            "try:\n"
+            "    runpy.run_module('testbed.cli', run_name='__main__')\n"
+            "except SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "print(sorted(m for m in ('sqlite_utils', 'click', 'dateutil') "
+            "if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tmp_path)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:] + out.stderr
+
+
+def test_insert_binds_complete_and_partial_rows_alike(tmp_path: Path) -> None:
+    """``Store.insert`` writes rows that name every column and rows that lack some (NULL)
+    in one call, in order; an unknown column is a KeyError naming it, and nothing of the
+    call is written."""
+    store = Store(tmp_path / "i.db")
+    try:
+        full = {c: None for c in SCHEMA["readings"][0]} | {
+            "run_id": "r", "t": 1.5, "household": "7", "soc": 0.25, "interval": 2}
+        store.insert("readings", [full, {**full, "t": 2.5}])
+        store.insert("readings", [{"run_id": "r", "t": 3.5, "household": "7"}, full])
+        got = [(r["t"], r["soc"], r["interval"]) for r in store.rows("readings", "r")]
+        assert got == [(1.5, 0.25, 2), (2.5, 0.25, 2), (3.5, None, None), (1.5, 0.25, 2)]
+        with pytest.raises(KeyError, match="'sco'"):
+            store.insert("readings", [full, {**full, "sco": 1.0}])
+        assert store.count("readings", "r") == 4
+    finally:
+        store.close()

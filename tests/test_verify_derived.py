@@ -216,3 +216,37 @@ def test_how_the_run_ended_is_sealed_outside_the_database(
         conn.execute(f"update runs set [{column}] = ? where id = ?", [before, run_id])
         conn.commit()
     assert verdict(db, run_id) is None
+
+
+@given(st.lists(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
+                          st.text(max_size=8)), max_size=10))
+def test_the_row_encoder_writes_what_json_writes(values: list[Any]) -> None:
+    """Rows are sealed through one C encoder made once (``chain._ENCODE_ROW``, a mock day's
+    14,400 readings): it must write the text ``json.dumps`` writes with the ledger's
+    separators, byte for byte (quotes, non-ASCII, NaN, infinities, -0.0), or every sealed
+    digest would change."""
+    import json
+
+    from testbed.ledger import chain
+
+    expected = json.dumps(values, separators=(",", ":"), ensure_ascii=False)
+    assert chain._ENCODE_ROW(values) == expected
+    assert chain._ENCODE_ROW(["é\"\\\n", -0.0, float("nan"), float("-inf"), 1e300]) == \
+        '["é\\"\\\\\\n",-0.0,NaN,-Infinity,1e+300]'
+
+
+def test_sealing_in_bulk_digests_each_row_as_alone() -> None:
+    """``record_tx`` seals a table's rows in one loop; each digest and key must be the one
+    ``row_digest``/``row_key`` give the row alone (what verify recomputes), the later of
+    two rows with one key winning as before."""
+    from testbed.ledger.chain import record_tx
+
+    rows = [{"t": float(i), "household": str(i % 3), "meter_net_wh": i / 7, "power_w": -i,
+             "pv_w": None, "load_w": 2, "battery_w": 0.1 * i, "soc": 0.5, "interval": 0}
+            for i in range(20)] + [{"t": 0.0, "household": "0", "soc": 0.25}]
+    sealed = record_tx({"readings": rows, "runs": [{"id": "r", "params": '{"pid": 1}'}]})
+    assert sealed["rows"]["readings"] == {row_key("readings", r): row_digest("readings", r)
+                                          for r in rows}
+    assert sealed["rows"]["readings"]["0/0.0"] == row_digest("readings", rows[-1])
+    assert sealed["rows"]["runs"] == {"r": row_digest("runs", {"id": "r",
+                                                              "params": '{"pid": 2}'})}

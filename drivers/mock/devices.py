@@ -12,18 +12,17 @@ from drivers.roles import BatteryReading, MeterReading, PowerReading
 
 
 class _MockDevice:
+    #: The rig model the device belongs to (the grid node has none): the plant's rigs are
+    #: made once, with the plant, so each device looks its own up once, not per call.
+    rig: RigModel
+
     def __init__(self, plant: Plant, clock: Clock, name: str, rig_id: str | None = None) -> None:
         self.plant = plant
         self.clock = clock
         self.name = name
         self._rig_id = rig_id
-        # the plant's rigs are made once, with the plant: look this one up once too
-        self._rig = plant.rigs[rig_id] if rig_id is not None else None
-
-    @property
-    def rig(self) -> RigModel:
-        assert self._rig is not None, f"{self.name} belongs to no rig"
-        return self._rig
+        if rig_id is not None:
+            self.rig = plant.rigs[rig_id]
 
     def _sync(self) -> float:
         now = self.clock.now()

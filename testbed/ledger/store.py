@@ -1,24 +1,34 @@
-"""The run database (SQLite through sqlite-utils): runs, intervals, results, ledger, keys.
+"""The run database (SQLite): runs, intervals, results, ledger, keys.
 
 One file holds everything about a run so a lab can carry it away and audit it. Each
 trading interval is written in one transaction, run data and ledger block together, so a
 crash leaves either the whole interval on disk or none of it.
+
+The store speaks SQL to the connection itself (``Store.conn``, in autocommit mode: a write
+outside :meth:`Store.transaction` commits alone, as sqlite-utils' ``execute`` does). The
+tables it creates are those sqlite-utils created (the same ``CREATE`` text, checked by
+tests/test_migrations.py). sqlite-utils itself, a fifth of a mock run's start-up, is
+imported only for ``Store.db``, the connection through sqlite-utils for tests and tools.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from testbed import json_input
 from testbed.errors import InputError
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 
 def _import_sqlite_utils() -> None:
@@ -41,14 +51,14 @@ def _import_sqlite_utils() -> None:
             del sys.modules[name]
 
 
-_import_sqlite_utils()
-import sqlite_utils  # noqa: E402
-
-
 class DamagedDatabase(InputError):
     """A run database that cannot be trusted: not SQLite, truncated or corrupted, of a
     foreign schema or a newer version, or holding a row that does not parse. The message
     names the file (and the table, run and key of a bad row)."""
+
+
+class NotFoundError(LookupError):
+    """No row with that key (:meth:`Store.run`, :meth:`Store.update_run`)."""
 
 SCHEMA: dict[str, tuple[dict[str, type], list[str]]] = {
     "runs": ({"id": str, "scenario": str, "rig": str, "mechanism": str, "status": str,
@@ -115,23 +125,44 @@ EVENT_TOPICS = ("status", "orderbook", "clearing")  # kept in ``events`` (others
 # transaction.
 
 
-def _columns(db: sqlite_utils.Database, table: str) -> set[str]:
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in db.execute(f"PRAGMA table_info([{table}])").fetchall()}
 
 
-def _add_missing(db: sqlite_utils.Database) -> None:
+def _table_names(db: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in db.execute("select name from sqlite_master where type = 'table'")]
+
+
+_SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL"}
+
+
+def create_table_sql(name: str, columns: dict[str, type], pk: list[str]) -> str:
+    """The ``CREATE TABLE`` of a SCHEMA table, as sqlite-utils 4 wrote it (``Table.create``
+    with these columns and key): the text SQLite keeps in ``sqlite_master``."""
+    lines = [f'   "{c}" {_SQL_TYPES[kind]}{" PRIMARY KEY" if pk == [c] else ""}'
+             for c, kind in columns.items()]
+    if len(pk) > 1:
+        lines.append(f'   PRIMARY KEY ({", ".join(f"{chr(34)}{c}{chr(34)}" for c in pk)})')
+    return f'CREATE TABLE "{name}" (\n' + ",\n".join(lines) + "\n)"
+
+
+READINGS_INDEX = ("CREATE INDEX IF NOT EXISTS \"idx_readings_run_id_household_t\"\n"
+                  '    ON "readings" ("run_id", "household", "t")')
+
+
+def _add_missing(db: sqlite3.Connection) -> None:
     """Every table and column of SCHEMA that the file lacks (new columns NULL)."""
-    tables = set(db.table_names())
+    tables = set(_table_names(db))
     for name, (columns, pk) in SCHEMA.items():
         if name not in tables:
-            db[name].create(columns, pk=pk or None)  # type: ignore[union-attr]
+            db.execute(create_table_sql(name, columns, pk))
             continue
         for column in [c for c in columns if c not in _columns(db, name)]:
             kind = {int: "INTEGER", float: "FLOAT", str: "TEXT"}[columns[column]]
             db.execute(f"alter table [{name}] add column [{column}] {kind}")
 
 
-def _to_1(db: sqlite_utils.Database) -> None:
+def _to_1(db: sqlite3.Connection) -> None:
     """Version 0 (a0e7c0a and before) -> 1: the missing tables and columns; a run without a
     recorded head (08ef03f) gets the head of its chain as it stands, which ``ledger verify``
     then checks like any other (a block cut before the migration goes unnoticed: that
@@ -142,13 +173,13 @@ def _to_1(db: sqlite_utils.Database) -> None:
                "b.run_id = runs.id order by height desc limit 1) where ledger_height is null")
 
 
-def _to_3(db: sqlite_utils.Database) -> None:
+def _to_3(db: sqlite3.Connection) -> None:
     """2 -> 3: a run written as it happens: ``readings.interval`` (NULL in older rows), the
     tables ``aborted_intervals``, ``aborted_readings`` and ``events``."""
     _add_missing(db)
 
 
-def _to_2(db: sqlite_utils.Database) -> None:
+def _to_2(db: sqlite3.Connection) -> None:
     """1 -> 2: ``runs.ledger_format``; the runs before it are of ledger format 1 (no derived
     rows sealed)."""
     _add_missing(db)
@@ -160,7 +191,7 @@ class Migration:
     """One step: ``apply`` takes a database of version ``to - 1`` to version ``to``."""
 
     to: int
-    apply: Callable[[sqlite_utils.Database], None]
+    apply: Callable[[sqlite3.Connection], None]
 
 
 MIGRATIONS: tuple[Migration, ...] = (Migration(1, _to_1), Migration(2, _to_2),
@@ -183,18 +214,22 @@ class Store:
         self.migrated_from: int | None = None  # the schema version migrated on open, if any
         self._depth = 0
         self._after: list[Callable[[], None]] = []
+        self._db: sqlite_utils.Database | None = None  # made by the ``db`` property
+        self._savepoints = itertools.count()
         where = str(self.path)
         if self.path.exists() and not self.path.is_file():
             raise DamagedDatabase(where, "not a database file (a directory?)")
         if readonly and not self.path.is_file():
             raise DamagedDatabase(where, "no such database")
         try:
+            # autocommit (isolation_level None): transactions are opened by _atomic alone
             if readonly:
-                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
-                                       check_same_thread=False)
+                self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro",
+                                            uri=True, check_same_thread=False,
+                                            isolation_level=None)
             else:
-                conn = sqlite3.connect(self.path, check_same_thread=False)
-            self.db = sqlite_utils.Database(conn, execute_plugins=False)  # no plugin scan
+                self.conn = sqlite3.connect(self.path, check_same_thread=False,
+                                            isolation_level=None)
             self._open(check)
         except DamagedDatabase:
             self.close()
@@ -205,8 +240,8 @@ class Store:
 
     def _open(self, check: str) -> None:
         where = str(self.path)
-        tables = set(self.db.table_names())
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        tables = set(_table_names(self.conn))
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise DamagedDatabase(where, f"schema version {version} is newer than this "
                                          f"testbed's {SCHEMA_VERSION}: open it with the "
@@ -215,56 +250,100 @@ class Store:
             raise DamagedDatabase(where, "not a testbed run database (no 'runs' table; "
                                          f"tables: {', '.join(sorted(tables)[:5])})")
         if check == "full":
-            bad = self.db.execute("PRAGMA quick_check").fetchall()
+            bad = self.conn.execute("PRAGMA quick_check").fetchall()
             if bad != [("ok",)]:
                 raise DamagedDatabase(where, f"corrupted: {bad[0][0]}")
         if self.readonly and not tables:
             raise DamagedDatabase(where, "empty: not a testbed run database")
         if not self.readonly:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
         if not tables:
-            with self.db.atomic():
-                _add_missing(self.db)
-                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            with self._atomic():
+                _add_missing(self.conn)
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version < SCHEMA_VERSION or set(SCHEMA) - tables:
             self.migrated_from = version
             self._migrate(version)
         if not self.readonly:
-            self.db["readings"].create_index(["run_id", "household", "t"],  # type: ignore[union-attr]
-                                             if_not_exists=True)
+            self.conn.execute(READINGS_INDEX)
 
     def _migrate(self, version: int) -> None:
         """Bring a database of schema ``version`` to this code's, step by step in one
         transaction. A read-only store migrates a copy in memory: the file is never written
         (``ledger verify`` of an old database reads it as this code would write it)."""
         if self.readonly:
-            memory = sqlite3.connect(":memory:", check_same_thread=False)
-            self.db.conn.backup(memory)
-            self.db.close()
-            self.db = sqlite_utils.Database(memory)
+            memory = sqlite3.connect(":memory:", check_same_thread=False,
+                                     isolation_level=None)
+            self.conn.backup(memory)
+            self.conn.close()
+            self.conn, self._db = memory, None
         try:
-            with self.db.atomic():
+            with self._atomic():
                 for step in MIGRATIONS:
                     if step.to > version:
-                        step.apply(self.db)
-                _add_missing(self.db)  # a table lost at this version comes back empty
-                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                        step.apply(self.conn)
+                _add_missing(self.conn)  # a table lost at this version comes back empty
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
             raise DamagedDatabase(str(self.path), f"cannot migrate schema version {version} "
                                   f"to {SCHEMA_VERSION}: {e}") from None
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """The connection through sqlite-utils (``sqlite_utils.Database``), made on first
+        use: for tests and tools. The store's own methods never need it, so a run does not
+        import sqlite-utils (with its click, dateutil and plugin machinery)."""
+        if self._db is None:
+            _import_sqlite_utils()
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn, execute_plugins=False)
+        return self._db
+
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """A real transaction, or a savepoint inside one (sqlite-utils' ``atomic()``): on
+        any exception everything written inside is rolled back and it propagates."""
+        conn = self.conn
+        if conn.in_transaction:
+            name = f"store_{next(self._savepoints)}"
+            conn.execute(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                if conn.in_transaction:  # an error may have ended the transaction itself
+                    conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                    conn.execute(f"RELEASE SAVEPOINT {name}")
+                raise
+            conn.execute(f"RELEASE SAVEPOINT {name}")
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """The rows of a ``select``, each a dict by column name."""
+        cursor = self.conn.execute(sql, params)
+        keys = [d[0] for d in cursor.description]
+        return [dict(zip(keys, row, strict=True)) for row in cursor]
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Everything written inside lands together or not at all.
 
-        sqlite-utils 4 runs in autocommit mode, so ``with conn:`` alone would commit every
-        insert on its own: ``atomic()`` opens a real transaction (savepoints when nested).
+        The connection is in autocommit mode, so ``with conn:`` alone would commit every
+        insert on its own: ``_atomic()`` opens a real transaction (savepoints when nested).
         Callbacks given to :meth:`on_commit` inside run once the outermost one committed.
         """
         self._depth += 1
         try:
-            with self.db.atomic():
+            with self._atomic():
                 yield
         except BaseException:
             self._depth -= 1
@@ -290,41 +369,55 @@ class Store:
         statement. Raises ``KeyError`` for a table or column the schema does not declare.
 
         A prepared ``executemany`` rather than sqlite-utils' ``insert_all``, which inspects
-        every value for JSON: a mock day's 14,400 readings went from 0.2 s to 0.02 s.
+        every value for JSON: a mock day's 14,400 readings went from 0.2 s to 0.02 s. (Bound
+        by position from a tuple per row: sqlite3's binding by name from the dicts
+        themselves measured slower.)
         """
         rows = [rows] if isinstance(rows, dict) else rows
         if not rows:
             return
         columns = list(SCHEMA[table][0])
-        unknown = {key for row in rows for key in row} - set(columns)
+        unknown = set().union(*rows) - set(columns)
         if unknown:
             raise KeyError(f"table {table!r} has no column {sorted(unknown)[0]!r}")
         sql = (f"insert into [{table}] ({', '.join(f'[{c}]' for c in columns)}) "
                f"values ({', '.join('?' * len(columns))})")
-        with self.db.atomic():  # one transaction (a savepoint inside the caller's)
-            self.db.conn.executemany(sql, [tuple(map(row.get, columns)) for row in rows])
+        with self._atomic():  # one transaction (a savepoint inside the caller's)
+            self.conn.executemany(sql, [tuple(map(row.get, columns)) for row in rows])
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        self.db["runs"].update(run_id, fields)  # type: ignore[union-attr]
+        """Set ``fields`` (columns of ``runs``) of the run's row: :class:`NotFoundError` for
+        an unknown id, ``KeyError`` for a column the schema does not declare."""
+        unknown = set(fields) - set(SCHEMA["runs"][0])
+        if unknown:
+            raise KeyError(f"table 'runs' has no column {sorted(unknown)[0]!r}")
+        if self.find_run(run_id) is None:
+            raise NotFoundError(f"no run {run_id!r}")
+        if fields:
+            sets = ", ".join(f"[{c}] = ?" for c in fields)
+            self.conn.execute(f"update runs set {sets} where id = ?", [*fields.values(), run_id])
 
     def run(self, run_id: str) -> dict[str, Any]:
-        """The run's row; raises ``sqlite_utils.db.NotFoundError`` for an unknown id."""
-        return dict(self.db["runs"].get(run_id))  # type: ignore[union-attr]
+        """The run's row; raises :class:`NotFoundError` for an unknown id."""
+        row = self.find_run(run_id)
+        if row is None:
+            raise NotFoundError(f"no run {run_id!r}")
+        return row
 
     def find_run(self, run_id: str) -> dict[str, Any] | None:
         """The run's row, or None."""
-        rows = list(self.db.query("select * from runs where id = ?", [run_id]))
-        return dict(rows[0]) if rows else None
+        rows = self._query("select * from runs where id = ?", [run_id])
+        return rows[0] if rows else None
 
     def runs(self, *, newest_first: bool = False) -> list[dict[str, Any]]:
         """Every run's row, by start time (oldest first unless ``newest_first``)."""
         order = "started_at desc, rowid desc" if newest_first else "started_at"
-        return list(self.db.query(f"select * from runs order by {order}"))
+        return self._query(f"select * from runs order by {order}")
 
     def running_on(self, rig: str) -> list[dict[str, Any]]:
         """``id`` and ``started_at`` of the runs recorded as running on rig ``rig``."""
-        return [dict(r) for r in self.db.query(
-            "select id, started_at from runs where status = 'running' and rig = ?", [rig])]
+        return self._query(
+            "select id, started_at from runs where status = 'running' and rig = ?", [rig])
 
     def rows(self, table: str, run_id: str) -> list[dict[str, Any]]:
         """Every row of one run in ``table`` (a table of SCHEMA other than ``runs``), in
@@ -334,16 +427,16 @@ class Store:
         if table == "runs":
             raise KeyError("runs: use run() or runs()")
         order = ", ".join(f"[{c}]" for c in pk if c != "run_id") or "rowid"
-        return [dict(r) for r in self.db.query(
-            f"select * from [{table}] where run_id = ? order by {order}", [run_id])]
+        return self._query(f"select * from [{table}] where run_id = ? order by {order}",
+                           [run_id])
 
     def count(self, table: str, run_id: str) -> int:
         """How many rows of ``table`` belong to the run (KeyError for an unknown table)."""
         column = "id" if table == "runs" else "run_id"
         if table not in SCHEMA:
             raise KeyError(f"no table {table!r}")
-        return int(self.db.execute(f"select count(*) from [{table}] where [{column}] = ?",
-                                   [run_id]).fetchone()[0])
+        return int(self.conn.execute(f"select count(*) from [{table}] where [{column}] = ?",
+                                     [run_id]).fetchone()[0])
 
     def series(self, run_id: str, field: str, household: str | None = None,
                ) -> list[tuple[str, float, float | None, float | None]]:
@@ -356,18 +449,18 @@ class Store:
         if household is not None:
             sql += " and household = ?"
             args.append(household)
-        return [tuple(r) for r in self.db.execute(sql + " order by rowid", args).fetchall()]
+        return [tuple(r) for r in self.conn.execute(sql + " order by rowid", args).fetchall()]
 
     def block_summaries(self, run_id: str) -> list[dict[str, Any]]:
         """The run's block headers with ``txs``, the number of transactions of each."""
-        return [dict(r) for r in self.db.query(
+        return self._query(
             "select b.*, (select count(*) from txs t where t.run_id = b.run_id and "
             "t.height = b.height) as txs from blocks b where b.run_id = ? order by height",
-            [run_id])]
+            [run_id])
 
     def orphan_tx_height(self, run_id: str) -> int | None:
         """The lowest height of a transaction row with no block row, or None."""
-        value = self.db.execute(
+        value = self.conn.execute(
             "select min(height) from txs where run_id = ? and height not in "
             "(select height from blocks where run_id = ?)", [run_id, run_id]).fetchone()[0]
         return None if value is None else int(value)
@@ -378,21 +471,38 @@ class Store:
 
     def put_balances(self, run_id: str, balances: dict[str, int]) -> None:
         """Replace the balances at the head (inside the caller's transaction)."""
-        self.db["balances"].upsert_all(  # type: ignore[union-attr]
-            [{"run_id": run_id, "account": a, "micro": m} for a, m in balances.items()],
-            pk=["run_id", "account"])
+        self._upsert("balances", [{"run_id": run_id, "account": a, "micro": m}
+                                  for a, m in balances.items()])
 
     def put_evm(self, row: dict[str, Any]) -> None:
         """Record (or replace) a run's EVM deployment row (keys: the ``evm`` columns)."""
-        self.db["evm"].upsert(row, pk="run_id")  # type: ignore[union-attr]
+        self._upsert("evm", [row])
+
+    def _upsert(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Insert each row, or update the columns it names of the row with its key (what
+        sqlite-utils' ``upsert_all`` does; the rows name the same columns). ``KeyError``
+        for a column the schema does not declare."""
+        if not rows:
+            return
+        columns, pk = list(rows[0]), SCHEMA[table][1]
+        unknown = set(columns) - set(SCHEMA[table][0])
+        if unknown:
+            raise KeyError(f"table {table!r} has no column {sorted(unknown)[0]!r}")
+        update = ", ".join(f"[{c}] = excluded.[{c}]" for c in columns if c not in pk)
+        sql = (f"insert into [{table}] ({', '.join(f'[{c}]' for c in columns)}) values "
+               f"({', '.join('?' * len(columns))}) on conflict "
+               f"({', '.join(f'[{c}]' for c in pk)}) "
+               + (f"do update set {update}" if update else "do nothing"))
+        with self._atomic():
+            self.conn.executemany(sql, [tuple(row[c] for c in columns) for row in rows])
 
     def blocks(self, run_id: str) -> list[dict[str, Any]]:
         """The run's chain with each block's transactions, as ``contracts.ledger`` expects."""
         out = []
-        for b in self.db.query("select * from blocks where run_id = ? order by height",
-                               [run_id]):
+        for b in self._query("select * from blocks where run_id = ? order by height",
+                             [run_id]):
             try:
-                txs = [json_input.loads(r["body"]) for r in self.db.query(
+                txs = [json_input.loads(r["body"]) for r in self._query(
                     "select body from txs where run_id = ? and height = ? order by seq",
                     [run_id, b["height"]])]
             except (TypeError, ValueError, RecursionError):
@@ -418,7 +528,7 @@ class Store:
     # -- issue 14 part A: a durable run ------------------------------------------------
 
     def _has(self, table: str) -> bool:
-        return bool(self.db.execute("select 1 from sqlite_master where type = 'table' and "
+        return bool(self.conn.execute("select 1 from sqlite_master where type = 'table' and "
                                     "name = ?", [table]).fetchone())
 
     def record_aborted_interval(self, run_id: str, index: int, reason: str, *, cause: str,
@@ -438,15 +548,15 @@ class Store:
             raise ValueError(f"cause must be one of {', '.join(ABORT_CAUSES)}, got {cause!r}")
         columns = ", ".join(f"[{c}]" for c in SCHEMA["readings"][0])
         with self.transaction():
-            attempt = self.db.execute(
+            attempt = self.conn.execute(
                 "select count(*) from aborted_intervals where run_id = ? and idx = ?",
                 [run_id, index]).fetchone()[0]
-            moved = self.db.execute(
+            moved = self.conn.execute(
                 f"insert into aborted_readings ({columns}, [attempt]) select {columns}, ? "
                 "from readings where run_id = ? and [interval] = ? order by rowid",
                 [attempt, run_id, index]).rowcount
-            self.db.execute("delete from readings where run_id = ? and [interval] = ?",
-                            [run_id, index])
+            self.conn.execute("delete from readings where run_id = ? and [interval] = ?",
+                              [run_id, index])
             row = {"run_id": run_id, "idx": index, "attempt": attempt,
                    "at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
                    "cause": cause, "reason": reason, "lab_start_s": lab_start_s,
@@ -466,18 +576,18 @@ class Store:
         if self._depth:  # inside a transaction: it decides
             self.insert("readings", rows)
             return
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
         try:
             self.insert("readings", rows)
         finally:
-            self.db.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA synchronous=FULL")
 
     def aborted_intervals(self, run_id: str) -> list[dict[str, Any]]:
         """The run's intervals cut short, in the order they were (rows of
         ``aborted_intervals``, ``body`` parsed)."""
         if not self._has("aborted_intervals"):
             return []
-        return [{**r, "body": json.loads(r["body"] or "{}")} for r in self.db.query(
+        return [{**r, "body": json.loads(r["body"] or "{}")} for r in self._query(
             "select * from aborted_intervals where run_id = ? order by rowid", [run_id])]
 
     def event_log(self, run_id: str) -> Callable[[str, dict[str, Any]], None]:
@@ -500,11 +610,11 @@ class Store:
                   "safety_events": ("safety", "run_id"), "events": ("events", "run_id"),
                   "aborted_intervals": ("aborted_intervals", "run_id"),
                   "aborted_readings": ("aborted_readings", "run_id")}
-        return {key: self.db.execute(f"select count(*) from [{table}] where [{col}] = ?",
+        return {key: self.conn.execute(f"select count(*) from [{table}] where [{col}] = ?",
                                      [run_id]).fetchone()[0] if self._has(table) else 0
                 for key, (table, col) in counts.items()}
 
     def close(self) -> None:
-        db = getattr(self, "db", None)
-        if db is not None:
-            db.close()
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            conn.close()

@@ -145,11 +145,22 @@ class Timeline:
 
 def setpoints(rig: RigSpec, plan: RigPlan, tl: Timeline, hour: float) -> Setpoints:
     """Profile -> lab setpoints; shared by the control loop and the pre-flight check."""
+    return setpoints_of(rig, plan, tl)(hour)
+
+
+def setpoints_of(rig: RigSpec, plan: RigPlan, tl: Timeline) -> Callable[[float], Setpoints]:
+    """:func:`setpoints` as a function of the market hour alone, what does not change over
+    the interval (the scales, the committed power) worked out once: the same arithmetic,
+    so the same watts to the last bit (the control loop calls it 14,400 times a mock day)."""
     kw_to_w = 1000.0 * rig.power_scale
-    pv = plan.profile.pv_kw(hour) * kw_to_w
-    load = plan.profile.load_kw(hour) * kw_to_w
     commit = plan.target_kwh * rig.energy_scale * 3600.0 / tl.duration_s
-    return Setpoints(pv, load, commit - (pv - load))
+    pv_kw, load_kw = plan.profile.pv_kw, plan.profile.load_kw
+
+    def at(hour: float) -> Setpoints:
+        pv = pv_kw(hour) * kw_to_w
+        load = load_kw(hour) * kw_to_w
+        return Setpoints(pv, load, commit - (pv - load))
+    return at
 
 
 # A reading is plausible up to these multiples of the rig's own figures.
@@ -167,6 +178,11 @@ def counter_fault(prev: MeterReading, new: MeterReading, rated_w: float | None,
     rig file's ratings (``HouseholdSpec.rated_power_w``)."""
     slack = max(prev.resolution_wh, new.resolution_wh) + 1e-6
     elapsed = max(new.at - prev.at, 0.0)
+    # the control loop's case, every period of every rig: both counters plausible
+    imported, exported = new.import_wh - prev.import_wh, new.export_wh - prev.export_wh
+    if -slack <= imported and -slack <= exported and (rated_w is None or max(
+            imported, exported) <= rated_w * (elapsed + period_s) / 3600.0 + slack):
+        return None
     for name in ("import_wh", "export_wh"):
         before, after = getattr(prev, name), getattr(new, name)
         step = after - before
@@ -528,15 +544,26 @@ class Controller:
     async def _check_counters(self, household: str, reading: MeterReading) -> bool:
         """Compare with the last good reading; on a counter fault, dispute the interval
         and take the rig off the bus. True when the reading may be used."""
+        fault = self._counter_fault(household, reading)
+        if fault is not None:
+            await self._counter_tripped(household, fault)
+            return False
+        return True
+
+    def _counter_fault(self, household: str, reading: MeterReading) -> str | None:
+        """:meth:`_check_counters` without its trip (the control loop's path, no coroutine
+        for the good reading of every period): the fault, or None after keeping
+        ``reading`` as the last good one."""
         prev = self.last_meter.get(household)
         fault = None if prev is None else counter_fault(
             prev, reading, self._rated[household], self.rig.control_period_s)
-        if fault is not None:
-            self.disputed.setdefault(household, f"meter counter fault: {fault}")
-            await self.trip(household, f"meter counter fault: {fault}")
-            return False
-        self.last_meter[household] = reading
-        return True
+        if fault is None:
+            self.last_meter[household] = reading
+        return fault
+
+    async def _counter_tripped(self, household: str, fault: str) -> None:
+        self.disputed.setdefault(household, f"meter counter fault: {fault}")
+        await self.trip(household, f"meter counter fault: {fault}")
 
     def _live(self) -> list[HouseholdDevices]:
         return [h for hid, h in self.bench.households.items() if hid not in self.tripped]
@@ -592,6 +619,7 @@ class Controller:
         steps: dict[str, asyncio.Task[None]] = {}  # real instruments: each rig on its own
         rows: list[dict[str, Any]] = []
         goals: dict[str, float] = {}  # lab Wh each rig should have metered by now (display)
+        setpoints_at = {p.household: setpoints_of(rig, p, tl) for p in plans}
 
         async def step(plan: RigPlan, k: int, deadline: float, hour: float) -> None:
             """One control period of one rig: read, check, decide, write. Its exchanges
@@ -646,7 +674,8 @@ class Controller:
                     return  # hold the setpoints for a bounded time
                 await self._lose(hid, h, "battery", f"{bat}")
                 with_bat = False
-            if not await self._check_counters(hid, reading):
+            if (fault := self._counter_fault(hid, reading)) is not None:
+                await self._counter_tripped(hid, fault)
                 return
             hot, pv_max, load_max, bat_max = caps[hid]
             if with_bat and isinstance(bat, BatteryReading):
@@ -654,15 +683,17 @@ class Controller:
                     await self.trip(hid, f"battery at {bat.temperature_c:.1f} °C, above "
                                          f"its limit of {hot:g} °C")
                     return
-                if not await self._battery_state(hid, h, bat):
+                # its state bits supervised (a coroutine only when there is something to do)
+                if (bat.alarms or not bat.enabled or hid in self._reenabled) and \
+                        not await self._battery_state(hid, h, bat):
                     return
             last[hid] = reading
             if hid in duts and isinstance(bat, BatteryReading):
                 await self._sample_dut(duts[hid], h, reading, bat)
-            sp = setpoints(rig, plan, tl, hour)
+            sp = setpoints_at[hid](hour)
             done = reading.net_wh - base[hid]
             # the straight line to the target, less what the rig missed while off the bus
-            missed = readmitted.get(hid, {}).get("missed_wh", 0.0)
+            missed = readmitted[hid]["missed_wh"] if hid in readmitted else 0.0
             goal = plan.target_kwh * wh_per_kwh * (k + 1) / tl.steps - missed
             goals[hid] = plan.target_kwh * wh_per_kwh * k / tl.steps - missed  # due by now
             # Dead-beat on the measured energy. On a real bench the meter was read a
@@ -675,11 +706,12 @@ class Controller:
             pv_w = min(sp.pv_w, pv_max)
             load_w = min(sp.load_w, load_max)
             bat_w = max(-bat_max, min(bat_max, bus_w - (pv_w - load_w)))
-            writes: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-                (role, fn) for role, fn in (
-                    ("pv", lambda: h.pv.set_power(pv_w)),
-                    ("load", lambda: h.load.set_power(load_w)),
-                    ("battery", lambda: h.battery.set_power(bat_w))) if role not in lost]
+            writes: Sequence[tuple[str, Callable[[], Awaitable[None]]]] = (
+                ("pv", lambda: h.pv.set_power(pv_w)),
+                ("load", lambda: h.load.set_power(load_w)),
+                ("battery", lambda: h.battery.set_power(bat_w)))
+            if lost:  # a lost actuator is not written to (it is probed instead)
+                writes = [(role, fn) for role, fn in writes if role not in lost]
             started = self.clock.now()
             results = await self._exchanges(hid, budget, writes)
             took = self.clock.now() - started
@@ -691,7 +723,7 @@ class Controller:
                     return
                 if now - self._seen.get((hid, role), t0) > hold_s:
                     await self._lose(hid, h, role, f"{result}", writing=True)
-            if not {"pv", "load", "battery"} - set(lost):
+            if lost and not {"pv", "load", "battery"} - set(lost):
                 await self.trip(hid, "no actuator answers: " + "; ".join(lost.values()))
                 return
             if took < budget:  # smoothed write latency of rigs in time, for the lag above
@@ -780,7 +812,10 @@ class Controller:
                     await asyncio.wait(busy, timeout=left if left > 0 else hold_s)
             else:  # in-process devices answer without suspending: in turn, no tasks
                 for plan in live:
-                    await self._guarded(plan.household, step(plan, k, deadline, hour))
+                    try:  # as _guarded, without a coroutine more per rig and period
+                        await step(plan, k, deadline, hour)
+                    except Exception as exc:  # one rig's fault is that rig's
+                        await self.trip(plan.household, f"control step failed: {exc!r}")
             log += rows
             self.events.emit("readings", {"t": self.clock.now(), "interval_hour": hour,
                                           "rows": list(rows), "tripped": dict(self.tripped),

@@ -21,7 +21,7 @@ from drivers.mock.plant import BatteryModel
 from drivers.registry import Bench
 from drivers.spec import DeviceSpec, RigSpec
 from testbed.errors import InputError
-from testbed.run.controller import RigPlan, Timeline, setpoints
+from testbed.run.controller import RigPlan, Timeline, setpoints_of
 
 # The profiles' resolution (testbed.config.profiles: PV in 5-minute steps, load hourly).
 PREFLIGHT_STEPS_PER_DAY = 288
@@ -196,12 +196,13 @@ def check(rig: RigSpec, intervals: list[tuple[float, float, list[RigPlan]]]) -> 
         if tl.steps > coarse:
             tl = Timeline(tl.duration_s, coarse)
         devices = {plan.household: rig.household(plan.household).devices for plan in plans}
+        at = {plan.household: setpoints_of(rig, plan, tl) for plan in plans}
         for k in range(tl.steps):
             hour = tl.hour(start, k, rig.time_scale)
             bus = 0.0
             for plan in plans:
                 dev = devices[plan.household]
-                sp = setpoints(rig, plan, tl, hour)
+                sp = at[plan.household](hour)
                 for role, watts in (("pv", sp.pv_w), ("load", sp.load_w)):
                     lim, rated = dev[role].limits, rating[dev[role].name]
                     need(dev[role].name, "power_w", watts,
