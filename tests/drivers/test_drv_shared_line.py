@@ -91,3 +91,32 @@ def test_a_neighbours_late_frame_in_the_same_read_does_not_swallow_the_reply() -
     assert used == 2 * 9 and seen == [1, 2]
     used, pdu = framer.handleFrame(_rtu(2, [5])[:4], 2, 0)  # half a frame: wait for more
     assert (used, pdu) == (0, None)
+
+
+@pytest.mark.asyncio
+async def test_an_exchange_after_the_bench_closed_does_not_reopen_the_line(
+        tmp_path: Path) -> None:
+    """A late exchange goes on alone after the run's end; when the pool has let its link go
+    it fails instead of opening the port again (an open port is locked: the next ``rig
+    check`` or run could not open it; the pre-flight signal test met that)."""
+    from drivers.bench.links import LinkPool
+
+    server = ModbusRtuServer({2: Unit(2)}, PtyPort(tmp_path / "rs485"))  # type: ignore[dict-item]
+    path = await server.start()
+    resource = parse_resource(f"modbus+rtu://{path}?baud=115200&timeout={TIMEOUT_S}")
+    pool = LinkPool()
+    link = pool.acquire(resource.link_key, lambda: ModbusLink(resource))
+    try:
+        assert len(await link.read("holding", 0, 1, unit=2)) == 1
+        await pool.release(resource.link_key)  # the bench closes
+        with pytest.raises(LinkError, match="closed with the bench"):
+            await link.read("holding", 0, 1, unit=2)
+        assert not link.is_open
+        fresh = ModbusLink(resource)  # the port is free for the next user
+        try:
+            assert len(await fresh.read("holding", 0, 1, unit=2)) == 1
+        finally:
+            await fresh.close()
+    finally:
+        await link.close()
+        await server.close()
