@@ -14,8 +14,10 @@ dropped while the master keeps waiting for its own reply within the same deadlin
 receive buffer when it sends); the silent interval counts from the last byte received, late
 ones included; and after a timeout the next request waits, bounded, for the late frame
 (:meth:`ModbusLink._in_step`): one reply frame plus the turnaround for a request to another
-unit, the device's timeout more for a request to the unit that did not answer, so its late
-frame is never taken for the answer to the next question.
+unit; up to ``LATE_WAIT_TIMEOUTS`` of the device's timeouts more, off the line's lock, for
+a request to the unit that did not answer, so its late frame is never taken for the answer
+to its next question (a reply later than that still could be: give such a device a longer
+timeout).
 """
 
 from __future__ import annotations
