@@ -63,11 +63,6 @@ AT_ONCE = int(os.environ.get("MATRIX_AT_ONCE", "2"))  # benches at a time in eac
 LASTING_EXIT: dict[str, set[int]] = {
     "pv": {0, 1}, "load": {0, 1}, "bms": {0, 1}, "converter": {0, 1}, "meter": {0, 1},
     "relay": {0, 1}, "grid": {3}}
-# The one documented exception to "only the faulty rig": a meter answering late, lasting,
-# on the shared RS-485 line. Its late replies land while the master waits for a neighbour,
-# so the neighbours' reads fail too: they may leave the bus or end off target; only their
-# meters may be named (docs/operator-guide.md).
-SHARED_LINE_SPREAD = {("late_reply", "meter")}
 
 
 @dataclass
@@ -210,13 +205,7 @@ def problems(cell: Cell) -> list[str]:
     if cell.served == 0:
         out.append("the fault never reached the wire")
     healthy = [n for n in cell.named if any(f"household {h}" in n for h in HEALTHY)]
-    if cell.lasting and (cell.kind, cell.role) in SHARED_LINE_SPREAD:
-        # the meters' line is every rig's: a neighbour may leave the bus (and come back)
-        # or end off target, but nothing else of theirs is named
-        healthy = [n for n in healthy if "meter lost" not in n]
-        if healthy:
-            out.append(f"beyond the shared meter line: named {healthy}")
-    elif healthy or set(cell.tripped) & set(HEALTHY) or set(cell.off_target) & set(HEALTHY):
+    if healthy or set(cell.tripped) & set(HEALTHY) or set(cell.off_target) & set(HEALTHY):
         out.append(f"a healthy rig was affected: named {healthy}, tripped {cell.tripped}, "
                    f"off target {cell.off_target} (deviation % {cell.deviation_pct})")
     if cell.not_safe:

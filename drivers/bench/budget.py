@@ -7,6 +7,11 @@ line this sums, per exchange, the request and reply frames at 11 bits a byte at 
 baud, plus the line's quiet time before each request (RTU silent interval, or the larger
 turnaround a device asks for: ``ModbusLink.quiet_s``). Sources: Modbus over serial line
 V1.02 (frame layouts, 2.5.1.1 silent interval), the instrument files' register maps.
+
+A line kept in step after a timeout (``ModbusLink._in_step``) costs nothing while every
+device answers, so the budget is the fault-free one; a timeout costs the line the device's
+timeout plus one reply frame and turnaround, and a failing device is not asked again until
+its back-off has passed (``drivers/bench/base.py``).
 """
 
 from __future__ import annotations

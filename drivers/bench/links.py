@@ -36,4 +36,4 @@ class LinkPool:
         entry.users -= 1
         if entry.users <= 0:
             del self._entries[key]
-            await entry.link.close()
+            await entry.link.retire()

@@ -69,7 +69,9 @@ class ModbusRtuServer:
     With ``pace_baud`` set, each reply waits the wire time of request and reply at that
     rate (plus the silent intervals), so a bus polled too often shows the real line's limit.
     A ``disconnect`` fault on a serial line means the instrument dropped off the bus: it
-    answers nothing for the fault's count.
+    answers nothing for the fault's count. A ``late_reply`` keeps only its own instrument
+    busy: its reply goes on the line ``delay_s`` later whatever the line carries then (as
+    on a real bus), requests to it meanwhile are not heard, its neighbours answer on.
     """
 
     def __init__(self, devices: dict[int, EmulatedModbusDevice], port: PtyPort,
@@ -78,6 +80,8 @@ class ModbusRtuServer:
         self._task: asyncio.Task[None] | None = None
         self.frames_dropped = 0
         self._replied: dict[int, float] = {}  # unit -> loop time of its last reply
+        self._busy_until: dict[int, float] = {}  # unit -> when its late reply goes out
+        self._late: set[asyncio.Task[None]] = set()
 
     async def start(self) -> str:
         path = self.port.open()
@@ -85,6 +89,8 @@ class ModbusRtuServer:
         return path
 
     async def close(self) -> None:
+        for task in self._late:
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -107,35 +113,43 @@ class ModbusRtuServer:
                     self.frames_dropped += 1
                     buf.clear()
                     break
-                if await self._answer(frame):
-                    buf.clear()  # requests sent while the device was busy were never heard
-                    self.port.drain()
+                await self._answer(frame)
 
-    async def _answer(self, frame: bytes) -> bool:
-        """Answer one request; True if the device was busy long enough to miss others."""
+    async def _answer(self, frame: bytes) -> None:
+        """Answer one request (a late one from a task of its own)."""
         unit, pdu = frame[0], frame[1:-2]
         device = self.devices.get(unit)
         if device is None:
-            return False  # another station's request (or a broadcast we do not serve)
+            return  # another station's request (or a broadcast we do not serve)
         now = asyncio.get_running_loop().time()
-        if now - self._replied.get(unit, -1e9) < device.quirks.turnaround_s:
-            device.quirks.unheard += 1  # still turning its line around: never heard it
-            return False
+        if now - self._replied.get(unit, -1e9) < device.quirks.turnaround_s \
+                or now < self._busy_until.get(unit, -1e9):
+            device.quirks.unheard += 1  # turning its line around, or busy: never heard it
+            return
         fault = device.faults.take()
         kind = fault.kind if fault else None
         if kind in ("no_reply", "disconnect"):
-            return False
+            return
         body = bytes([unit]) + _faulted_reply(fault, pdu, device)
         crc = crc16(body)
         if kind == "crc_error":
             crc ^= 0xFFFF
         reply = body + crc.to_bytes(2, "little")
-        delay = fault.delay_s if kind == "late_reply" else 0.0  # type: ignore[union-attr]
+        delay = 0.0
         if self.pace_baud:
             delay += (len(frame) + len(reply)) * char_time(self.pace_baud) \
                 + 2 * frame_gap(self.pace_baud)
+        if kind == "late_reply":
+            late = delay + fault.delay_s  # type: ignore[union-attr]
+            self._busy_until[unit] = now + late
+            task = asyncio.create_task(self._reply(unit, reply, late))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+            return
+        await self._reply(unit, reply, delay)
+
+    async def _reply(self, unit: int, reply: bytes, delay: float) -> None:
         if delay:
             await asyncio.sleep(delay)
         await self.port.write(reply)
         self._replied[unit] = asyncio.get_running_loop().time()
-        return kind == "late_reply"

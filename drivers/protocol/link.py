@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from drivers.protocol.errors import InstrumentError
+from drivers.transport.base import LinkClosed
 
 T = TypeVar("T")
 BUSY_PAUSE_S = 0.02  # before asking a busy instrument again (at most a fifth of the budget)
@@ -18,7 +19,10 @@ class Link:
     :class:`~drivers.protocol.scpi.ScpiLink`: subclasses say how to open and close.
 
     ``lock`` serialises exchanges (a link carries one question at a time); ``generation``
-    counts connections, so devices re-send their setup after a reconnect.
+    counts connections, so devices re-send their setup after a reconnect. A link its pool
+    has let go (:meth:`retire`) never opens again: an exchange still under way when the
+    bench closes (a late one that goes on alone) fails instead of reopening the port, which
+    would hold it (a serial port opens once) after the run.
     """
 
     description: str
@@ -29,6 +33,7 @@ class Link:
         self._open_lock = asyncio.Lock()  # no reconnect mid-exchange, no double open
         self.busy_budget_s = 0.0  # how long one exchange may keep asking a busy instrument
         self.busy_retries = 0  # busy answers asked again (reports, tests)
+        self.retired = False
 
     def allow_busy(self, budget_s: float) -> None:
         """Ask a busy instrument again (an answer whose error is ``transient``: Modbus
@@ -61,16 +66,26 @@ class Link:
         raise NotImplementedError
 
     async def ensure_open(self) -> None:
-        """Open once, however many devices sharing this link ask at the same moment."""
+        """Open once, however many devices sharing this link ask at the same moment.
+        Raises :class:`~drivers.transport.base.LinkClosed` once the link is retired."""
         async with self._open_lock:
+            if self.retired:
+                raise LinkClosed(f"{self.description}: closed with the bench")
             if not self.is_open:
                 await self.open()
+
+    async def retire(self) -> None:
+        """Close for good: the last device using the link has let it go."""
+        self.retired = True
+        await self.close()
 
     async def reset(self) -> None:
         """Drop the connection and make a fresh one (after a timeout the stream is suspect)."""
         async with self.lock, self._open_lock:
             await self.close()
             await self._before_reopen()
+            if self.retired:
+                raise LinkClosed(f"{self.description}: closed with the bench")
             await self.open()
 
     async def _before_reopen(self) -> None:

@@ -306,16 +306,22 @@ class Controller:
             tasks: list[asyncio.Future[Any] | None] = []
             for role, call in calls:
                 busy = self._inflight.get((household, role))
-                tasks.append(None if busy is not None and not busy.done()
-                             else asyncio.ensure_future(call()))
-                if tasks[-1] is not None:
-                    tasks[-1].add_done_callback(_retrieve)  # a late failure is seen later
-                    self._inflight[(household, role)] = tasks[-1]
-            live = [t for t in tasks if t is not None]
+                if busy is not None and not busy.done():
+                    tasks.append(None)
+                elif busy is not None and not busy.cancelled() and busy.exception():
+                    tasks.append(busy)  # a late exchange failed since: this period's answer
+                else:
+                    fresh = asyncio.ensure_future(call())
+                    fresh.add_done_callback(_retrieve)  # a late failure is seen later
+                    self._inflight[(household, role)] = fresh
+                    tasks.append(fresh)
+            live = [t for t in tasks if t is not None and not t.done()]
             if live:
                 await asyncio.wait(live, timeout=budget_s)
             out = []
             for (role, _), task in zip(calls, tasks, strict=True):
+                if task is not None and task.done():  # answered: not late any more
+                    self._inflight.pop((household, role), None)
                 if task is None or not task.done():
                     out.append(Late(f"household {household} {role}: no answer "
                                             f"within the {budget_s:.3g} s exchange deadline"))
