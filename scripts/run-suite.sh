@@ -2,7 +2,9 @@
 # The linters and the suite in an environment already set up (scripts/test.sh does that from
 # the lock, scripts/test-latest.sh from the newest releases).
 #   bash scripts/run-suite.sh VENV [extra pytest args]
-# The tests marked `serial` need wall time: they run after the CPU-bound part, three at a time
+# The CPU-bound part runs three workers on two cores (some of its tests wait on subprocesses
+# and servers: 175 s against 200 s with two). The tests marked `serial` need wall time:
+# they run after the CPU-bound part, three at a time
 # (they mostly wait on real time); those marked `alone` (the fault matrix, itself four benches
 # at once) run last, by themselves.
 set -euo pipefail
@@ -14,6 +16,6 @@ export PATH="$PWD/$VENV/bin:$PATH"   # tests start `testbed` as a subprocess
 "$PY" -m ruff check .
 "$PY" -m mypy
 # exit 5 is "no test selected": extra arguments (-k ...) may leave one group empty
-"$PY" -m pytest -n 2 -q -p no:cacheprovider -m "not serial and not alone" "$@" || [ $? -eq 5 ]
+"$PY" -m pytest -n 3 -q -p no:cacheprovider -m "not serial and not alone" "$@" || [ $? -eq 5 ]
 "$PY" -m pytest -n 3 -q -p no:cacheprovider -m "serial and not alone" "$@" || [ $? -eq 5 ]
 "$PY" -m pytest -q -p no:cacheprovider -m alone "$@" || [ $? -eq 5 ]
