@@ -8,7 +8,7 @@
 #    (hash-checked; made anew when the lock changes), then installs the project itself
 #    without dependencies.
 # 3. Runs the linters, then the suite (scripts/run-suite.sh): in parallel (3 workers), except
-#    the tests marked `serial` (they need wall time), which run after, two at a time, and the
+#    the tests marked `serial` (they need wall time), which run after, four at a time, and the
 #    fault matrix (`alone`), last, by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
