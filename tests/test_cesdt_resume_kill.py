@@ -17,7 +17,7 @@ import pytest
 
 from testbed.ledger.store import Store
 from tests.test_cesdt_resume import DAY, money, reference  # noqa: F401 (the fixture)
-from tests.test_realtime import CLI, ENV, cli
+from tests.test_realtime import CLI, ENV, _run_id, cli
 
 pytestmark = pytest.mark.serial
 
@@ -58,14 +58,6 @@ def _until_hours(run: subprocess.Popen[str], db: Path, hours: int) -> None:
         assert time.monotonic() < deadline, f"{hours} hours not sealed within 120 s"
         time.sleep(0.05)
     time.sleep(0.4)  # into the next hour
-
-
-def _run_id(db: Path) -> str:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        return str(con.execute("select id from runs").fetchone()[0])
-    finally:
-        con.close()
 
 
 def test_a_day_ctrl_c_then_killed_resumes_to_the_uninterrupted_money(

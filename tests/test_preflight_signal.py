@@ -17,7 +17,7 @@ import asyncio
 import importlib
 import signal
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,14 +76,6 @@ class EmulatorThread:
         self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
         self.loop.close()
-
-
-@pytest.fixture
-def handlers_kept() -> Iterator[None]:
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, h in before.items():
-        signal.signal(s, h)
 
 
 def _raising_inside(sig: signal.Signals, original: Callable[..., T],

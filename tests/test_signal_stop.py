@@ -7,21 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import typer
 
 from testbed.cli.app import _run_until_signal
-
-
-@pytest.fixture
-def handlers_kept() -> Iterator[None]:
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, h in before.items():
-        signal.signal(s, h)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
