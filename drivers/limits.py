@@ -7,6 +7,9 @@ The guard wraps the driver of each role that sets a power (:class:`GuardedPV`,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
+from typing import Any
+
 from drivers.roles import Battery, BatteryReading, ElectronicLoad, PowerReading, PVSupply
 from drivers.spec import DeviceSpec
 
@@ -49,6 +52,17 @@ class _Guarded:
         self.spec = spec
         self._bidirectional = bidirectional
         self._voltage_v = voltage_v
+        # The setpoints clearly inside the envelope, ``[floor, clear]`` W: every limit less
+        # a relative margin (1e-9) that float rounding cannot cross, so whatever lies
+        # inside passes :func:`check_power` too (a property test checks it), and a write is
+        # checked by a comparison; anything else (NaN included) goes to check_power, which
+        # refuses it or lets it pass exactly as the rule says.
+        lim = spec.limits
+        clear = lim.max_power_w if lim.max_power_w is not None else float("inf")
+        if lim.max_current_a is not None and voltage_v:
+            clear = min(clear, lim.max_current_a * abs(voltage_v))
+        self._clear_w = clear * (1.0 - 1e-9) if clear != float("inf") else clear
+        self._floor_w = -self._clear_w if bidirectional else 0.0
 
     @property
     def name(self) -> str:
@@ -60,8 +74,9 @@ class _Guarded:
         return self._inner
 
     async def set_power(self, watts: float) -> None:
-        check_power(self.spec, watts, bidirectional=self._bidirectional,
-                    voltage_v=self._voltage_v)
+        if not self._floor_w <= watts <= self._clear_w:
+            check_power(self.spec, watts, bidirectional=self._bidirectional,
+                        voltage_v=self._voltage_v)
         await self._inner.set_power(watts)
 
     async def identify(self) -> str:
@@ -78,32 +93,32 @@ class GuardedPV(_Guarded):
     """A PV supply behind the limit guard (:class:`drivers.roles.PVSupply`)."""
 
     _inner: PVSupply
+    read: Callable[[], Coroutine[Any, Any, PowerReading]]
 
     def __init__(self, inner: PVSupply, spec: DeviceSpec, *,
                  voltage_v: float | None = None) -> None:
         super().__init__(inner, spec, voltage_v=voltage_v)
+        self.read = inner.read  # a read needs no check: the driver's own, no coroutine more
 
     async def set_output(self, on: bool) -> None:
         await self._inner.set_output(on)
 
-    async def read(self) -> PowerReading:
-        return await self._inner.read()
 
 
 class GuardedLoad(_Guarded):
     """An electronic load behind the limit guard (:class:`drivers.roles.ElectronicLoad`)."""
 
     _inner: ElectronicLoad
+    read: Callable[[], Coroutine[Any, Any, PowerReading]]
 
     def __init__(self, inner: ElectronicLoad, spec: DeviceSpec, *,
                  voltage_v: float | None = None) -> None:
         super().__init__(inner, spec, voltage_v=voltage_v)
+        self.read = inner.read  # a read needs no check: the driver's own, no coroutine more
 
     async def set_input(self, on: bool) -> None:
         await self._inner.set_input(on)
 
-    async def read(self) -> PowerReading:
-        return await self._inner.read()
 
 
 class GuardedBattery(_Guarded):
@@ -111,13 +126,13 @@ class GuardedBattery(_Guarded):
     (:class:`drivers.roles.Battery`)."""
 
     _inner: Battery
+    read: Callable[[], Coroutine[Any, Any, BatteryReading]]
 
     def __init__(self, inner: Battery, spec: DeviceSpec, *,
                  voltage_v: float | None = None) -> None:
         super().__init__(inner, spec, bidirectional=True, voltage_v=voltage_v)
+        self.read = inner.read  # a read needs no check: the driver's own, no coroutine more
 
     async def set_enabled(self, on: bool) -> None:
         await self._inner.set_enabled(on)
 
-    async def read(self) -> BatteryReading:
-        return await self._inner.read()

@@ -8,12 +8,13 @@ reading carries the lab time it was taken, so the controller can tell fresh from
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 
-@dataclass(frozen=True, slots=True)
-class PowerReading:
+# Readings are named tuples: immutable, typed, and built in a third of a frozen
+# dataclass's time (a mock day builds 30,000 of them; a frozen dataclass sets each field
+# through ``object.__setattr__``). ``reading._replace(field=value)`` gives a changed copy.
+class PowerReading(NamedTuple):
     at: float
     voltage_v: float
     current_a: float
@@ -21,8 +22,7 @@ class PowerReading:
     on: bool
 
 
-@dataclass(frozen=True, slots=True)
-class BatteryReading:
+class BatteryReading(NamedTuple):
     at: float
     soc: float  # 0..1
     energy_wh: float
@@ -31,11 +31,10 @@ class BatteryReading:
     current_a: float
     temperature_c: float
     enabled: bool
-    alarms: tuple[str, ...] = field(default=())
+    alarms: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class MeterReading:
+class MeterReading(NamedTuple):
     at: float
     import_wh: float  # energy drawn from the bus by the rig (or from the grid, at the grid node)
     export_wh: float  # energy delivered onto the bus

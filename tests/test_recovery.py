@@ -6,7 +6,6 @@ its meter measured. Scenario 2 is one interval, a day of 1,440 lab seconds on th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -122,7 +121,7 @@ async def test_a_rig_that_left_for_what_its_instrument_said_stays_off(
     async def hot(self: devices.MockBattery) -> Any:
         r = await reads(self)
         if self.rig is self.plant.rigs["7"] and self.clock.now() >= 12.0:
-            return dataclasses.replace(r, temperature_c=99.0)
+            return r._replace(temperature_c=99.0)
         return r
 
     monkeypatch.setattr(devices.MockBattery, "read", hot)

@@ -21,7 +21,7 @@ from contracts.mechanism import Fill
 from contracts.numbers import aud_to_micro
 from contracts.settlement import GRID, Tariff, settle
 from drivers.clock import VirtualClock
-from drivers.limits import GuardedBattery, LimitError, check_power
+from drivers.limits import GuardedBattery, GuardedPV, LimitError, check_power
 from drivers.registry import build_bench
 from drivers.spec import DeviceSpec, Limits
 from testbed.config.rig import load_rig
@@ -43,6 +43,9 @@ class SpyDriver:
 
     async def set_power(self, watts: float) -> None:
         self.writes.append(watts)
+
+    async def read(self) -> Any:  # the guard binds the driver's read; never called here
+        raise NotImplementedError
 
 
 def battery_spec(max_power_w: float = 1000.0, max_current_a: float | None = 10.0) -> DeviceSpec:
@@ -70,6 +73,58 @@ def test_max_current_is_enforced_in_both_directions(watts: float) -> None:
     with pytest.raises(LimitError, match=r"current_a 12\.5"):
         check_power(battery_spec(), watts, bidirectional=True, voltage_v=48.0)
     check_power(battery_spec(), watts * 0.8, bidirectional=True, voltage_v=48.0)  # 10 A: ok
+
+
+def _drive(coroutine: Any) -> None:
+    """Run a coroutine that never suspends (the guard in front of a spy) to its end."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    raise AssertionError("the guard suspended")
+
+
+_limits = st.one_of(st.none(), st.floats(min_value=1e-3, max_value=1e6))
+_watts = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                   st.sampled_from([1000.0, -1000.0, 480.0, -480.0, 0.0, -0.0]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(max_power=_limits, max_current=_limits, watts=_watts, bidirectional=st.booleans(),
+       voltage=st.one_of(st.none(), st.just(0.0), st.floats(min_value=1.0, max_value=1e3),
+                         st.just(48.0)))
+def test_the_guard_passes_exactly_what_check_power_passes(
+        max_power: float | None, max_current: float | None, watts: float,
+        bidirectional: bool, voltage: float | None) -> None:
+    """The guard's comparison against the clear envelope is a shortcut, not a second rule:
+    a setpoint reaches the device iff :func:`check_power` accepts it, at every limit,
+    voltage and value (NaN, infinities, both signs, the limits themselves).
+    Breaks: a clear envelope 1e-8 wider than the limits (``clear * (1.0 + 1e-8)``: a
+    setpoint 2e-9 above the current limit reached the device); the clear envelope the power
+    limit alone (a setpoint over the current limit reached the device)."""
+    spec = DeviceSpec("household 1 battery", "battery", "mock",
+                      Limits(max_power_w=max_power, max_current_a=max_current))
+    for w in (watts, *(x for x in (max_power, max_current and voltage and
+                                   max_current * voltage) if x)):
+        for sign in (1.0, -1.0):
+            for nudge in (1.0, 1 + 1e-12, 1 - 1e-12, 1 + 2e-9, 1 - 2e-9, 0.5, 1.5):
+                value = sign * w * nudge
+                spy = SpyDriver()
+                guard = GuardedBattery if bidirectional else GuardedPV
+                guarded = guard(spy, spec, voltage_v=voltage)  # type: ignore[arg-type]
+                try:
+                    check_power(spec, value, bidirectional=bidirectional, voltage_v=voltage)
+                    allowed = True
+                except LimitError:
+                    allowed = False
+                try:
+                    _drive(guarded.set_power(value))
+                except LimitError:
+                    assert not allowed, f"refused {value!r} that check_power accepts"
+                    assert spy.writes == []
+                else:
+                    assert allowed, f"{value!r} reached the device; check_power refuses it"
+                    assert spy.writes == [value]
 
 
 # -- the supervisor: a rig off the bus has its relay open, read back -------------------------
@@ -185,7 +240,7 @@ INTERVAL_TABLES = ("intervals", "trades", "results", "readings")
 async def test_an_interval_that_fails_half_way_leaves_no_row(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The last write of the interval fails after the block, trades and results went in.
-    Break: make ``Store.transaction`` a plain ``yield`` (no ``atomic()``)."""
+    Break: make ``Store.transaction`` a plain ``yield`` (no ``_atomic()``)."""
     store = Store(tmp_path / "half.db")
     real_insert = Store.insert
 

@@ -80,19 +80,23 @@ class BatteryModel:
 
     def integrate(self, power_w: float, dt_s: float) -> None:
         dt_h = dt_s / H
-        leak = self.energy_wh * self.self_discharge_per_h * dt_h
+        energy = self.energy_wh
+        leak = energy * self.self_discharge_per_h * dt_h
         if power_w >= 0:
-            self.energy_wh -= dt_h * power_w / self.eta_discharge + leak
+            energy -= dt_h * power_w / self.eta_discharge + leak
         else:
-            self.energy_wh += dt_h * self.eta_charge * (-power_w) - leak
-        self.energy_wh = max(self.energy_wh, 0.0)
+            energy += dt_h * self.eta_charge * (-power_w) - leak
+        self.energy_wh = energy = max(energy, 0.0)
         self.actual_w = power_w
-        self.alarms.discard("soc_low")
-        self.alarms.discard("soc_high")
-        if self.soc <= self.soc_min + 1e-9:
-            self.alarms.add("soc_low")
-        if self.soc >= self.soc_max - 1e-9:
-            self.alarms.add("soc_high")
+        soc, alarms = energy / self.capacity_wh, self.alarms
+        if soc <= self.soc_min + 1e-9:
+            alarms.add("soc_low")
+        else:
+            alarms.discard("soc_low")
+        if soc >= self.soc_max - 1e-9:
+            alarms.add("soc_high")
+        else:
+            alarms.discard("soc_high")
 
 
 @dataclass

@@ -10,7 +10,6 @@ the routed figure. A rig taken off the bus fails its checks, with the reason.
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -84,6 +83,8 @@ def interval_checks(index: int, clearing: Clearing, routed_kwh: dict[str, Fracti
 
 
 def write_junit(path: Path, checks: list[Check], name: str) -> None:
+    import xml.etree.ElementTree as ET  # only for --junit (a run's start pays no XML parser)
+
     root = ET.Element("testsuites", name=name, tests=str(len(checks)),
                       failures=str(sum(not c.passed for c in checks)))
     suites: dict[str, ET.Element] = {}
