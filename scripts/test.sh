@@ -2,8 +2,9 @@
 # Set up and pass every test, on a fresh machine or a used one.
 #   bash scripts/test.sh [extra pytest args]
 # 1. Installs the system tools the tests talk to (socat, mbpoll, mosquitto and its clients,
-#    Debian's chromium for the dashboard test) when missing, and ganache from
-#    tests/evm-node/package-lock.json (npm ci) for the EVM tests' JSON-RPC node.
+#    Debian's chromium for the dashboard test) when missing, ganache from
+#    tests/evm-node/package-lock.json (npm ci) for the EVM tests' JSON-RPC node, and Node-RED
+#    from tests/node-red/package-lock.json for the test that runs docs/telemetry.md's flow.
 # 2. Makes a virtual environment .venv with exactly the versions in requirements-test.lock
 #    (hash-checked; made anew when the lock changes), then installs the project itself
 #    without dependencies.
@@ -31,6 +32,11 @@ fi
 # (npm ci; nothing is fetched while the tests run). The README's commands need no node.
 [ -f tests/evm-node/node_modules/ganache/dist/node/cli.js ] ||
   npm ci --prefix tests/evm-node --no-audit --no-fund --ignore-scripts --loglevel=error
+# Node-RED 4.1.15 (the newest for Node.js 20), as tests/node-red's lock says: no install
+# scripts either. Cold, 13.6 s beside ganache's 6.1 s; both at once took as long (21 s, load
+# average 8), so one after the other.
+[ -f tests/node-red/node_modules/node-red/red.js ] ||
+  npm ci --prefix tests/node-red --no-audit --no-fund --ignore-scripts --loglevel=error
 
 VENV="${TESTBED_VENV:-.venv}"
 PY="$VENV/bin/python"

@@ -52,6 +52,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     summary = run_cesdt(**DAY, rig=load_rig("mock"), store=store, progress=False)
     out = money(store, summary["run_id"])
     out["bench"] = summary["bench"]
+    out["summary"] = summary
     store.close()
     return out
 

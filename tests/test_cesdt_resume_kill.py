@@ -1,25 +1,38 @@
 """A real-time community day stopped twice, Ctrl-C then kill -9, in a subprocess, and
 resumed each time by its id alone: it ends with an uninterrupted day's money, to the
 micro-unit, and ``testbed ledger verify`` passes. Wall time (about a minute), so serial.
+A day killed after its last hour was sealed is finished by its resume (virtual time; in
+a subprocess too, and about 10 s of CPU, so serial as well).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from testbed.cli.app import app
 from testbed.ledger.store import Store
-from tests.test_cesdt_resume import DAY, money, reference  # noqa: F401 (the fixture)
+from testbed.run import community_day
+from tests.test_cesdt_resume import (  # noqa: F401 (reference: the fixture)
+    DAY,
+    _same_day,
+    money,
+    reference,
+)
 from tests.test_realtime import CLI, ENV, _run_id, cli
 
 pytestmark = pytest.mark.serial
+runner = CliRunner()
 
 SPEED = "3600"  # an hour of the day in one lab second
 TOLERANCE = "a rig's metered energy left the tolerance of its routed energy"
@@ -150,3 +163,75 @@ async def test_a_day_on_the_emulated_rig_resumes_with_its_batteries_as_they_are(
         assert got[key] == reference[key], key
     assert verify_run(store, "e1") is None
     store.close()
+
+
+KILL_AFTER_LAST_HOUR = """
+import asyncio, os, signal, sys
+from testbed.config.rig import load_rig
+from testbed.ledger.store import Store
+from testbed.run import community_day
+from tests.test_cesdt_resume import DAY, LAUNCH
+
+real = community_day._DayRun.hour
+
+def hour(self, index, measured):
+    real(self, index, measured)
+    if index == 23:  # the day's last block sealed: killed before the run is closed
+        os.kill(os.getpid(), signal.SIGKILL)
+
+community_day._DayRun.hour = hour
+asyncio.run(community_day.run_cesdt_async(**DAY, rig=load_rig("mock"), store=Store(sys.argv[1]),
+                                          progress=False, run_id="k1", launch=LAUNCH))
+"""
+
+
+def _printed(summary: dict[str, Any]) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=100, force_terminal=False)
+    community_day.render_cesdt(summary, console)
+    return _anonymous(console.export_text(), summary["run_id"])
+
+
+def _anonymous(text: str, run_id: str) -> str:
+    """``text`` without what names the run: its id and its ledger's head (genesis names
+    the run, so every block hash differs from one run to another)."""
+    return re.sub(r"head [0-9a-f]{16}\.\.\.", "head HEAD...", text.replace(run_id, "RUN"))
+
+
+def test_a_day_killed_after_its_last_hour_is_finished_by_its_resume(
+        tmp_path: Path, reference: dict[str, Any]) -> None:  # noqa: F811
+    """kill -9 once the 24th hour is sealed, before the run is closed: the run is left
+    ``running`` with every hour on disk. ``testbed run --resume ID`` runs no hour, records
+    no aborted hour (none was cut short), marks the day finished and prints the summary
+    of the uninterrupted day; the ledger verifies."""
+    db = tmp_path / "k.db"
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_LAST_HOUR, str(db)],
+                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    store = Store(db, readonly=True)
+    row = store.run("k1")
+    assert (row["status"], row["summary"]) == ("running", None)
+    assert store.count("intervals", "k1") == 24 and store.aborted_intervals("k1") == []
+    store.close()
+
+    shown = runner.invoke(app, ["run", "--resume", "k1", "--db", str(db)])
+    assert shown.exit_code == 0, shown.stderr
+    resumed = runner.invoke(app, ["runs", "--db", str(db), "--json"])
+    assert [(r["id"], r["status"]) for r in json.loads(resumed.stdout)] == [("k1", "finished")]
+    closing = shown.stderr.strip().splitlines()[-1]
+    assert closing.startswith("run k1 (finished)") and "aborted" not in closing, closing
+    store = Store(db)
+    try:
+        assert store.aborted_intervals("k1") == []
+        got = _same_day(store, "k1", reference)
+        summary = json.loads(store.run("k1")["summary"])
+        assert summary["status"] == "finished" and summary["resumed_from_interval"] == 24
+        assert summary["bench"] == reference["bench"]
+        # printed as the uninterrupted day's summary is, to the character (but the run)
+        assert _anonymous(shown.stdout, "k1") == _printed(reference["summary"])
+        assert got["ledger"]["total_micro"] == got["ledger"]["opening_micro"]
+    finally:
+        store.close()
+    verify = runner.invoke(app, ["ledger", "verify", str(db)])
+    assert verify.exit_code == 0, verify.output

@@ -240,6 +240,25 @@ def test_the_live_display_shows_tracking_and_state() -> None:
         assert "…" not in text
 
 
+def test_the_display_of_a_resume_with_no_interval_left() -> None:
+    """A day killed after its last hour was sealed resumes from hour 24 of 24: the head
+    says the last interval, 100 % and the end of the day, not ``interval 25/24 ... 0%``."""
+    import io
+
+    from rich.console import Console
+
+    from testbed.cli.progress import Launch, RunDisplay
+
+    console = Console(file=io.StringIO(), force_terminal=False, width=100)
+    display = RunDisplay(console, Launch("cesdt", "mock", None, "t.db"))
+    display("status", {"run": "k1", "status": "running", "intervals": 24,
+                       "from_interval": 24, "interval_hours": 1.0})
+    assert display.head().startswith("interval 24/24  lab 0.0 s  market 24:00  100%  ETA")
+    display("status", {"run": "k2", "status": "running", "intervals": 24,
+                       "from_interval": 3, "interval_hours": 1.0})
+    assert display.head().startswith("interval 4/24  lab 0.0 s  market 03:00  0%")
+
+
 def test_a_community_day_shares_the_lifecycle(tmp_path: Path) -> None:
     """The same life for ``testbed run cesdt``: the hour cut short by an e-stop is recorded
     with its readings and reason; the hours before it are committed with theirs."""

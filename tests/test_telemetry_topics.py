@@ -4,9 +4,10 @@
 wall-clock time, the same topic across runs, retained, at a bounded rate; the rig's status
 topic must clear the retained status of the run before; ``--ha-discovery`` must announce
 every value topic; and the Telegraf configuration in docs/telemetry.md must turn real
-messages into the documented series (Telegraf itself is not in Debian's archive, so its
-topic filter, ``topic_parsing`` and ``json_v2`` paths are applied here as Telegraf
-documents them).
+messages into the documented series (Telegraf itself is in none of the registries this
+project installs from, so its topic filter, ``topic_parsing`` and ``json_v2`` paths are
+applied here as Telegraf documents them). The doc's Node-RED flow is run for real by
+tests/test_node_red.py.
 """
 
 from __future__ import annotations

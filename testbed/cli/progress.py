@@ -111,7 +111,10 @@ class RunDisplay:
             return
         st = self.state
         st.intervals, st.first = int(p.get("intervals", 1)), int(p.get("from_interval", 0))
-        st.hours, st.index = float(p.get("interval_hours", 24.0)), st.first
+        # a resume after the last interval (killed while closing) has none left to run
+        st.hours, st.index = float(p.get("interval_hours", 24.0)), min(st.first,
+                                                                       st.intervals - 1)
+        st.hour = st.first * st.hours  # the market time the run takes up from
         st.started = time.monotonic()
         for line in banner(str(p["run"]), self.launch):
             self.console.print(escape(line), highlight=False, soft_wrap=True)
@@ -123,6 +126,8 @@ class RunDisplay:
     def fraction(self) -> float:
         """Share of the run's remaining intervals done, from the market hour reached."""
         st = self.state
+        if st.first >= st.intervals:
+            return 1.0  # nothing left to run: the resume only closes the run
         todo = max(st.intervals - st.first, 1)
         done = min(max(st.hour / st.hours - st.first, 0.0), float(todo))
         return done / todo

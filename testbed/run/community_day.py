@@ -217,15 +217,16 @@ def _resume_day(store: Store, run_id: str, book: DayBook, day: DayResult,
     and was sent, checked transfer by transfer and fill by fill against the blocks (a
     mismatch refuses the resume). Measured again: the bench (batteries' SOC, meters) as
     the controller finds it. The lifecycle then records the killed attempt, if any
-    (:func:`testbed.run.lifecycle.resume_record`). Returns the day's run and the first
-    hour to run."""
+    (:func:`testbed.run.lifecycle.resume_record`; a day killed after its last hour was
+    sealed had no hour in progress: its resume runs none and only closes the day).
+    Returns the day's run and the first hour to run (24 when every hour is sealed)."""
     r = lifecycle.resumable(store, run_id)
     ledger = Ledger.load(store, run_id)  # verifies the chain from genesis
     if set(ledger.opening()) - {GRID} != set(day.ids):
         raise InputError(f"--resume {run_id}", "the ledger's households are not the day's")
     day_run = _DayRun(store, ledger, run_id, book, day, comparison, events, progress, log)
     day_run.restore(r.next_interval)
-    r = lifecycle.resume_record(store, run_id, events)
+    r = lifecycle.resume_record(store, run_id, events, len(comparison.routing.plans))
     return day_run, r.next_interval
 
 

@@ -183,13 +183,17 @@ def resumable(store: Store, run_id: str) -> Resumable:
     return Resumable(row, params, store.count("intervals", run_id))
 
 
-def resume_record(store: Store, run_id: str, events: EventBus) -> Resumable:
+def resume_record(store: Store, run_id: str, events: EventBus,
+                  intervals: int | None = None) -> Resumable:
     """Take up ``run_id`` again (:func:`resumable`): a run still marked ``running`` was
     killed, so its interval in progress is recorded as aborted (cause ``killed``) with the
-    readings it left; the run is marked running, and a ``resumed`` status emitted."""
+    readings it left; the run is marked running, and a ``resumed`` status emitted. With
+    ``intervals`` (how many the run has) all committed, the run was killed while closing:
+    no interval was in progress, none is recorded, and the resume only closes the run."""
     r = resumable(store, run_id)
+    in_progress = intervals is None or r.next_interval < intervals
     with store.transaction():
-        if r.row["status"] == "running":
+        if r.row["status"] == "running" and in_progress:
             store.record_aborted_interval(run_id, r.next_interval, KILLED, cause="killed")
         params = {**r.params, "pid": os.getpid(), "host": socket.gethostname()}
         store.update_run(run_id, status="running", finished_at=None,
