@@ -3,17 +3,17 @@
 The work is in :mod:`testbed.agents`; the protocol in docs/agents.md.
 """
 
-from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from contracts.numbers import exact
 from testbed.cli.output import fail as _fail
 from testbed.errors import InputError
+
+if TYPE_CHECKING:
+    from fractions import Fraction
 
 
 def _households(rig: str) -> list[str]:
@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
                  "each order is also its own signed transaction")] = None,
     ) -> None:
         """Run the reference HEMS for one household: forecast, bid, log (JSON lines)."""
+        from contracts.numbers import exact
         from testbed.agents import load_eth_key, load_key, reference_agent
         from testbed.telemetry import parse_broker_url
 

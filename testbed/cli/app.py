@@ -1,7 +1,6 @@
 """The ``testbed`` command line (typer + rich)."""
 # ruff: noqa: E402  (signal handlers are installed before the imports, see testbed.cli.early)
 
-from __future__ import annotations
 
 import gc
 import json
@@ -18,12 +17,7 @@ if Path(sys.argv[0]).name == "testbed":  # the installed script, not an import b
 
 import typer  # the handlers above cover this import and those that follow
 from rich.markup import escape
-from rich.table import Table
 
-from contracts.dual_bidding import clear as clear_book
-from contracts.numbers import exact
-from contracts.orders import OrderError, parse_book
-from rigs import builtin
 from testbed import json_input
 from testbed.cli.output import JSON_ERRORS, console, err, fail
 from testbed.errors import InputError
@@ -520,6 +514,8 @@ def runs(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
+    from rich.table import Table
+
     t = Table("id", "scenario", "rig", "status", "started", "finished")
     for r in rows:
         t.add_row(*(str(r[k] or "") for k in ("id", "scenario", "rig", "status", "started_at",
@@ -535,6 +531,11 @@ def clear(
 ) -> None:
     """Clear one order book with the dual-bidding contract."""
     JSON_ERRORS.set(as_json)
+    from rich.table import Table
+
+    from contracts.dual_bidding import clear as clear_book
+    from contracts.numbers import exact
+    from contracts.orders import OrderError, parse_book
     from testbed.config.tomlfile import read_text
 
     try:
@@ -576,6 +577,9 @@ def clear(
 @app.command()
 def rigs() -> None:
     """List the built-in rigs."""
+    from rich.table import Table
+
+    from rigs import builtin
     from testbed.config.rig import load_rig
     t = Table("name", "households", "time scale", "power scale", "description")
     for name in builtin("rigs"):
@@ -588,6 +592,9 @@ def rigs() -> None:
 @app.command()
 def scenarios() -> None:
     """List the built-in scenarios."""
+    from rich.table import Table
+
+    from rigs import builtin
     from testbed.config.scenario import load_scenario
     t = Table("name", "mechanism", "households", "title")
     for name in builtin("scenarios"):

@@ -4,7 +4,6 @@ The command's work (:mod:`testbed.community.sweep`, matplotlib for the figures) 
 when the command runs, so ``testbed --help`` and every other command start fast.
 """
 
-from __future__ import annotations
 
 import json
 from collections.abc import Callable
@@ -13,10 +12,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from testbed.cli.output import fail
-from testbed.community import MAX_HOUSEHOLDS
 from testbed.errors import InputError
 
 SWEEPS = ("cesdt",)
@@ -40,6 +37,8 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     ) -> None:
         """Sweep CE-SDT community days over sizes and generating shares (Fig. 5-10)."""
+        from testbed.community import MAX_HOUSEHOLDS
+
         try:
             if what not in SWEEPS:
                 raise InputError(what, f"unknown sweep (known: {', '.join(SWEEPS)})")
@@ -71,6 +70,8 @@ def register(app: typer.Typer) -> None:
             print(json.dumps({"out": str(out), "files": [f.name for f in files],
                               "costs": rows}, indent=2))
             return
+        from rich.table import Table
+
         table = Table("homes", "generating", "replicates", *CLASSES, title="cost ratio")
         for c in cells:
             ratio = {r["class"]: r["cost_ratio"] for r in c.classes()}

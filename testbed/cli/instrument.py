@@ -8,9 +8,6 @@ an instrument that does not answer (one line, JSON under ``--json``), 1 for an i
 that answers with an error.
 """
 
-from __future__ import annotations
-
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from rigs import builtin
 from testbed.cli.output import fail
 
 if TYPE_CHECKING:
@@ -66,6 +62,8 @@ def check_instrument(name_or_path: str) -> dict[str, Any]:
 
 def show_builtin(kind: str, name: str) -> None:
     """Print the built-in (or example) ``kind`` file ``name``; exit 2 naming the known ones."""
+    from rigs import builtin
+
     known = builtin(kind)
     if name not in known:
         _fail(f"no built-in {kind[:-1]} {name!r} (built-in: {', '.join(known)})", False)
@@ -75,6 +73,8 @@ def show_builtin(kind: str, name: str) -> None:
 def copy_builtin(kind: str, name: str, dest: Path) -> None:
     """Copy the built-in (or example) ``kind`` file ``name`` to ``dest`` to edit it; never
     overwrites (exit 2)."""
+    from rigs import builtin
+
     known = builtin(kind)
     if name not in known:
         _fail(f"no built-in {kind[:-1]} {name!r} (built-in: {', '.join(known)})", False)
@@ -88,9 +88,11 @@ def copy_builtin(kind: str, name: str, dest: Path) -> None:
 
 
 def _in_session(resource: str, model: str, channel: int | None, as_json: bool,
-                work: Callable[[Session], Awaitable[T]]) -> T:
+                work: "Callable[[Session], Awaitable[T]]") -> T:
     """Open a session, run ``work`` on it, close it; every failure is one line (exit 2 for
     input and an instrument that does not answer, 1 for one that answers with an error)."""
+    import asyncio
+
     from drivers.bench.session import SessionError, Unreachable, open_session
     from drivers.protocol.errors import InstrumentError
 
@@ -109,7 +111,7 @@ def _in_session(resource: str, model: str, channel: int | None, as_json: bool,
         _fail(f"{resource}: the instrument refused: {err}", as_json, code=1)
 
 
-def _show_readings(readings: list[Reading], as_json: bool) -> None:
+def _show_readings(readings: "list[Reading]", as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps([{"name": r.name, "value": r.value, "unit": r.unit,
                                 "where": r.where} for r in readings], indent=2))

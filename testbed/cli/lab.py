@@ -6,7 +6,6 @@ imported (with asyncio, the drivers and the emulators) only by the command that 
 registering these commands costs ``testbed --help`` nothing.
 """
 
-from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
@@ -17,10 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from testbed.cli import output
-from testbed.config.rig import load_rig
 from testbed.errors import InputError
 
 # The options every ``testbed fault`` command takes (the emulator's control socket).
@@ -38,7 +35,9 @@ def fail(message: str, as_json: bool, code: int = 2) -> NoReturn:
     output.fail(message, code, as_json=as_json)
 
 
-def _load(rig: str, as_json: bool = False) -> RigSpec:
+def _load(rig: str, as_json: bool = False) -> "RigSpec":
+    from testbed.config.rig import load_rig
+
     try:
         return load_rig(rig)
     except InputError as err:
@@ -48,7 +47,7 @@ def _load(rig: str, as_json: bool = False) -> RigSpec:
 UNREACHABLE_HINT = "is it switched on, connected, and at this address?"
 
 
-def _show(results: list[CheckResult], as_json: bool, title: str) -> None:
+def _show(results: "list[CheckResult]", as_json: bool, title: str) -> None:
     """The results as a table (or a JSON list); exit 1 when a device that answered failed
     the check. A device that could not be reached at all is a set-up error instead: one
     line per failed device on stderr (with --json one object: ``error``, ``exit`` and the
@@ -74,8 +73,8 @@ def _show(results: list[CheckResult], as_json: bool, title: str) -> None:
         raise typer.Exit(1)
 
 
-def _bench_results(work: Callable[[], Coroutine[Any, Any, list[CheckResult]]],
-                   as_json: bool) -> list[CheckResult]:
+def _bench_results(work: "Callable[[], Coroutine[Any, Any, list[CheckResult]]]",
+                   as_json: bool) -> "list[CheckResult]":
     """Run a bench command's work; a device its driver cannot be built for (an instrument
     file that cannot serve the role, a resource of the wrong protocol) is a set-up error:
     one line, exit 2."""
@@ -89,7 +88,10 @@ def _bench_results(work: Callable[[], Coroutine[Any, Any, list[CheckResult]]],
         fail(str(err), as_json)
 
 
-def _print_check(results: list[CheckResult], console: Console, title: str = "rig check") -> None:
+def _print_check(results: "list[CheckResult]", console: "Console",
+                 title: str = "rig check") -> None:
+    from rich.table import Table
+
     table = Table(title=title)
     for column in ("device", "resource", "identity", "latency", "status", "state"):
         table.add_column(column, no_wrap=column in ("device", "latency"), overflow="fold")
@@ -191,6 +193,7 @@ def register(app: typer.Typer) -> None:
         models, RTU lines, gateways, unit ids and channels the rig names, on loopback."""
         import asyncio
 
+        from testbed.config.rig import load_rig
         from testbed.run.bench import serve_emulated
 
         try:

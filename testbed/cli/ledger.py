@@ -7,7 +7,6 @@ is recomputed from genesis (``testbed.ledger.chain.verify_run``); a genesis nami
 operator key fails.
 """
 
-from __future__ import annotations
 
 import json
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from contracts.numbers import MICRO
 from testbed import json_input
 from testbed.cli.output import console, err, fail
 
@@ -148,6 +146,8 @@ def _verify_chain(store: Any, run_id: str) -> str | None:
 
 
 def _describe(tx: dict[str, Any]) -> str:
+    from contracts.numbers import MICRO
+
     kind = tx.get("type")
     if kind in _DESCRIBE_LEDGER_RULES:
         return str(_DESCRIBE_LEDGER_RULES[str(kind)](tx))
@@ -174,6 +174,8 @@ def _describe(tx: dict[str, Any]) -> str:
 def show(db: DbArg, run: RunOpt = None,
          txs: Annotated[bool, typer.Option(help="list every transaction")] = True) -> None:
     """Print each run's blocks, their transactions, and the balances at the head."""
+    from contracts.numbers import MICRO
+
     store = _open(db)
     try:
         for rid in _run_ids(store, run):

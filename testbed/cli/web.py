@@ -4,7 +4,6 @@
 matplotlib) happen inside the commands so the rest of the CLI starts fast.
 """
 
-from __future__ import annotations
 
 import sys
 from pathlib import Path

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from drivers.clock import Clock
 from drivers.limits import LimitError
@@ -33,9 +33,11 @@ from drivers.registry import Bench, HouseholdDevices
 from drivers.roles import BatteryReading, Device, MeterReading
 from drivers.spec import RigSpec
 from testbed.config.profiles import DayProfile
-from testbed.run.dut import DutTracker
 from testbed.run.events import EventBus
 from testbed.run.validation import Check
+
+if TYPE_CHECKING:
+    from testbed.run.dut import DutTracker
 
 T = TypeVar("T")
 
@@ -607,8 +609,12 @@ class Controller:
             else:
                 base[p.household] = 0.0
         log: list[dict[str, Any]] = []
-        duts = {p.household: t for p in plans
-                if (t := DutTracker.of(rig.household(p.household))) is not None}
+        duts: dict[str, DutTracker] = {}
+        if any(d.dut for p in plans for d in rig.household(p.household).devices.values()):
+            from testbed.run.dut import DutTracker  # a rig with devices under test only
+
+            duts = {p.household: t for p in plans
+                    if (t := DutTracker.of(rig.household(p.household))) is not None}
 
         # Per rig, what does not change over the interval: the battery's temperature limit
         # and the three power ceilings (inf where the rig file sets none).

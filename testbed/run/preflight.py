@@ -10,18 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from drivers.instruments.model import (
-    Ratings,
-    energy_resolution_wh,
-    load_instrument,
-    rating_problems,
-)
 from drivers.mock.plant import BatteryModel
 from drivers.registry import Bench
 from drivers.spec import DeviceSpec, RigSpec
 from testbed.errors import InputError
 from testbed.run.controller import RigPlan, Timeline, setpoints_of
+
+if TYPE_CHECKING:
+    from drivers.instruments.model import Ratings
 
 # The profiles' resolution (testbed.config.profiles: PV in 5-minute steps, load hourly).
 PREFLIGHT_STEPS_PER_DAY = 288
@@ -61,17 +59,20 @@ class PreflightError(InputError):
                          f"and instruments allow:\n  {lines}")
 
 
-def _ratings(spec: DeviceSpec) -> Ratings:
-    """The ratings the device's instrument file states (none for mock devices); a battery
-    of two instruments is rated by its converter."""
+def _ratings(spec: DeviceSpec) -> Ratings | None:
+    """The ratings the device's instrument file states (None for mock devices, which have
+    no file: their run imports no instrument model); a battery of two instruments is rated
+    by its converter."""
     if "converter" in spec.parts:
         return _ratings(spec.parts["converter"])
     if spec.driver not in ("scpi", "modbus") or not spec.model:
-        return Ratings()
+        return None
+    from drivers.instruments.model import load_instrument
+
     try:
         return load_instrument(spec.model).ratings
     except ValueError:
-        return Ratings()  # the driver factory reports a bad file, with its place
+        return None  # the driver factory reports a bad file, with its place
 
 
 def _capped(limit: float | None, rating: float | None) -> float | None:
@@ -95,6 +96,8 @@ def ratings_refusals(rig: RigSpec) -> list[Refusal]:
         for name, role, part in rated:
             if part.driver not in ("scpi", "modbus") or not part.model:
                 continue
+            from drivers.instruments.model import load_instrument, rating_problems
+
             try:
                 inst = load_instrument(part.model)
             except ValueError:
@@ -127,6 +130,8 @@ def resolution_refusals(rig: RigSpec, plans: list[RigPlan], hours: float) -> lis
         meter = rig.household(plan.household).devices["meter"]
         if meter.driver not in ("scpi", "modbus") or not meter.model:
             continue
+        from drivers.instruments.model import energy_resolution_wh, load_instrument
+
         try:
             step = energy_resolution_wh(load_instrument(meter.model))
         except ValueError:
@@ -206,9 +211,9 @@ def check(rig: RigSpec, intervals: list[tuple[float, float, list[RigPlan]]]) -> 
                 for role, watts in (("pv", sp.pv_w), ("load", sp.load_w)):
                     lim, rated = dev[role].limits, rating[dev[role].name]
                     need(dev[role].name, "power_w", watts,
-                         _capped(lim.max_power_w, rated.power_w), unit=" W")
+                         _capped(lim.max_power_w, rated.power_w if rated else None), unit=" W")
                     need(dev[role].name, "current_a", watts / v,
-                         _capped(lim.max_current_a, rated.current_a), unit=" A")
+                         _capped(lim.max_current_a, rated.current_a if rated else None), unit=" A")
                 bl = dev["battery"].limits
                 if bl.max_power_w is not None:
                     need(dev["battery"].name, "power_w", sp.feedforward_w, bl.max_power_w,
@@ -233,14 +238,14 @@ def unwatched(rig: RigSpec) -> list[str]:
     """The instrument devices that would stay live if the controller died: supplies, loads,
     converters and relays whose instrument file declares no communication ``watchdog``
     (the controller arms every declared one). Mock devices end with the process."""
-    from drivers.instruments.model import load_instrument
-
     out = []
     for h in rig.households:
         for role in WATCHED_ROLES:
             spec = h.devices[role]
             spec = spec.parts.get("converter", spec)  # a split battery: its converter
             if spec.driver in ("scpi", "modbus") and spec.model:
+                from drivers.instruments.model import load_instrument
+
                 try:
                     watchdog = load_instrument(spec.model).watchdog
                 except ValueError:

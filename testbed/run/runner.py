@@ -619,9 +619,11 @@ def _start(scenario: Scenario, rig: RigSpec, store: Store, clock: Clock,
            events: EventBus, run_id: str, chain_spec: str = "sqlite",
            launch: Mapping[str, Any] | None = None) -> Run:
     ids = [h.id for h in scenario.households]
-    from testbed.agents import registered
+    agent_keys: Mapping[str, Any] = {}  # household -> registered key (testbed.agents)
+    if agent_ids := [h.id for h in scenario.households if h.orders == "agent"]:
+        from testbed.agents import registered
 
-    agent_keys = registered([h.id for h in scenario.households if h.orders == "agent"])
+        agent_keys = registered(agent_ids)
     opening = {h.id: to_micro(scenario.opening_tokens(h)) for h in scenario.households}
     chain = open_chain(chain_spec, scenario, opening)
     with store.transaction():
