@@ -203,25 +203,6 @@ def test_the_store_commits_alone_rolls_back_whole_and_upserts(tmp_path: Path) ->
         store.close()
 
 
-def test_a_mock_run_does_not_import_sqlite_utils(tmp_path: Path) -> None:
-    """sqlite-utils (with click, dateutil and its plugin machinery) is a fifth of a mock
-    run's start-up: only ``Store.db`` imports it (docs/performance.md, start-up)."""
-    import subprocess
-    import sys
-
-    code = ("import runpy, sys\n"
-            f"sys.argv = ['testbed', 'run', 'scenario2', '--db', {str(tmp_path / 'r.db')!r}]\n"
-            "try:\n"
-            "    runpy.run_module('testbed.cli', run_name='__main__')\n"
-            "except SystemExit as e:\n"
-            "    assert not e.code, e.code\n"
-            "print(sorted(m for m in ('sqlite_utils', 'click', 'dateutil') "
-            "if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=tmp_path)
-    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:] + out.stderr
-
-
 def test_insert_binds_complete_and_partial_rows_alike(tmp_path: Path) -> None:
     """``Store.insert`` writes rows that name every column and rows that lack some (NULL)
     in one call, in order; an unknown column is a KeyError naming it, and nothing of the

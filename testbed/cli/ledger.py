@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from testbed import json_input
 from testbed.cli.output import console, err, fail
@@ -174,6 +173,8 @@ def _describe(tx: dict[str, Any]) -> str:
 def show(db: DbArg, run: RunOpt = None,
          txs: Annotated[bool, typer.Option(help="list every transaction")] = True) -> None:
     """Print each run's blocks, their transactions, and the balances at the head."""
+    from rich.table import Table
+
     from contracts.numbers import MICRO
 
     store = _open(db)
