@@ -2,7 +2,6 @@
 # ruff: noqa: E402  (signal handlers are installed before the imports, see testbed.cli.early)
 
 
-import gc
 import json
 import os
 import signal
@@ -26,6 +25,16 @@ from testbed.errors import InputError
 # a third of `testbed --help` (docs/performance.md, start-up).
 app = typer.Typer(help="Hardware-in-the-loop testbed for community P2P energy trading.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+
+
+
+@app.callback()
+def _loaded(ctx: typer.Context) -> None:
+    # The garbage collector, off while the program loads (early.install), is on again for
+    # every command now; for `run`, once it has imported the run's own modules.
+    if ctx.invoked_subcommand != "run":
+        early.started()
+
 
 DB_DEFAULT = Path("testbed.db")
 COMMUNITY = "cesdt"  # `testbed run cesdt`: the CE-SDT community day, not a scenario file
@@ -237,10 +246,9 @@ def run(
     from testbed.run.runner import apply_speed, run_scenario
     from testbed.run.validation import write_junit
 
-    # What is loaded by now lives as long as the process: kept out of the cyclic garbage
-    # collector's sight, so the collections a simulated day triggers do not scan it again
-    # and again (a full collection of it was 2-4 % of a mock run; docs/performance.md).
-    gc.freeze()
+    # What is loaded by now lives as long as the process: the collector on again, with
+    # all of it out of sight for good (early.started; docs/performance.md).
+    early.started()
     # MQTT (aiomqtt, paho) is loaded only for a run that publishes.
     telemetry_errors: tuple[type[Exception], ...] = ()
     given: dict[str, Any] = {"scenario": scenario, "rig": rig, "speed": speed, "ledger": ledger,
