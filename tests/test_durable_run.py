@@ -327,10 +327,10 @@ def test_a_failing_readings_write_fails_the_interval_not_the_readings(
     real = Store.append_readings
     full = [True]
 
-    def append(self: Store, rows: list[dict[str, Any]]) -> None:
+    def append(self: Store, rows: list[dict[str, Any]], fixed: Any = None) -> None:
         if full[0]:
             raise OSError("disk full")
-        real(self, rows)
+        real(self, rows, fixed)
 
     monkeypatch.setattr(Store, "append_readings", append)
     row = {"t": 0.0, "household": "1", "meter_net_wh": 0.0, "power_w": 0.0}

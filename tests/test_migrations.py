@@ -218,5 +218,13 @@ def test_insert_binds_complete_and_partial_rows_alike(tmp_path: Path) -> None:
         with pytest.raises(KeyError, match="'sco'"):
             store.insert("readings", [full, {**full, "sco": 1.0}])
         assert store.count("readings", "r") == 4
+        # columns given once for the batch (RunLog: the run and the interval)
+        store.insert("readings", [{"t": 4.5, "household": "8", "soc": 0.5}],
+                     fixed={"run_id": "r", "interval": 3})
+        assert [(r["t"], r["household"], r["soc"], r["interval"])
+                for r in store.rows("readings", "r")][-1] == (4.5, "8", 0.5, 3)
+        with pytest.raises(KeyError, match="'intervall'"):
+            store.insert("readings", [full], fixed={"intervall": 3})
+        assert store.count("readings", "r") == 5
     finally:
         store.close()

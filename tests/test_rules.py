@@ -244,10 +244,10 @@ async def test_an_interval_that_fails_half_way_leaves_no_row(
     store = Store(tmp_path / "half.db")
     real_insert = Store.insert
 
-    def failing_insert(self: Store, table: str, rows: Any) -> None:
+    def failing_insert(self: Store, table: str, rows: Any, fixed: Any = None) -> None:
         if table == "readings":
             raise OSError("disk full")
-        real_insert(self, table, rows)
+        real_insert(self, table, rows, fixed)
 
     monkeypatch.setattr(Store, "insert", failing_insert)
     with pytest.raises(OSError, match="disk full"):

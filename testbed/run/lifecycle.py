@@ -93,8 +93,7 @@ class RunLog:
     def __call__(self, topic: str, payload: dict[str, Any]) -> None:
         if topic != "readings" or self.index is None:
             return
-        self.pending += [{**r, "run_id": self.run_id, "interval": self.index}
-                         for r in payload["rows"]]
+        self.pending += payload["rows"]  # the interval's: its run and index given once
         if time.monotonic() - self._last >= self.flush_s:
             self.flush()
 
@@ -107,7 +106,8 @@ class RunLog:
         and raises; from an observer the bus logs it and the run goes on, and the
         interval's :meth:`commit` tries again, so a failure that lasts fails the
         interval (its transaction rolled back) rather than losing readings silently."""
-        self.store.append_readings(self.pending)
+        self.store.append_readings(self.pending, {"run_id": self.run_id,
+                                                  "interval": self.index})
         self.pending = []
         self._last = time.monotonic()
 
