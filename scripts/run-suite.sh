@@ -20,7 +20,9 @@ export PATH="$PWD/$VENV/bin:$PATH"   # tests start `testbed` as a subprocess
 # The wall-time groups run at a raised scheduling priority, as a bench controller should on
 # a shared machine: a CPU-bound neighbour (another copy of this suite, say) then slows them
 # no more than it slows the bench's own work. Where raising it is not permitted, nice says
-# so and runs them at the usual priority.
+# so and runs them at the usual priority. Each real-time bench also holds one of six slots
+# shared by every suite on the machine (tests/realtime_slots.py): two suites side by side
+# take turns rather than run twelve benches at once.
 RT=(nice -n "${TESTBED_RT_NICE:--10}")
 "${RT[@]}" "$PY" -m pytest -n 4 -q -p no:cacheprovider -m "serial and not alone" "$@" || [ $? -eq 5 ]
 "${RT[@]}" "$PY" -m pytest -q -p no:cacheprovider -m alone "$@" || [ $? -eq 5 ]
