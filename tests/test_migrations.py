@@ -8,6 +8,10 @@ Fixtures (``tests/fixtures/``), each one run of scenario2 on a copy of the mock 
   printed volume 12.7 kWh, self-sufficiency 0.944882, community net -0.103 AUD.
 - ``release-08ef03f.db``: written by commit 08ef03f (no ``runs.ledger_height``, no
   ``balances``; ledger format 0, households ``register`` their own keys).
+- ``release-d8b04fd.db``: written by commit d8b04fd (schema version 3, ledger format 2:
+  rows sealed by the digests of their JSON text), the operator's key outside it (its
+  public half below). That run printed volume 12.7 kWh, self-sufficiency 0.944882,
+  community net -0.103 AUD.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ A0E7 = FIXTURES / "release-a0e7c0a.db"
 A0E7_RUN = "3666a173cd5d"
 A0E7_OPERATOR = "6dec15dbea4edc69e3f58df3368783f4159bee230f46f0b3d074ff113c0a5171"
 OLD_08EF = FIXTURES / "release-08ef03f.db"
+D8B0 = FIXTURES / "release-d8b04fd.db"
+D8B0_RUN = "115282e212e4"
+D8B0_OPERATOR = "9839d38215ec1af721597b8825a054c8886208f5ace3f29af4b4445cbe971fd4"
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:
@@ -64,6 +71,33 @@ def test_previous_release_verifies_read_only_without_writing(tmp_path: Path) -> 
         store.close()
     assert (got["volume_kwh"], got["self_sufficiency"], got["community_net_aud"]) == (
         12.7, 0.944882, -0.103)  # what that release printed for this run
+
+
+def test_a_ledger_format_2_release_verifies_and_an_edit_in_it_is_named(
+        tmp_path: Path) -> None:
+    """Rows sealed by the digests of their JSON text (format 2, before this release's
+    binary digests) still verify, and an edited reading is still found and named."""
+    db = _copy(D8B0, tmp_path)
+    out = runner.invoke(app, ["ledger", "verify", str(db), "--operator-key", D8B0_OPERATOR])
+    assert out.exit_code == 0, out.output
+    assert f"ok run {D8B0_RUN}: 2 blocks verified from genesis, and every row they " \
+           "sealed" in " ".join(out.output.split())
+    store = Store(db, readonly=True)
+    try:
+        assert ledger_format(store.blocks(D8B0_RUN)) == 2 < LEDGER_FORMAT
+        got = figures(store, D8B0_RUN)
+    finally:
+        store.close()
+    assert (got["volume_kwh"], got["self_sufficiency"], got["community_net_aud"]) == (
+        12.7, 0.944882, -0.103)  # what that release printed for this run
+    with sqlite3.connect(db) as conn:
+        t = conn.execute("select t from readings where household = '7' order by t limit 1 "
+                         "offset 3").fetchone()[0]
+        conn.execute("update readings set power_w = power_w + 1e-9 where household = '7' "
+                     "and t = ?", (t,))
+    out = runner.invoke(app, ["ledger", "verify", str(db), "--operator-key", D8B0_OPERATOR])
+    assert out.exit_code == 1
+    assert f"table readings, row household 7, t {t}: edited" in " ".join(out.output.split())
 
 
 def test_previous_release_migrates_on_disk_and_takes_a_new_run(tmp_path: Path) -> None:

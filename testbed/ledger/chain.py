@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -38,8 +39,10 @@ AUD_PER_TOKEN = Fraction(370)
 # before: households ``register`` their own keys, no operator tx): not verifiable by these
 # rules. 1 (an operator tx without ``format``, up to a0e7c0a): the chain alone. 2: every
 # block seals the digests of the rows written with it (``record``), so an audit covers
-# what reports read.
-LEDGER_FORMAT = 2
+# what reports read. 3: the same, each row digested from its values' binary form
+# (:class:`_RowBytes`) rather than their JSON text, whose decimal floats were half the cost
+# of sealing a mock day's 14,400 readings (docs/performance.md, start-up).
+LEDGER_FORMAT = 3
 
 # Rows sealed by the ledger: table -> (key columns, columns digested). A run's own row is
 # sealed at genesis without what changes later (status, finish, summary, the head, which
@@ -127,13 +130,56 @@ def _sealed_params(text: Any) -> Any:
                       sort_keys=True, separators=(",", ":"))
 
 
-def row_digest(table: str, row: Mapping[str, Any]) -> str:
-    """SHA-256 (128 bits, hex) of the row's digested columns as JSON, in schema order (a
-    run's ``params`` without the process that holds it, :data:`HOLDER_PARAMS`)."""
-    return _digests(table, (row,))[row_key(table, row)]
+class _RowBytes:
+    """A row's digested values, cast, as bytes (ledger format 3): the REAL columns as
+    little-endian IEEE-754 doubles (NULL as NaN, which a REAL column never holds: SQLite
+    stores NaN as NULL), the INTEGER columns as a presence byte and a signed 64-bit
+    integer, then each TEXT column as a 4-byte little-endian length and its UTF-8 (NULL:
+    length 0xFFFFFFFF), each group in schema order. Exact and unambiguous, like the JSON
+    text of formats 2 and before, and one ``struct.pack`` per row instead of a decimal
+    conversion per float."""
+
+    def __init__(self, kinds: Sequence[type]) -> None:
+        self.floats = [i for i, k in enumerate(kinds) if k is float]
+        self.ints = [i for i, k in enumerate(kinds) if k is int]
+        self.texts = [i for i, k in enumerate(kinds) if k is not float and k is not int]
+        self.pack = struct.Struct("<" + "d" * len(self.floats) + "Bq" * len(self.ints)).pack
+
+    def __call__(self, values: list[Any]) -> bytes:
+        numbers = [_NAN if (v := values[i]) is None else v for i in self.floats]
+        for i in self.ints:
+            v = values[i]
+            numbers += (v is not None, v or 0)
+        out = self.pack(*numbers)
+        for i in self.texts:
+            text = values[i]
+            if text is None:
+                out += b"\xff\xff\xff\xff"
+            else:
+                data = text.encode()
+                out += len(data).to_bytes(4, "little") + data
+        return out
 
 
-def _digests(table: str, rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+_NAN = float("nan")
+_ROW_BYTES = {table: _RowBytes([SCHEMA[table][0].get(c, int) for c in columns])
+              for table, (_keys, columns) in SEALED.items()}
+
+
+def _json_bytes(values: list[Any]) -> bytes:
+    """Formats 2 and before: the values' JSON text (:data:`_ENCODE_ROW`), UTF-8."""
+    return _ENCODE_ROW(values).encode()
+
+
+def row_digest(table: str, row: Mapping[str, Any], fmt: int = LEDGER_FORMAT) -> str:
+    """SHA-256 (128 bits, hex) of the row's digested columns in schema order (a run's
+    ``params`` without the process that holds it, :data:`HOLDER_PARAMS`), in ledger format
+    ``fmt``'s form: binary (:class:`_RowBytes`) from format 3, JSON text before."""
+    return _digests(table, (row,), fmt)[row_key(table, row)]
+
+
+def _digests(table: str, rows: Iterable[Mapping[str, Any]],
+             fmt: int = LEDGER_FORMAT) -> dict[str, str]:
     """:func:`row_key` -> :func:`row_digest` of each row of ``table`` (a later row with the
     same key wins), in one loop: a mock day's 14,400 readings are sealed here."""
     keys, columns = _PLANS[table]
@@ -142,7 +188,8 @@ def _digests(table: str, rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     # the values already cast for the digest
     names = [c for c, _cast in columns]
     at = [names.index(c) for c, _cast in keys]
-    sha256, encode = hashlib.sha256, _ENCODE_ROW
+    sha256 = hashlib.sha256
+    as_bytes = _ROW_BYTES[table] if fmt >= 3 else _json_bytes
     out: dict[str, str] = {}
     for row in rows:
         get = row.get
@@ -150,12 +197,13 @@ def _digests(table: str, rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
         key = "/".join([str(values[i]) for i in at])
         if params is not None:
             values[params] = _sealed_params(values[params])
-        out[key] = sha256(encode(values).encode()).hexdigest()[:32]
+        out[key] = sha256(as_bytes(values)).hexdigest()[:32]
     return out
 
 
 def record_tx(rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, Any]:
-    """The ``record`` transaction sealing ``rows`` (table -> the rows as written)."""
+    """The ``record`` transaction sealing ``rows`` (table -> the rows as written), in this
+    release's ledger format (:data:`LEDGER_FORMAT`)."""
     return {"type": "record", "rows": {table: _digests(table, table_rows)
                                        for table, table_rows in rows.items()}}
 
@@ -176,7 +224,8 @@ def check_records(store: Store, run_id: str, blocks: list[dict[str, Any]],
     """Every sealed row against the table: the first one edited, deleted or added, naming
     the table and the row (readings after the last sealed one are a cut-short interval's,
     not sealed yet, and pass). Format-1 ledgers seal no rows: None."""
-    if ledger_format(blocks) < 2:
+    fmt = ledger_format(blocks)
+    if fmt < 2:
         return None
     sealed: dict[str, dict[str, tuple[str, int]]] = {t: {} for t in SEALED}
     for b in blocks:
@@ -210,7 +259,7 @@ def check_records(store: Store, run_id: str, blocks: list[dict[str, Any]],
                 return rules.ChainError(last, f"{name(key)}: not sealed by the ledger "
                                               "(added or its key edited)")
             digest, height = expect.pop(key)
-            if row_digest(table, row) != digest:
+            if row_digest(table, row, fmt) != digest:
                 return rules.ChainError(height, f"{name(key)}: edited (block {height} "
                                                 "sealed other values)")
         if expect:
