@@ -632,6 +632,12 @@ class Controller:
         rows: list[dict[str, Any]] = []
         goals: dict[str, float] = {}  # lab Wh each rig should have metered by now (display)
         setpoints_at = {p.household: setpoints_of(rig, p, tl) for p in plans}
+        # each rig's reads of a period (its battery's last, left out once it is lost)
+        reads: dict[str, tuple[tuple[str, Callable[[], Awaitable[Any]]], ...]] = {}
+        for p in plans:
+            h = houses[p.household]
+            reads[p.household] = (("meter", h.meter.read), ("relay", h.relay.read_closed),
+                                  (BATTERY_STATE, h.battery.read))
 
         async def step(plan: RigPlan, k: int, deadline: float, hour: float) -> None:
             """One control period of one rig: read, check, decide, write. Its exchanges
@@ -646,9 +652,8 @@ class Controller:
             # the period (nobody to protect from one device), the hold limit
             budget = dt / 2 if self.clock.now() < deadline else hold_s
             with_bat = "battery" not in lost
-            got = await self._exchanges(hid, budget, (
-                ("meter", h.meter.read), ("relay", h.relay.read_closed),
-                *(((BATTERY_STATE, h.battery.read),) if with_bat else ())))
+            asks = reads[hid]
+            got = await self._exchanges(hid, budget, asks if with_bat else asks[:2])
             reading, closed = got[0], got[1]
             bat = got[2] if with_bat else None
             now = self.clock.now()
