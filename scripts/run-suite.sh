@@ -18,11 +18,20 @@ export PATH="$PWD/$VENV/bin:$PATH"   # tests start `testbed` as a subprocess
 # exit 5 is "no test selected": extra arguments (-k ...) may leave one group empty
 "$PY" -m pytest -n 3 -q -p no:cacheprovider -m "not serial and not alone" "$@" || [ $? -eq 5 ]
 # The wall-time groups run at a raised scheduling priority, as a bench controller should on
-# a shared machine: a CPU-bound neighbour (another copy of this suite, say) then slows them
-# no more than it slows the bench's own work. Where raising it is not permitted, nice says
-# so and runs them at the usual priority. Each real-time bench also holds one of six slots
-# shared by every suite on the machine (tests/realtime_slots.py): two suites side by side
-# take turns rather than run twelve benches at once.
+# a shared machine: a CPU-bound neighbour then slows them no more than it slows the bench's
+# own work (where raising it is not permitted, nice says so and runs them as they are). And
+# they run one suite at a time on a machine: two suites side by side (two checkouts, a
+# developer's run beside CI) take turns through a lock in the temporary folder, since two
+# sets of real-time benches at once (twelve on two cores) drove healthy rigs off target.
+# The lock is held by this shell alone (fd 9, closed for the tests), released when it ends.
 RT=(nice -n "${TESTBED_RT_NICE:--10}")
-"${RT[@]}" "$PY" -m pytest -n 4 -q -p no:cacheprovider -m "serial and not alone" "$@" || [ $? -eq 5 ]
-"${RT[@]}" "$PY" -m pytest -q -p no:cacheprovider -m alone "$@" || [ $? -eq 5 ]
+LOCK="${TMPDIR:-/tmp}/testbed-wall-time-tests.lock"
+exec 9>>"$LOCK"
+if ! flock -n 9; then
+  echo "waiting for another suite's wall-time tests to end ($LOCK)"
+  flock 9
+fi
+"${RT[@]}" "$PY" -m pytest -n 4 -q -p no:cacheprovider -m "serial and not alone" "$@" 9>&- \
+  || [ $? -eq 5 ]
+"${RT[@]}" "$PY" -m pytest -q -p no:cacheprovider -m alone "$@" 9>&- || [ $? -eq 5 ]
+flock -u 9

@@ -23,19 +23,6 @@ os.environ.pop("TESTBED_KEY_PASSPHRASE", None)
 os.environ["TESTBED_ALLOWED_HOSTS"] = "127.0.0.1,localhost,::1,[::1],testserver"
 
 
-@pytest.fixture(autouse=True)
-def _realtime_slot(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A ``serial`` test (it needs wall time) holds a real-time slot while it runs
-    (tests/realtime_slots.py)."""
-    if request.node.get_closest_marker("serial") is None:
-        yield
-        return
-    from tests.realtime_slots import slot
-
-    with slot():
-        yield
-
-
 @pytest.fixture
 def handlers_kept() -> Iterator[None]:
     """The SIGINT and SIGTERM handlers as they were, after a test that installs its own

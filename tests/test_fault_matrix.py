@@ -14,10 +14,9 @@ names its device; a transient one recovers (the run finishes and would exit 0).
 
 The runs need wall time, little CPU: three worker processes, two benches at a time each,
 about a minute and a half on two cores, so the test is ``alone`` (run last, by itself); it
-passed so beside two busy loops (load 4), and failed once with four processes. Each bench
-holds a real-time slot (tests/realtime_slots.py), so another suite's matrix or wall-time
-tests on the same machine take turns with it: two matrices at once (twelve benches on two
-cores) once drove healthy rigs off target.
+passed so beside two busy loops (load 4), and failed once with four processes; two
+suites' wall-time groups at once (two matrices, twelve benches on two cores) drove healthy
+rigs off target, so scripts/run-suite.sh runs them one suite at a time on a machine.
 Print the table with ``python -m tests.test_fault_matrix [KIND:ROLE ...]``
 (``MATRIX_PROCESSES``, ``MATRIX_AT_ONCE`` set the concurrency).
 """
@@ -43,7 +42,6 @@ from testbed.report.terminal import summarise
 from testbed.run.bench import check_rig
 from testbed.run.controller import GridLost, SafeStateIncomplete
 from testbed.run.runner import run_scenario
-from tests.realtime_slots import async_slot
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "operator-guide.md"
@@ -178,7 +176,7 @@ async def _measure_some(chosen: list[tuple[str, str, bool]], tmp: Path, at_once:
 
     async def one(i: int, kind: str, role: str, lasting: bool) -> Cell:
         await asyncio.sleep(min(i, at_once) * 0.5)  # the first start-ups staggered
-        async with gate, async_slot():  # shared with any other suite on the machine
+        async with gate:
             return await measure(kind, role, lasting, tmp)
     return list(await asyncio.gather(*(one(i, *c) for i, c in enumerate(chosen))))
 
