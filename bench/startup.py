@@ -18,6 +18,11 @@ each running ``testbed run scenario2`` in-process with a timer around each phase
 timers add about a microsecond per call): the floor's imports, testbed's own, typer
 building the command tree, and within the run the control loop, sealing the readings,
 writing them, the block seal, pre-flight, the figures and their rendering.
+
+``--instructions`` also counts the instructions each of the three executes once, under
+valgrind's cachegrind (no cache simulation; Debian's ``valgrind``): a figure that does not
+depend on what else the machine is doing, for comparing two trees on a shared machine (a
+run takes about a minute under it).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -186,6 +193,34 @@ def phases(repeat: int, tree: Path | None = None) -> dict[str, float]:
     return {k: round(v, 4) for k, v in best.items()}
 
 
+def instructions(tree: Path | None = None) -> dict[str, Any]:
+    """Instructions executed by one run of each command (cachegrind's ``I refs``), after a
+    warm-up run, and the ratios to the floor's; ``{"error": ...}`` without valgrind."""
+    if shutil.which("valgrind") is None:
+        return {"error": "valgrind is not installed (Debian package valgrind)"}
+    if tree is not None:
+        ENV["PYTHONPATH"] = str(tree.resolve())
+    testbed = _entry_point(tree)
+    commands = {"floor": [sys.executable, "-c", "import typer, rich.console"],
+                "help": [*testbed, "--help"],
+                "run": [*testbed, "run", "scenario2", "--db", "counted.db"]}
+    grind = ["valgrind", "--tool=cachegrind", "--cache-sim=no",
+             "--cachegrind-out-file=/dev/null"]
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        _time([*testbed, "run", "scenario2", "--db", "warm.db"], tmp)  # bytecode written
+        for name, cmd in commands.items():
+            out = subprocess.run([*grind, *cmd], cwd=tmp, env=ENV, check=True, text=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).stderr
+            found = re.search(r"I\s+refs:\s+([\d,]+)", out)
+            if found is None:
+                return {"error": f"no instruction count from valgrind: {out[-300:]}"}
+            counts[name] = int(found.group(1).replace(",", ""))
+    return {"count": counts,
+            "help_over_floor": round(counts["help"] / counts["floor"], 2),
+            "run_over_floor": round(counts["run"] / counts["floor"], 2)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
@@ -193,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="measure the testbed of this checkout instead (a baseline)")
     parser.add_argument("--phases", type=int, default=0,
                         help="also break the mock run down by phase, best of N processes")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count each command's instructions (valgrind)")
     parser.add_argument("--phase-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -202,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     result = measure(max(1, args.repeat), args.tree)
     if args.phases > 0:
         result["phases_cpu_s"] = phases(args.phases, args.tree)
+    if args.instructions:
+        result["instructions"] = instructions(args.tree)
     print(json.dumps(result, indent=None if args.json else 2))
 
 
