@@ -176,10 +176,15 @@ real = community_day._DayRun.hour
 
 def hour(self, index, measured):
     real(self, index, measured)
-    if index == 23:  # the day's last block sealed: killed before the run is closed
-        os.kill(os.getpid(), signal.SIGKILL)
+    if index == 23 and sys.argv[2] == "hour":  # the day's last block sealed: killed
+        os.kill(os.getpid(), signal.SIGKILL)    # before the run is closed
+
+def summarise(*args, **kwargs):  # the run marked finished: killed before its summary
+    os.kill(os.getpid(), signal.SIGKILL)
 
 community_day._DayRun.hour = hour
+if sys.argv[2] == "summary":
+    community_day.summarise = summarise
 asyncio.run(community_day.run_cesdt_async(**DAY, rig=load_rig("mock"), store=Store(sys.argv[1]),
                                           progress=False, run_id="k1", launch=LAUNCH))
 """
@@ -199,19 +204,22 @@ def _anonymous(text: str, run_id: str) -> str:
     return re.sub(r"head [0-9a-f]{16}\.\.\.", "head HEAD...", text.replace(run_id, "RUN"))
 
 
+@pytest.mark.parametrize(("point", "left"), [("hour", "running"), ("summary", "finished")])
 def test_a_day_killed_after_its_last_hour_is_finished_by_its_resume(
-        tmp_path: Path, reference: dict[str, Any]) -> None:  # noqa: F811
-    """kill -9 once the 24th hour is sealed, before the run is closed: the run is left
-    ``running`` with every hour on disk. ``testbed run --resume ID`` runs no hour, records
-    no aborted hour (none was cut short), marks the day finished and prints the summary
-    of the uninterrupted day; the ledger verifies."""
+        tmp_path: Path, reference: dict[str, Any], point: str, left: str) -> None:  # noqa: F811
+    """kill -9 once the 24th hour is sealed, before the run is closed (left ``running``),
+    or once it is marked finished, before its summary is written (left ``finished``
+    without one): every hour is on disk. ``testbed run --resume ID`` runs no hour, records
+    no aborted hour (none was cut short), marks the day finished and prints the summary of
+    the uninterrupted day; the ledger verifies. Break (the second case): refuse every
+    finished run in ``lifecycle.resumable`` (exit 2, "nothing to resume")."""
     db = tmp_path / "k.db"
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_LAST_HOUR, str(db)],
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_LAST_HOUR, str(db), point],
                             cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     store = Store(db, readonly=True)
     row = store.run("k1")
-    assert (row["status"], row["summary"]) == ("running", None)
+    assert (row["status"], row["summary"]) == (left, None)
     assert store.count("intervals", "k1") == 24 and store.aborted_intervals("k1") == []
     store.close()
 

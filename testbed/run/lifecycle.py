@@ -164,15 +164,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# Mechanisms whose run writes its summary after it is marked finished (a community day's,
+# which its report reads): one killed in between is taken up again to write it.
+SUMMARY_AFTER_FINISH = frozenset({"cesdt"})
+
+
 def resumable(store: Store, run_id: str) -> Resumable:
     """Read ``run_id`` for a resume without writing: InputError (naming ``--resume``) when
-    there is no such run, it finished, or its process is still running on this host."""
+    there is no such run, it finished (and has its summary, where it has one:
+    :data:`SUMMARY_AFTER_FINISH`), or its process is still running on this host."""
     where = f"--resume {run_id}"
     try:
         row = store.run(run_id)
     except Exception:
         raise InputError(where, f"no such run in {store.path}") from None
-    if row["status"] == "finished":
+    if row["status"] == "finished" and not (row["mechanism"] in SUMMARY_AFTER_FINISH
+                                            and row["summary"] is None):
         raise InputError(where, "that run has finished; nothing to resume")
     params = json.loads(row["params"] or "{}")
     pid = params.get("pid")
