@@ -452,7 +452,8 @@ class Ledger:
         state.end_block()
         txs = draft.txs
         height = state.height - 1
-        root = rules.merkle_root([rules.tx_hash(tx) for tx in txs])
+        encoded = rules.encoded_txs(txs)
+        root = rules.merkle_root([digest for digest, _body in encoded])
         head = rules.header(height, self.head, interval, root)
         digest = rules.block_hash(head)
         block = {**head, "hash": digest,
@@ -460,8 +461,8 @@ class Ledger:
         store = self.store
         store.insert("blocks", {"run_id": self.run_id, **block})
         store.insert("txs", [{"run_id": self.run_id, "height": height, "seq": i,
-                              "body": rules.canonical(tx).decode()}
-                             for i, tx in enumerate(txs)])
+                              "body": body.decode()}
+                             for i, (_digest, body) in enumerate(encoded)])
         store.put_balances(self.run_id, state.balances)
         store.update_run(self.run_id, ledger_height=height + 1, ledger_head=digest,
                          **({"ledger_format": LEDGER_FORMAT} if height == 0 else {}))
