@@ -19,8 +19,10 @@ from rich.console import Console
 from rich.markup import escape
 
 # Piped output keeps the full table rather than rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True)  # an error message stays one greppable line
+# emoji=False: a name or message that happens to contain ``:smile:`` is printed as written
+# (and rich skips its emoji pass over every string it prints)
+console = Console(width=None if sys.stdout.isatty() else 160, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)  # an error stays one greppable line
 
 # Set by a command given --json: its failures print {"error": ..., "exit": ...} on stdout too.
 JSON_ERRORS: ContextVar[bool] = ContextVar("JSON_ERRORS", default=False)
