@@ -26,7 +26,7 @@ def install() -> None:
     """Make SIGINT and SIGTERM end the starting program with 130 (see the module), and keep
     the cyclic garbage collector off while it loads: modules, classes and functions live as
     long as the process, and collecting while they load scanned them again and again (77
-    collections, a tenth of a mock run's CPU time; docs/performance.md). :func:`started`
+    collections in a mock run's start; docs/performance.md, section 7). :func:`started`
     turns it back on."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, exit_at_once)
