@@ -36,7 +36,7 @@ from testbed.community import MAX_HOUSEHOLDS
 from testbed.community.day import CLASSES, SERIES, DayResult, simulate_day
 from testbed.community.params import CommunityParams
 from testbed.errors import InputError
-from testbed.ledger.chain import Ledger, seal_final
+from testbed.ledger.chain import Ledger
 from testbed.ledger.community_records import DayBook, Transfers, open_ledger, seal_hour
 from testbed.ledger.store import Store
 from testbed.run import lifecycle, preflight
@@ -170,17 +170,20 @@ async def run_cesdt_async(
                 day_run.hour(hour, await controller.run_interval(
                     list(route.plans[hour]), start_hour=hour, hours=1.0))
 
+        made: dict[str, Any] = {}
+
+        def closing_summary() -> dict[str, Any]:
+            """Written with the finished status (what the HTML report reads)."""
+            made.update(summarise(day, p, rig, run_id, day_run.ledger, day_run,
+                                  {"simulation": round(t1 - t0, 3),
+                                   "bench_and_ledger": round(time.perf_counter() - t1, 3)}))
+            if resume is not None:
+                made["resumed_from_interval"] = first
+            return made
+
         await lifecycle.drive(store, run_id, build_bench(rig, clk), clk, events, log,
-                              hours, on_controller)
-    summary = summarise(day, p, rig, run_id, day_run.ledger, day_run,
-                        {"simulation": round(t1 - t0, 3),
-                         "bench_and_ledger": round(time.perf_counter() - t1, 3)})
-    if resume is not None:
-        summary["resumed_from_interval"] = first
-    with store.transaction():
-        store.update_run(run_id, summary=json.dumps(summary))
-    seal_final(store, run_id)  # the summary the HTML report reads, sealed with the status
-    return summary
+                              hours, on_controller, closing_summary)
+    return made
 
 
 def _same_day(r: lifecycle.Resumable, households: int, generating: float, seed: int,

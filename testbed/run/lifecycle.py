@@ -164,22 +164,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# Mechanisms whose run writes its summary after it is marked finished (a community day's,
-# which its report reads): one killed in between is taken up again to write it.
-SUMMARY_AFTER_FINISH = frozenset({"cesdt"})
-
-
 def resumable(store: Store, run_id: str) -> Resumable:
     """Read ``run_id`` for a resume without writing: InputError (naming ``--resume``) when
-    there is no such run, it finished (and has its summary, where it has one:
-    :data:`SUMMARY_AFTER_FINISH`), or its process is still running on this host."""
+    there is no such run, it finished, or its process is still running on this host."""
     where = f"--resume {run_id}"
     try:
         row = store.run(run_id)
     except Exception:
         raise InputError(where, f"no such run in {store.path}") from None
-    if row["status"] == "finished" and not (row["mechanism"] in SUMMARY_AFTER_FINISH
-                                            and row["summary"] is None):
+    if row["status"] == "finished":
         raise InputError(where, "that run has finished; nothing to resume")
     params = json.loads(row["params"] or "{}")
     pid = params.get("pid")
@@ -240,12 +233,16 @@ async def _make_safe_and_close(controller: Controller) -> None:
 
 async def drive(store: Store, run_id: str, bench: Bench, clock: Clock, events: EventBus,
                 log: RunLog, body: Callable[[Controller], Awaitable[T]],
-                on_controller: Callable[[Controller], None] | None = None) -> T:
+                on_controller: Callable[[Controller], None] | None = None,
+                summary: Callable[[], dict[str, Any]] | None = None) -> T:
     """Drive the bench through ``body(controller)`` and close the run however it ends:
     an interval in progress is recorded as aborted (:data:`ENDINGS`), the bench put in
     its safe state (read back), the run's status written and emitted, and the exception
-    raised again. Raises :class:`SafeStateIncomplete` after a body that finished when the
-    safe state could not be confirmed on every device (status ``failed``)."""
+    raised again. ``summary``: the finished run's summary (``runs.summary``, what its
+    report reads), written in the same update as the ``finished`` status, so a run is
+    never finished without it. Raises :class:`SafeStateIncomplete` after a body that
+    finished when the safe state could not be confirmed on every device (status
+    ``failed``)."""
     status = "failed"
     controller: Controller | None = None
     try:
@@ -269,8 +266,13 @@ async def drive(store: Store, run_id: str, bench: Bench, clock: Clock, events: E
                 if controller.unconfirmed and status == "finished":
                     status = "failed"  # an incomplete safe state is never a finished run
         finally:
-            with store.transaction():
-                store.update_run(run_id, status=status, finished_at=now())
+            closing: dict[str, Any] = {"status": status, "finished_at": now()}
+            try:
+                if status == "finished" and summary is not None:
+                    closing["summary"] = json.dumps(summary())
+            finally:  # a summary that fails still leaves the status written
+                with store.transaction():
+                    store.update_run(run_id, **closing)
             seal_final(store, run_id)  # the closing state, sealed outside the database
             events.emit("status", {"status": status})
     if controller.unconfirmed:
